@@ -40,28 +40,60 @@ from loader.errors import FailedPrecondition, Internal
 
 log = logging.getLogger(__name__)
 
+# Kinds of request remembered as batchable or not; clients choose the names, so it is bounded.
+_MAX_FIT_CACHE = 1024
+
 # (signature, requested output keys or None for all, sorted input names)
 _QueueKey = tuple[str, tuple[str, ...] | None, tuple[str, ...]]
 
 
+Done = Callable[[dict[str, Any] | None, BaseException | None], None]
+
+
 class _Request:
-    """One caller's run, waiting for its slice of a batch."""
+    """One caller's run, waiting for its slice of a batch; `done` hears the answer once."""
 
-    __slots__ = ("done", "error", "inputs", "result", "rows", "shapes")
+    __slots__ = ("done", "finished", "inputs", "rows", "shapes")
 
-    def __init__(self, inputs: dict[str, np.ndarray], rows: int, shapes: tuple[Any, ...]) -> None:
+    def __init__(
+        self, inputs: dict[str, np.ndarray], rows: int, shapes: tuple[Any, ...], done: Done
+    ) -> None:
         self.inputs = inputs
         self.rows = rows
         self.shapes = shapes  # requests merge only with requests of equal `shapes`
-        self.done = threading.Event()
-        self.result: dict[str, Any] | None = None
-        self.error: BaseException | None = None
+        self.done = done
+        self.finished = False
 
     def finish(
         self, result: dict[str, Any] | None = None, error: BaseException | None = None
     ) -> None:
+        self.finished = True
+        try:
+            self.done(result, error)
+        except Exception:  # the caller's hook (its event loop closed, say): not the batch's
+            log.exception("a batched request's completion hook failed")
+
+
+class _Waiter:
+    """`done` for a caller that blocks until its request is answered."""
+
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.result: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def __call__(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
         self.result, self.error = result, error
-        self.done.set()
+        self.event.set()
+
+    def wait(self) -> dict[str, Any]:
+        self.event.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class BatchingServable:
@@ -96,6 +128,8 @@ class BatchingServable:
         # (signature, output keys) whose outputs have no batch dimension to split. Batch
         # threads add to it and callers read it; a set's add and `in` are atomic.
         self._unbatchable: set[tuple[str, tuple[str, ...] | None]] = set()
+        # (signature, output keys, sorted input names) -> whether such requests batch.
+        self._fit_cache: dict[tuple[str, tuple[str, ...] | None, tuple[str, ...]], bool] = {}
         self._stats_lock = threading.Lock()
         self._unload_lock = threading.Lock()
         self._unloaded = False
@@ -124,26 +158,40 @@ class BatchingServable:
     ) -> dict[str, Any]:
         """Runs `signature_name` on `inputs` as part of a batch; blocks until answered.
 
-        Raises InvalidArgument when the request has more rows than max_batch_size and
-        QueueFull (a ResourceExhausted) when its queue has no room, with TF Serving's
-        messages; otherwise what `inner` raised for this request.
+        Raises what `submit` raises, otherwise what `inner` raised for this request.
+        """
+        waiter = _Waiter()
+        if not self.submit(signature_name, inputs, output_keys, waiter):
+            return self._inner.run(signature_name, inputs, output_keys)
+        return waiter.wait()
+
+    def submit(
+        self,
+        signature_name: str,
+        inputs: Mapping[str, Any],
+        output_keys: Sequence[str] | None,
+        done: Done,
+    ) -> bool:
+        """Queues a run without waiting for it; False when it cannot be batched.
+
+        `done(result, error)` is then called exactly once, on a batch thread. A request
+        that cannot be batched is not queued (and `done` never called): the caller runs
+        it with `run`, which gives the servable's own answer. Raises InvalidArgument when
+        the request has more rows than max_batch_size and QueueFull (a ResourceExhausted)
+        when its queue has no room, with TF Serving's messages.
         """
         if self._scheduler.stopped:
             raise FailedPrecondition(
                 f"batching for {self._scheduler.name or 'this model'} has stopped"
             )
         keys = tuple(output_keys) if output_keys else None
-        request = self._request(signature_name, inputs, keys)
+        request = self._request(signature_name, inputs, keys, done)
         if request is None:
-            return self._inner.run(signature_name, inputs, output_keys)
+            return False
         self._scheduler.schedule(
             (signature_name, keys, tuple(sorted(inputs))), request, request.rows
         )
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        assert request.result is not None
-        return request.result
+        return True
 
     def unload(self) -> None:
         """Refuses new requests, runs what is queued, stops the threads, unloads `inner`.
@@ -161,7 +209,11 @@ class BatchingServable:
     # ---- admission: what can be batched ---------------------------------------------
 
     def _request(
-        self, signature_name: str, inputs: Mapping[str, Any], keys: tuple[str, ...] | None
+        self,
+        signature_name: str,
+        inputs: Mapping[str, Any],
+        keys: tuple[str, ...] | None,
+        done: Done,
     ) -> _Request | None:
         """The request as a batchable task, or None when it must run alone."""
         if not inputs or (signature_name, keys) in self._unbatchable:
@@ -181,14 +233,21 @@ class BatchingServable:
             arrays[name] = value
         if rows == 0:
             return None
-        signatures = self._inner.signatures
-        sig = signatures.get(signature_name)
-        if sig is None:
-            if signatures:  # an unknown signature: the servable's own error
-                return None
-        elif not self._fits(sig, arrays, keys):
+        fit_key = (signature_name, keys, tuple(arrays))
+        fits = self._fit_cache.get(fit_key)
+        if fits is None:  # a servable's signatures never change: decide once per kind
+            signatures = self._inner.signatures
+            sig = signatures.get(signature_name)
+            if sig is None:
+                fits = not signatures  # an unknown signature: the servable's own error
+            else:
+                fits = self._fits(sig, arrays, keys)
+            if len(self._fit_cache) < _MAX_FIT_CACHE:
+                self._fit_cache[fit_key] = fits
+        if not fits:
             return None
-        return _Request(arrays, rows, tuple(self._shape_key(a) for a in arrays.values()))
+        shapes = tuple(self._shape_key(a) for a in arrays.values())
+        return _Request(arrays, rows, shapes, done)
 
     def _fits(
         self, sig: SignatureInfo, arrays: Mapping[str, np.ndarray], keys: tuple[str, ...] | None
@@ -220,7 +279,7 @@ class BatchingServable:
                 self._run_merged(key, group)
         finally:
             for request in requests:
-                if not request.done.is_set():  # only a bug gets here; never leave a caller hanging
+                if not request.finished:  # only a bug gets here; never leave a caller hanging
                     request.finish(error=Internal("the batch this request was in failed"))
 
     def _run_merged(self, key: _QueueKey, group: list[_Request]) -> None:

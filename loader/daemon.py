@@ -118,6 +118,7 @@ class Daemon:
             retry_backoff_seconds=loading.retry_backoff_seconds,
             load_timeout_seconds=loading.load_timeout_seconds,
         )
+        self.metrics.known_model = self.manager.has_model
         self.manager.add_observer(self.metrics.observe_transition)
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()

@@ -6,8 +6,11 @@ resolve versions and labels, find signatures and report errors the same way.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from starlette.concurrency import run_in_threadpool
 
 from loader.base import DEFAULT_SIGNATURE, SignatureInfo
 from loader.errors import InvalidArgument, NotFound
@@ -77,3 +80,44 @@ class DataPlane:
         """Run a signature of the held version (blocking: call it off the event loop)."""
         self.signature(lease, signature_name)
         return lease.servable.run(signature_name or DEFAULT_SIGNATURE, inputs, output_keys)
+
+    async def run_async(
+        self,
+        lease: Lease,
+        signature_name: str,
+        inputs: Mapping[str, Any],
+        output_keys: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """`run` for the event loop, which it never blocks.
+
+        A batching servable queues the request and its batch thread answers a future: no
+        thread waits for the batch, so a thousand requests in flight cost a thousand
+        futures, not a thousand threads. Anything else runs on a worker thread.
+        """
+        self.signature(lease, signature_name)
+        name = signature_name or DEFAULT_SIGNATURE
+        servable = lease.servable
+        submit = getattr(servable, "submit", None)
+        if submit is not None:
+            loop = asyncio.get_running_loop()
+            future: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+            def done(result: dict[str, Any] | None, error: BaseException | None) -> None:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+
+            if submit(name, inputs, output_keys, done):
+                return await future
+        return await run_in_threadpool(servable.run, name, inputs, output_keys)
+
+
+def _settle(
+    future: asyncio.Future[dict[str, Any]],
+    result: dict[str, Any] | None,
+    error: BaseException | None,
+) -> None:
+    if future.done():  # cancelled: the server is shutting down
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result if result is not None else {})

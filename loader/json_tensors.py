@@ -172,6 +172,11 @@ def _fast_floats(leaves: list[Any], types: set[type], spec: _DType) -> np.ndarra
     if not types <= {int, float}:
         return None
     doubles = np.array(leaves, dtype=np.float64)
+    # The common case in one reduction: every value is finite, in range and, if some are
+    # integers, small enough to be exact. NaN fails the comparison and takes the long way.
+    limit = spec.max_int if int in types else spec.max_value
+    if not doubles.size or float(np.abs(doubles).max()) <= limit:
+        return doubles.astype(spec.numpy)
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(doubles)
         if ((magnitude > spec.max_value) & np.isfinite(doubles)).any():

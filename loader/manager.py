@@ -220,6 +220,10 @@ class Manager:
             state = self._models.get(model)
             return dict(state.spec.labels) if state is not None else {}
 
+    def has_model(self, model: str) -> bool:
+        """Whether `model` is configured (lock-free: for the request path)."""
+        return model in self._models
+
     def models(self) -> list[str]:
         with self._lock:
             return sorted(name for name, m in self._models.items() if not m.retiring)

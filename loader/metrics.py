@@ -8,9 +8,8 @@ path, `/monitoring/prometheus/metrics`.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -34,12 +33,33 @@ _BUCKETS = (
 )
 
 
-@dataclass
 class RequestOutcome:
-    """Filled in by the request handler; read when the request is counted."""
+    """One request being counted and timed: the handler fills in the model and the status.
 
-    model: str = ""
-    code: Code = Code.OK
+    A context manager (from `Metrics.request`); on exit it counts the request under its
+    model, API, transport and status, and records its latency. An exception escaping the
+    block counts as INTERNAL.
+    """
+
+    __slots__ = ("_api", "_metrics", "_started", "_transport", "code", "model")
+
+    def __init__(self, metrics: Metrics, transport: str, api: str) -> None:
+        self._metrics = metrics
+        self._transport = transport
+        self._api = api
+        self.model = ""
+        self.code = Code.OK
+
+    def __enter__(self) -> RequestOutcome:
+        self._metrics.in_flight_of(self._transport).inc()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        elapsed = time.perf_counter() - self._started
+        if exc_type is not None:
+            self.code = Code.INTERNAL
+        self._metrics.answered(self.model, self._api, self._transport, self.code, elapsed)
 
 
 class Metrics:
@@ -48,6 +68,12 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._available: dict[str, int] = {}  # the manager calls observers under its lock
+        # Labelled children on the request path; dict get and set are atomic, and two
+        # threads creating the same child get the same one from prometheus_client.
+        self._in_flight_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, str, str, Code], tuple[Any, Any]] = {}
+        # Which model names requests are counted under; the daemon asks its manager.
+        self.known_model: Callable[[str], bool] = lambda name: True
         r = self.registry
         self.requests = Counter(
             "modelwatch_requests", "Requests answered, by model, API, transport and status.",
@@ -123,24 +149,31 @@ class Metrics:
         self.polls.labels(model, "ok" if ok else "error").inc()
         self.poll_latency.labels(model).observe(seconds)
 
-    @contextmanager
-    def request(self, transport: str, api: str) -> Iterator[RequestOutcome]:
-        """Count and time one request; the handler fills in the model and the status."""
-        outcome = RequestOutcome()
-        gauge = self.in_flight.labels(transport)
-        gauge.inc()
-        started = time.perf_counter()
-        try:
-            yield outcome
-        except BaseException:
-            outcome.code = Code.INTERNAL
-            raise
-        finally:
-            gauge.dec()
-            self.requests.labels(outcome.model, api, transport, outcome.code.name).inc()
-            self.request_latency.labels(outcome.model, api, transport).observe(
-                time.perf_counter() - started
+    def request(self, transport: str, api: str) -> RequestOutcome:
+        """Count and time one request: `with metrics.request("rest", "predict") as outcome`."""
+        return RequestOutcome(self, transport, api)
+
+    def in_flight_of(self, transport: str) -> Any:
+        gauge = self._in_flight_children.get(transport)
+        if gauge is None:
+            gauge = self._in_flight_children[transport] = self.in_flight.labels(transport)
+        return gauge
+
+    def answered(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
+        """A request left: count it and record its latency. The labelled children are
+        looked up once and kept (`labels()` costs a lock and a tuple each call)."""
+        self.in_flight_of(transport).dec()
+        if model and not self.known_model(model):
+            model = ""  # any name a client sends would otherwise become a labelled series
+        key = (model, api, transport, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(model, api, transport, code.name),
+                self.request_latency.labels(model, api, transport),
             )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

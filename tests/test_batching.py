@@ -242,6 +242,100 @@ def test_a_full_queue_turns_requests_away_with_tf_servings_message(make, fake) -
     first.answer()
 
 
+# ---- submit: queueing without a waiting thread ----------------------------------------
+
+
+class Hook:
+    """A `done` hook that records where and with what it was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any] | None, BaseException | None]] = []
+        self.called = threading.Event()
+
+    def __call__(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        self.calls.append((threading.current_thread().name, result, error))
+        self.called.set()
+
+
+def test_submit_returns_at_once_and_the_hook_hears_the_answer_once_on_a_batch_thread(
+    make, fake
+) -> None:
+    servable = make()
+    gate, first = held(servable, fake)
+    hooks = [Hook() for _ in range(3)]
+    for i, hook in enumerate(hooks):  # returns while the only batch thread is held
+        assert servable.submit("double", {"x": rows(2, 10 * i)}, ["y"], hook)
+    assert servable.queued == 3 and not any(hook.called.is_set() for hook in hooks)
+    gate.open()
+    first.answer()
+    for hook in hooks:
+        assert hook.called.wait(10)
+    servable.unload()  # joins the batch thread: no late second call can follow
+    for i, hook in enumerate(hooks):
+        ((thread, result, error),) = hook.calls
+        assert thread == "modelwatch-batch-m-1"
+        assert error is None and result is not None and list(result) == ["y"]
+        assert np.array_equal(result["y"], 2 * rows(2, 10 * i))
+    assert [shape for _, shape, _ in fake.calls] == [(1, 1), (6, 1)]
+
+
+def test_submit_hands_a_bad_request_its_own_error_through_the_hook(make, fake) -> None:
+    servable = make()
+    gate, first = held(servable, fake)
+    good, bad = Hook(), Hook()
+    assert servable.submit("double", {"x": rows(1, 3)}, None, good)
+    assert servable.submit("double", {"x": -rows(1, 1)}, None, bad)
+    gate.open()
+    first.answer()
+    assert good.called.wait(10) and bad.called.wait(10)
+    assert np.array_equal(good.calls[0][1]["y"], 2 * rows(1, 3))
+    _, result, error = bad.calls[0]
+    assert result is None and isinstance(error, InvalidArgument)
+    assert "must not be negative" in error.message
+
+
+def test_submit_leaves_what_cannot_be_batched_to_the_caller(make, fake) -> None:
+    servable = make()
+    hook = Hook()
+    assert not servable.submit("declared_scalar", {"x": rows(2)}, None, hook)
+    assert not servable.submit("double", {"x": np.float32(1)}, None, hook)  # a scalar
+    assert not servable.submit("nope", {"x": rows(1)}, None, hook)
+    assert servable.queued == 0 and fake.calls == [] and hook.calls == []
+
+
+def test_submit_refuses_a_full_queue_at_once(make, fake) -> None:
+    servable = make(max_batch_size=2, max_enqueued_batches=2)
+    gate, first = held(servable, fake)
+    hooks = [Hook() for _ in range(4)]
+    for i, hook in enumerate(hooks):
+        assert servable.submit("double", {"x": rows(1, i)}, None, hook)
+    refused = Hook()
+    with pytest.raises(QueueFull):
+        servable.submit("double", {"x": rows(1)}, None, refused)
+    gate.open()
+    first.answer()
+    for i, hook in enumerate(hooks):
+        assert hook.called.wait(10)
+        assert np.array_equal(hook.calls[0][1]["y"], 2 * rows(1, i))
+    assert refused.calls == []
+
+
+def test_a_failing_hook_does_not_cost_the_other_requests_their_answers(make, fake) -> None:
+    servable = make()
+    gate, first = held(servable, fake)
+
+    def broken(result: dict[str, Any] | None, error: BaseException | None) -> None:
+        raise RuntimeError("the caller's event loop is closed")
+
+    after = Hook()
+    assert servable.submit("double", {"x": rows(1, 1)}, None, broken)
+    assert servable.submit("double", {"x": rows(1, 2)}, None, after)
+    gate.open()
+    first.answer()
+    assert after.called.wait(10)
+    assert np.array_equal(after.calls[0][1]["y"], 2 * rows(1, 2))
+
+
 def test_different_signatures_and_output_keys_never_share_a_call(make, fake) -> None:
     servable = make()
     gate, first = held(servable, fake)

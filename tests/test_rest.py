@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import orjson
 import pytest
 
+from loader.base import VersionRef
+from loader.batching import BatchingServable
+from loader.config import BatchingConfig
 from loader.dataplane import DataPlane
 from loader.manager import Manager, ModelSpec
 from loader.metrics import Metrics
@@ -17,12 +22,14 @@ from loader.rest import RestApi, RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
 from tests.fakes import FakeLoader, refs
+from tests.test_batching import RecordingServable, wait_until
 
 
 @pytest.fixture
 def stack() -> Iterator[tuple[Manager, httpx.Client, Metrics]]:
     manager = Manager(FakeLoader(), load_retries=0)
     metrics = Metrics()
+    metrics.known_model = manager.has_model  # as the daemon wires it
     manager.add_observer(metrics.observe_transition)
     manager.set_models([
         ModelSpec("m", All(), availability_preserving, {"stable": 1}),
@@ -90,7 +97,9 @@ def test_metrics_count_requests_and_versions(stack):
     client.get("/v1/models/nope")
     text = client.get("/monitoring/prometheus/metrics").text
     assert 'modelwatch_requests_total{api="status",model="m",status="OK",transport="rest"} 1.0' in text
-    assert 'modelwatch_requests_total{api="status",model="nope",status="NOT_FOUND",transport="rest"} 1.0' in text
+    # A name no model has is counted under "": clients cannot grow the label set.
+    assert 'modelwatch_requests_total{api="status",model="",status="NOT_FOUND",transport="rest"} 1.0' in text
+    assert 'model="nope"' not in text
     assert 'modelwatch_versions_available{model="m"} 2.0' in text
     assert 'modelwatch_loads_total{model="m",outcome="ok"} 2.0' in text
     assert 'modelwatch_swaps_total{model="m"} 1.0' in text
@@ -152,3 +161,93 @@ def _server_side_nodelay(client_address: tuple[str, int]) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+# ---- a batched model over REST -----------------------------------------------------
+
+
+@pytest.fixture
+def batched() -> Iterator[tuple[RecordingServable, BatchingServable, httpx.Client]]:
+    """A real manager serving one batched version of a recording fake (signatures
+    `double`, `echo`, ...: see tests/test_batching.py) over a real REST server."""
+    fake = RecordingServable()
+    servables: list[BatchingServable] = []
+
+    def load(model: str, version: int, ref: VersionRef) -> BatchingServable:
+        params = BatchingConfig(max_batch_size=8192, max_enqueued_batches=4, num_batch_threads=1)
+        servables.append(BatchingServable(fake, params, name=model))
+        return servables[-1]
+
+    manager = Manager(load, load_retries=0)
+    manager.set_models([ModelSpec("m", All(), availability_preserving)])
+    manager.on_versions("m", refs(1))
+    assert manager.wait_until(lambda: manager.status("m")[0].state == "AVAILABLE", 10)
+    server = RestServer(RestApi(DataPlane(manager), Metrics()).app, bind("127.0.0.1", 0))
+    server.start()
+    assert server.wait_started(10)
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{server.port}", timeout=30,
+        limits=httpx.Limits(max_connections=200),
+    )
+    yield fake, servables[0], client
+    client.close()
+    server.stop()
+    server.join(10)
+    manager.stop()
+
+
+def _predict(client: httpx.Client, signature: str, instances: list) -> httpx.Response:
+    return client.post(
+        "/v1/models/m:predict", json={"signature_name": signature, "instances": instances}
+    )
+
+
+def test_waiting_requests_of_a_batched_model_hold_no_worker_thread(batched):
+    # 100 requests wait for one batch at once, more than the 40 worker threads: a design
+    # that parks a thread per waiting request would queue at most 40 of them.
+    fake, servable, client = batched
+    gate = fake.hold_next_call()
+    with ThreadPoolExecutor(101) as pool:
+        first = pool.submit(_predict, client, "double", [[0.5]])
+        assert gate.entered.wait(10)
+        waiting = [pool.submit(_predict, client, "double", [[float(i)]]) for i in range(100)]
+        wait_until(lambda: servable.queued == 100, timeout=30)
+        gate.open()
+        assert first.result().json() == {"predictions": [{"y": [1.0], "z": [1.5]}]}
+        for i, future in enumerate(waiting):
+            response = future.result()
+            assert response.status_code == 200, response.text
+            assert response.json() == {"predictions": [{"y": [2.0 * i], "z": [i + 1.0]}]}
+    assert [shape for _, shape, _ in fake.calls] == [(1, 1), (100, 1)]
+
+
+def test_large_bodies_and_answers_are_decoded_and_encoded_off_the_event_loop(batched):
+    # 6,000 rows: a body well over INLINE_BODY_BYTES and an answer over
+    # INLINE_OUTPUT_VALUES, so both take the worker-thread path; the answer is the same.
+    from loader.rest import INLINE_BODY_BYTES, INLINE_OUTPUT_VALUES
+
+    fake, _, client = batched
+    instances = [[float(i) + 0.25] for i in range(6000)]
+    body = {"signature_name": "echo", "instances": instances}
+    assert len(orjson.dumps(body)) > INLINE_BODY_BYTES and len(instances) > INLINE_OUTPUT_VALUES
+    response = _predict(client, "echo", instances)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": instances}
+    small = _predict(client, "echo", [[1.5], [2.5]])
+    assert small.json() == {"predictions": [[1.5], [2.5]]}
+    assert [shape for _, shape, _ in fake.calls] == [(6000, 1), (2, 1)]
+
+
+def test_a_batched_requests_bad_input_is_its_own_400(batched):
+    fake, _, client = batched
+    gate = fake.hold_next_call()
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(_predict, client, "double", [[1.0]])
+        assert gate.entered.wait(10)
+        good = pool.submit(_predict, client, "double", [[3.0]])
+        bad = pool.submit(_predict, client, "double", [[-1.0]])
+        gate.open()
+        assert first.result().status_code == 200
+        assert good.result().json() == {"predictions": [{"y": [6.0], "z": [4.0]}]}
+        assert bad.result().status_code == 400
+        assert "must not be negative" in bad.result().json()["error"]
