@@ -82,7 +82,13 @@ def _run_daemon(
         signal.signal(signal.SIGHUP, lambda *_: reloader.request("SIGHUP"))
     else:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    daemon.start()
+    try:
+        daemon.start()
+    except Exception as exc:  # stop what did start, or its threads keep the process alive
+        log.error("could not start: %s", exc)
+        daemon.stop()
+        _exit_past_abandoned_threads(code=1)
+        return 1
     if reloader is not None:
         reloader.start()
     if ports_file:
@@ -100,7 +106,7 @@ def _run_daemon(
     return 0
 
 
-def _exit_past_abandoned_threads() -> None:
+def _exit_past_abandoned_threads(code: int = 0) -> None:
     """Exit now if a load is still stuck (in a download, say) after an orderly stop.
 
     Python joins every executor's worker threads at exit (daemon or not: a worker takes
@@ -115,7 +121,7 @@ def _exit_past_abandoned_threads() -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
