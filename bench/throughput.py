@@ -21,7 +21,12 @@ counter (Prometheus) is recorded beside hey's count to expose them. hey runs on 
 machine, so it takes CPU from the server.
 
     .venv/bin/python bench/throughput.py [--duration 30] [--concurrency 1,8,32]
-        [--variants modelwatch,modelwatch_batching,flask_gunicorn,in_process]
+        [--variants modelwatch,modelwatch_batching,flask_gunicorn,in_process] [--repeat N]
+
+With `--repeat N` the servers run N rounds, interleaved (A B C, A B C, ...), so a slow
+spell of the shared machine hits every server alike; each server's figures are then the
+round with its median throughput, every round's throughput is kept, and `ratios` gives
+batching over the Flask baseline per round and for the medians.
 
 Writes bench/results/throughput.json.
 """
@@ -192,6 +197,52 @@ def bench_in_process(model: Path, batches: list[int], seconds: float) -> dict[st
     return results
 
 
+def run_variant(variant: str, work: Path, model: Path, body: str, expected: list[float],
+                args: argparse.Namespace) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    if variant == "modelwatch":
+        return bench_modelwatch(work, model, body, expected, args, None)
+    if variant == "modelwatch_batching":
+        return bench_modelwatch(work, model, body, expected, args, args.batching_config)
+    if variant == "flask_gunicorn":
+        return bench_flask(work, model, body, expected, args)
+    return bench_in_process(model, args.ceiling_batches, args.ceiling_seconds)
+
+
+def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server's result: per concurrency, the round with the median throughput, and
+    every round's throughput beside it."""
+    if len(runs) == 1 or "by_concurrency" not in runs[0]:
+        return runs[0]
+    merged = dict(runs[0])
+    merged["by_concurrency"] = {}
+    for c in runs[0]["by_concurrency"]:
+        ranked = sorted((run["by_concurrency"][c] for run in runs),
+                        key=lambda summary: summary["throughput_rps"])
+        chosen = dict(ranked[(len(ranked) - 1) // 2])
+        chosen["rounds_throughput_rps"] = [run["by_concurrency"][c]["throughput_rps"]
+                                           for run in runs]
+        merged["by_concurrency"][c] = chosen
+    return merged
+
+
+def ratios(rounds: dict[str, list[dict[str, Any]]], concurrency: list[int]) -> dict[str, Any]:
+    """modelwatch with batching over the Flask baseline: per round, and of the medians."""
+    ours, theirs = rounds.get("modelwatch_batching"), rounds.get("flask_gunicorn")
+    if not ours or not theirs:
+        return {}
+    found: dict[str, Any] = {}
+    for c in map(str, concurrency):
+        per_round = [round(a["by_concurrency"][c]["throughput_rps"]
+                           / b["by_concurrency"][c]["throughput_rps"], 2)
+                     for a, b in zip(ours, theirs, strict=True)]
+        a = median_round(ours)["by_concurrency"][c]["throughput_rps"]
+        b = median_round(theirs)["by_concurrency"][c]["throughput_rps"]
+        found[f"batching_over_flask_c{c}"] = {"per_round": per_round,
+                                              "of_medians": round(a / b, 2)}
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per hey run")
@@ -204,6 +255,7 @@ def main() -> None:
     parser.add_argument("--ceiling-batches", type=parse_list, default=[1, 32],
                         help="in-process batch sizes")
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the servers")
     parser.add_argument("--out", default=default_out("throughput"))
     args = parser.parse_args()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -213,7 +265,6 @@ def main() -> None:
     ensure_hey()
 
     body = instances_body(SIZES[0])
-    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = write_mlp(work / "mlp", SIZES, seed=0)
@@ -223,18 +274,16 @@ def main() -> None:
         x = np.asarray(json.loads(body)["instances"], np.float32)
         expected = tf.saved_model.load(str(model)).signatures["serving_default"](
             x=tf.constant(x))["y"].numpy()[0].tolist()
-        for variant in variants:
-            print(f"{variant}:", file=sys.stderr)
-            if variant == "modelwatch":
-                results[variant] = bench_modelwatch(work, model, body, expected, args, None)
-            elif variant == "modelwatch_batching":
-                results[variant] = bench_modelwatch(work, model, body, expected, args,
-                                                    args.batching_config)
-            elif variant == "flask_gunicorn":
-                results[variant] = bench_flask(work, model, body, expected, args)
-            else:
-                results[variant] = bench_in_process(model, args.ceiling_batches,
-                                                    args.ceiling_seconds)
+        rounds: dict[str, list[dict[str, Any]]] = {}
+        for round_number in range(1, args.repeat + 1):
+            for variant in variants:
+                if variant == "in_process" and round_number > 1:
+                    continue  # no server, no shared-machine noise worth repeating
+                print(f"{variant} (round {round_number} of {args.repeat}):", file=sys.stderr)
+                rounds.setdefault(variant, []).append(
+                    run_variant(variant, work / f"round-{round_number}", model, body,
+                                expected, args))
+        results = {variant: median_round(runs) for variant, runs in rounds.items()}
         model_bytes = folder_bytes(model)
     write_result(args.out, {
         "benchmark": "throughput",
@@ -248,6 +297,7 @@ def main() -> None:
         "model": {"sizes": list(SIZES), "dtype": "float32", "seed": 0, "bytes": model_bytes},
         "hey": {"version": hey_version(), "body_bytes": len(body)},
         "results": results,
+        "ratios": ratios(rounds, args.concurrency),
     })
 
 
