@@ -37,6 +37,8 @@ class ServerConfig(_Strict):
     rest_port: Annotated[int, Field(ge=0, le=65535)] = 8501
     grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8500
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # A REST body that stops arriving for this long gets 408 and its connection closed.
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     # Required by gRPC reloads when set; without it, reloads work on loopback only.
     reload_token: SecretStr | None = None
 

@@ -129,6 +129,7 @@ class Daemon:
         self.rest: RestServer | None = None
         if serve_rest:  # TF Serving's --rest_api_port=0
             api = RestApi(self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
+                          body_timeout_seconds=server.body_timeout_seconds,
                           metrics_path=metrics_path)
             self.rest = RestServer(api.app, bind(server.host, server.rest_port))
         self.grpc: GrpcServer | None = None

@@ -17,7 +17,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from loader.errors import InvalidArgument
-from loader.json_tensors import encode_json, tensor_to_jsonable
+from loader.json_responses import encode_json, tensor_to_jsonable
 from loader.json_values import (
     decode_b64_object,
     format_error,

@@ -11,6 +11,8 @@ with numpy) and falls back, only when that path sees anything wrong, to a step-b
 emulation of TF Serving's walk, so a bad request gets exactly the first error TF Serving
 would report. Neither path recurses, so deep nesting cannot overflow the stack.
 
+Responses are written by `loader.json_responses`.
+
 Where this differs on purpose: DT_HALF, DT_BFLOAT16 (numpy has no bfloat16: `ml_dtypes`
 when present, else float32) and DT_UINT16 are accepted (TF Serving answers
 Unimplemented); values out of range for int8/int16/uint8/uint16 are rejected instead of
@@ -21,7 +23,6 @@ float32/float64 (TF Serving writes `%g`, else 9 or 17 digits: "9e+06" where we w
 
 from __future__ import annotations
 
-import base64
 import importlib
 import math
 from collections.abc import Callable, Mapping
@@ -30,7 +31,6 @@ from itertools import chain
 from typing import Any
 
 import numpy as np
-import orjson
 
 from loader.base import SignatureInfo
 from loader.errors import Code, InvalidArgument, ServingError
@@ -41,6 +41,7 @@ from loader.json_values import (
     json_type_name,
     json_value_to_string,
     lossy_decimal_error,
+    object_array,
     parse_body,
     signature_name_of,
     utf8,
@@ -52,7 +53,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _BFLOAT16 = np.dtype(np.float32)
 
 _MAX_RANK = 64  # numpy's limit; TensorFlow's own is 254
-_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,7 @@ def _fast_tensor(value: Any, shape: list[int], spec: _DType) -> np.ndarray | Non
             strings = [utf8(v) if type(v) is str else decode_b64_object(v) for v in leaves]
         except InvalidArgument:
             return None
-        array = _object_array(strings)
+        array = object_array(strings)
     else:
         return None
     return None if array is None else array.reshape(shape)
@@ -188,15 +188,9 @@ def _fast_floats(leaves: list[Any], types: set[type], spec: _DType) -> np.ndarra
     return doubles.astype(spec.numpy)
 
 
-def _object_array(items: list[Any]) -> np.ndarray:
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
 def _build(leaves: list[Any], shape: list[int], spec: _DType) -> np.ndarray:
     if spec.numpy == np.dtype(object):
-        return _object_array(leaves).reshape(shape)
+        return object_array(leaves).reshape(shape)
     return np.array(leaves, dtype=spec.numpy).reshape(shape)
 
 
@@ -426,116 +420,3 @@ def _wrapped(add_item: Callable[[Any, str], None], item: Any, alias: str, where:
 
 def _shape_text(shape: list[int]) -> str:
     return "[" + ",".join(map(str, shape)) + "]"
-
-
-# --- responses -------------------------------------------------------------------------------
-
-def tensor_to_jsonable(tensor: Any, *, b64: bool = False) -> Any:
-    """What orjson (with OPT_SERIALIZE_NUMPY) should write for a tensor, as TF Serving would.
-
-    Numbers stay numpy arrays or scalars; non-finite floats become `NaN`, `Infinity` and
-    `-Infinity` tokens; strings become nested lists, each bytes value as UTF-8 text
-    (invalid bytes replaced) or, with `b64`, as `{"b64": "..."}`.
-    """
-    array = np.asarray(tensor)
-    kind = array.dtype.kind
-    if kind in "OSU":
-        return _strings_to_jsonable(array, b64)
-    if kind not in "biuf":
-        if kind != "V" or not array.dtype.name.startswith(("bfloat", "float")):
-            raise InvalidArgument(
-                f"Failed to write JSON value for tensor type: {array.dtype.name}"
-            )
-        array, kind = array.astype(np.float32), "f"  # ml_dtypes' bfloat16, float8...
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    if array.ndim == 0:
-        scalar = array[()]
-        if kind == "f" and not np.isfinite(scalar):
-            return orjson.Fragment(_non_finite_token(float(scalar)))
-        return scalar
-    array = np.ascontiguousarray(array)
-    if kind == "f" and not np.isfinite(array).all():
-        return _non_finite_fragment(array)
-    return array
-
-
-def _non_finite_token(value: float) -> bytes:
-    return b"NaN" if value != value else b"Infinity" if value > 0 else b"-Infinity"
-
-
-def _non_finite_fragment(array: np.ndarray) -> orjson.Fragment:
-    # orjson writes non-finite floats as null, and a numeric array has no other null.
-    parts = orjson.dumps(array, option=_NUMPY).split(b"null")
-    tokens = [_non_finite_token(v) for v in array[~np.isfinite(array)].tolist()]
-    assert len(parts) == len(tokens) + 1
-    pairs = zip(parts, tokens, strict=False)  # parts has one more item than tokens
-    return orjson.Fragment(b"".join(chain.from_iterable(pairs)) + parts[-1])
-
-
-def _strings_to_jsonable(array: np.ndarray, b64: bool) -> Any:
-    def text(value: Any) -> Any:
-        if type(value) is str:
-            value = value.encode("utf-8", "surrogateescape")
-        elif type(value) is not bytes:
-            raise InvalidArgument(
-                f"Failed to write JSON value for tensor type: {type(value).__name__}"
-            )
-        if b64:
-            return {"b64": base64.b64encode(value).decode("ascii")}
-        return value.decode("utf-8", "replace")
-
-    values = [text(value) for value in array.ravel().tolist()]
-    if array.ndim == 0:
-        return values[0]
-    return _object_array(values).reshape(array.shape).tolist()
-
-
-def _rows(tensor: np.ndarray, b64: bool) -> list[Any]:
-    jsonable = tensor_to_jsonable(tensor, b64=b64)
-    if isinstance(jsonable, orjson.Fragment):
-        return [tensor_to_jsonable(row) for row in tensor]
-    return list(jsonable)
-
-
-def encode_predict_response(outputs: Mapping[str, Any], row_format: bool) -> bytes:
-    """A predict response body: `{"predictions": ...}` (row) or `{"outputs": ...}` (columnar).
-
-    One output is written bare; several as objects keyed by output name (per instance in
-    row format, where all outputs must share their first dimension). String outputs whose
-    name ends in "_bytes" are written as `{"b64": "..."}`.
-    """
-    if not outputs:
-        raise InvalidArgument("Cannot convert empty tensor map to JSON")
-    tensors = {name: np.asarray(outputs[name]) for name in sorted(outputs)}
-    b64 = {name: name.endswith("_bytes") for name in tensors}
-    if not row_format:
-        if len(tensors) == 1:
-            ((name, tensor),) = tensors.items()
-            return encode_json({"outputs": tensor_to_jsonable(tensor, b64=b64[name])})
-        columns = {name: tensor_to_jsonable(t, b64=b64[name]) for name, t in tensors.items()}
-        return encode_json({"outputs": columns})
-    batch = 0
-    for name, tensor in tensors.items():
-        if tensor.ndim == 0:
-            raise InvalidArgument(f"Tensor name: {name} has no shape information ")
-        size = tensor.shape[0]
-        if size < 1:
-            raise InvalidArgument(f"Tensor name: {name} has invalid batch size: {size}")
-        if batch and size != batch:
-            raise InvalidArgument(
-                f"Tensor name: {name} has inconsistent batch size: {size} expecting: {batch}"
-            )
-        batch = size
-    if len(tensors) == 1:
-        ((name, tensor),) = tensors.items()
-        return encode_json({"predictions": tensor_to_jsonable(tensor, b64=b64[name])})
-    rows = {name: _rows(tensor, b64[name]) for name, tensor in tensors.items()}
-    return encode_json(
-        {"predictions": [{name: rows[name][i] for name in rows} for i in range(batch)]}
-    )
-
-
-def encode_json(document: Any) -> bytes:
-    """Serialize a response document that may hold numpy values and orjson Fragments."""
-    return orjson.dumps(document, option=_NUMPY)

@@ -279,6 +279,13 @@ def decode_b64_object(value: Any) -> bytes:
         raise InvalidArgument("Unable to base64 decode") from None
 
 
+def object_array(items: list[Any]) -> np.ndarray:
+    """A 1-D object array of `items` as they are (np.array would nest lists and bytes)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
 def utf8(text: str) -> bytes:
     """A JSON string's bytes; invalid UTF-8 the client sent comes back byte for byte."""
     try:

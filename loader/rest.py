@@ -13,6 +13,7 @@ hop to a thread and back); a larger one, and classify and regress, on a worker t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -41,7 +42,8 @@ from loader.json_examples import (
     encode_classify_response,
     encode_regress_response,
 )
-from loader.json_tensors import decode_predict_request, encode_predict_response
+from loader.json_responses import encode_predict_response
+from loader.json_tensors import decode_predict_request
 from loader.json_values import parse_body, signature_name_of
 from loader.metrics import CONTENT_TYPE, Metrics
 
@@ -90,12 +92,16 @@ def _json(document: Any, status: int = 200) -> Response:
 
 def _error_answer(error: ServingError) -> tuple[int, bytes]:
     """`{"error": message}` and TF Serving's HTTP status for it."""
-    status = 413 if isinstance(error, _TooLarge) else HTTP_STATUS.get(error.code, 500)
+    if isinstance(error, _TooLarge):
+        status = 413
+    elif isinstance(error, _BodyTimeout):
+        status = 408
+    else:
+        status = HTTP_STATUS.get(error.code, 500)
     try:
-        body = orjson.dumps({"error": error.message})
+        return status, orjson.dumps({"error": error.message})
     except orjson.JSONEncodeError:  # a lone surrogate quoted from the client's text
-        body = json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
-    return status, body
+        return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
 
 
 class ErrorResponse(Response):
@@ -129,6 +135,12 @@ def _too_large(limit: int) -> _TooLarge:
     return _TooLarge(f"the request body is larger than server.max_request_bytes ({limit} bytes)")
 
 
+class _BodyTimeout(ServingError):
+    """The client stopped sending its body: 408, and the connection is closed."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
 def _version(text: str | None) -> int | None:
     if not text:
         return None
@@ -150,10 +162,12 @@ class RestApi:
         metrics: Metrics | None = None,
         *,
         max_request_bytes: int = 64 * 1024 * 1024,
+        body_timeout_seconds: float = 30.0,
         metrics_path: str | None = PROMETHEUS_PATH,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
+        self._body_timeout = body_timeout_seconds
         self._metrics = metrics or Metrics()
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
         self._starlette = Starlette(
@@ -205,14 +219,13 @@ class RestApi:
                 error = Internal(f"Internal error: {type(exc).__name__}: {exc}")
                 outcome.code = error.code
                 status, answer = _error_answer(error)
-            await send({
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(answer)).encode()),
-                ],
-            })
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ]
+            if status == 408:  # what is left of the body would be read as a next request
+                headers.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": answer})
 
     async def _predict(
@@ -304,7 +317,8 @@ class RestApi:
         return answer
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
-        """The request body, refused (413) as soon as it is known to be too large."""
+        """The request body, refused (413) as soon as it is known to be too large, and
+        given up (408) when `body_timeout_seconds` pass with no byte of it arriving."""
         limit = self._max_request_bytes
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -312,17 +326,26 @@ class RestApi:
                     raise _too_large(limit)
                 break
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._body_timeout) as idle:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        raise _too_large(limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    idle.reschedule(loop.time() + self._body_timeout)
+        except TimeoutError:
+            raise _BodyTimeout(
+                f"no part of the request body arrived for {self._body_timeout:g} seconds "
+                f"(server.body_timeout_seconds); {size} bytes were read"
+            ) from None
 
     def _status(self, model: str, version: int | None, label: str | None) -> Response:
         statuses = self._dataplane.status(model, version, label)

@@ -86,6 +86,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("- just\n- a list\n", "the top level must be a mapping"),
         ("models: [\n", "cannot be parsed at line"),
         ("watch: {ready_marker: ../x}\n", "watch.ready_marker: must be a plain file name"),
+        ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):

@@ -27,7 +27,8 @@ from loader.json_examples import (
     encode_classify_response,
     encode_regress_response,
 )
-from loader.json_tensors import decode_predict_request, encode_predict_response
+from loader.json_responses import encode_predict_response
+from loader.json_tensors import decode_predict_request
 from loader.json_values import json_value_to_string, parse_body, signature_name_of
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -135,6 +135,35 @@ def test_a_body_over_the_limit_is_refused_with_413(stack):
     assert 'api="predict",model="m",status="RESOURCE_EXHAUSTED",transport="rest"} 2.0' in metrics
 
 
+def test_a_body_that_stops_arriving_gets_408_and_its_connection_closed():
+    manager = Manager(FakeLoader(), load_retries=0)
+    metrics = Metrics()
+    api = RestApi(DataPlane(manager), metrics, body_timeout_seconds=0.2)
+    server = RestServer(api.app, bind("127.0.0.1", 0))
+    server.start()
+    assert server.wait_started(10)
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(
+                b"POST /v1/models/m:predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Length: 100\r\n\r\n{\"instances\""  # 12 of the 100 bytes
+            )
+            answer = b""
+            while chunk := conn.recv(4096):  # until the server closes the connection
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head.lower()
+        error = orjson.loads(body)["error"]
+        assert "server.body_timeout_seconds" in error and "12 bytes were read" in error
+        text = metrics.exposition().decode()
+        assert 'api="predict",model="m",status="DEADLINE_EXCEEDED",transport="rest"} 1.0' in text
+    finally:
+        server.stop()
+        server.join(10)
+        manager.stop()
+
+
 def test_accepted_connections_have_tcp_nodelay(stack):
     # Without TCP_NODELAY every keep-alive response waited ~40 ms for a delayed ACK.
     manager, client, _ = stack
