@@ -18,6 +18,7 @@ from typing import Any
 from loader.config import Config, ConfigError, load_config
 from loader.config_watch import ConfigReloader
 from loader.errors import ServingError
+from loader.quiet_tf import import_tensorflow
 from loader.tfs_flags import is_tfs_style, parse_tfs_flags
 from loader.tfs_flags import usage as tfs_usage
 
@@ -66,6 +67,7 @@ def _run_daemon(
     **options: Any,
 ) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads the models, if there is a reloader."""
+    import_tensorflow()
     from loader.daemon import Daemon
 
     stop = threading.Event()
@@ -125,6 +127,7 @@ def _exit_past_abandoned_threads(code: int = 0) -> None:
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
+    import_tensorflow()
     from loader.demo import prepare_demo_repository
 
     base = prepare_demo_repository(args.models_dir)
@@ -136,6 +139,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from loader import inspect
 
     with inspect.local_version(args.path, endpoint_url=args.endpoint_url, region=args.region) as folder:
+        import_tensorflow()
         if args.json:
             print(json.dumps(inspect.describe(folder), indent=2))
         else:
@@ -151,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
     inputs = inspect.parse_inputs(args.input_exprs, args.inputs)
     tags = [t.strip() for t in args.tag_set.split(",")]
     with inspect.local_version(args.path, endpoint_url=args.endpoint_url, region=args.region) as folder:
+        import_tensorflow()
         outputs = inspect.run(folder, args.signature_def, inputs, tags)
     for key, value in sorted(outputs.items()):
         print(f"Result for output key {key}:\n{value}")

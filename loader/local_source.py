@@ -4,7 +4,8 @@ watchdog's inotify events trigger a debounced scan of the model they touch; an A
 job rescans everything every `poll_interval_seconds` as a safety net for missed events.
 A version folder renamed into place under the base path is complete by construction (the
 writer used the atomic-publish pattern), so it is ready at once; a folder written in place
-must also keep the same listing for `settle_seconds`.
+must also keep the same listing for `settle_seconds`, counted from the last change to any
+of its files or folders (their ctime), so one already quiet at start-up is ready at once.
 """
 
 from __future__ import annotations
@@ -29,17 +30,21 @@ log = logging.getLogger("modelwatch.source.local")
 DEFAULT_SETTLE_SECONDS = 1.0
 
 
-def list_version(folder: str) -> list[tuple[str, int, str]]:
-    """(relative path, size, mtime) of every file in a version folder."""
+def list_version(folder: str) -> tuple[list[tuple[str, int, str]], int]:
+    """(relative path, size, mtime) of every file in a version folder, and the newest
+    status-change time (ctime, in ns) of the folder, its subfolders and its files."""
     entries: list[tuple[str, int, str]] = []
+    changed = 0
     for root, dirs, files in os.walk(folder, onerror=_raise):
         dirs.sort()
+        changed = max(changed, os.stat(root).st_ctime_ns)
         for name in files:
             path = os.path.join(root, name)
             stat = os.stat(path)
             relative = os.path.relpath(path, folder).replace(os.sep, "/")
             entries.append((relative, stat.st_size, str(stat.st_mtime_ns)))
-    return entries
+            changed = max(changed, stat.st_ctime_ns)
+    return entries, changed
 
 
 def _raise(error: OSError) -> None:
@@ -252,13 +257,17 @@ class LocalSource:
             if version is None:
                 continue
             try:
-                listing = list_version(path)
+                listing, changed_ns = list_version(path)
             except FileNotFoundError:
                 continue  # removed while we looked: it is simply not there any more
             seen.append(version)
             key = (model, version)
             digest = fingerprint(listing)
-            settled = self._settle.observe(key, digest, now)
+            # Nothing in it has changed for this long (ctime, which copying tools cannot
+            # set back, unlike mtime): a version found at start-up that has long been
+            # complete is settled at once instead of one settle period later.
+            quiet = max(0.0, time.time() - changed_ns / 1e9)
+            settled = self._settle.observe(key, digest, now, quiet_for=quiet)
             reason = incompleteness((e[0] for e in listing), self._ready_marker)
             if reason is not None:
                 log.debug("model=%s version=%d not ready: %s", model, version, reason)

@@ -90,13 +90,18 @@ class SettleTracker:
         self._seen: dict[tuple[str, int], _Seen] = {}
         self._lock = threading.Lock()  # a source may scan several models at once
 
-    def observe(self, key: tuple[str, int], fingerprint: str, now: float) -> bool:
-        """Record a listing; True once the same fingerprint has been seen long enough."""
+    def observe(
+        self, key: tuple[str, int], fingerprint: str, now: float, *, quiet_for: float = 0.0
+    ) -> bool:
+        """Record a listing; True once the same fingerprint has been seen long enough.
+
+        `quiet_for`: seconds for which the storage says the listing has not changed
+        already (a local folder's newest ctime); a new listing counts from then.
+        """
         with self._lock:
             seen = self._seen.get(key)
             if seen is None or seen.fingerprint != fingerprint:
-                self._seen[key] = _Seen(fingerprint, now)
-                return self._settle_seconds <= 0
+                seen = self._seen[key] = _Seen(fingerprint, now - quiet_for)
             return now - seen.since >= self._settle_seconds
 
     def remaining(self, key: tuple[str, int], now: float) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -20,12 +21,14 @@ class Reports:
 
     def __init__(self) -> None:
         self.latest: dict[str, dict[int, VersionRef]] = {}
+        self.history: list[tuple[str, set[int]]] = []
         self.count = 0
         self._cond = threading.Condition()
 
     def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None:
         with self._cond:
             self.latest[model] = dict(versions)
+            self.history.append((model, set(versions)))
             self.count += 1
             self._cond.notify_all()
 
@@ -108,6 +111,32 @@ def test_version_written_in_place_waits_until_complete_and_settled(base, reports
     assert reports.versions() == set()
     (folder / "variables" / "variables.data-00001-of-00002").write_bytes(b"d")
     reports.wait_for({1})
+
+
+def test_a_version_already_quiet_for_the_settle_period_is_ready_on_the_first_scan(
+    base, reports, source_factory
+):
+    # Written in place (no rename), then left alone longer than the settle period before
+    # the source starts: nothing in it changed for that long (ctime), so the very first
+    # scan reports it instead of a wake-up one settle period later.
+    folder = base / "1"
+    write_version(folder)
+    paths = [folder, *folder.rglob("*")]
+    newest = max(os.stat(path).st_ctime_ns for path in paths) / 1e9
+    tick = threading.Event()
+    deadline = time.monotonic() + WAIT
+    while time.time() - newest < 0.35:
+        assert time.monotonic() < deadline
+        tick.wait(0.01)
+    source_factory(base, settle_seconds=0.3, poll_interval_seconds=60)
+    assert reports.history[0] == ("m", {1})
+
+
+def test_a_version_changed_within_the_settle_period_waits_for_it(base, reports, source_factory):
+    folder = base / "1"
+    write_version(folder)
+    source_factory(base, settle_seconds=5, poll_interval_seconds=60)
+    assert reports.history[0] == ("m", set())  # its files changed a moment ago
 
 
 def test_other_names_are_ignored_and_deletion_is_reported(base, reports, source_factory):

@@ -1,0 +1,78 @@
+"""Import TensorFlow without the lines its C++ core prints before logging is set up.
+
+`TF_CPP_MIN_LOG_LEVEL` silences TensorFlow's logging once absl's is initialised, but not
+what it writes before that, straight to file descriptor 2, on every start: "All log
+messages before absl::InitializeLog() is called are written to STDERR", oneDNN and CUDA
+probing, and on a machine without a GPU "E0000 ... failed call to cuInit". An operator
+reading that at each start of a CPU-only server cannot tell it from a real error.
+
+`import_tensorflow()` imports TensorFlow and probes its devices (where the cuInit line
+comes from) with descriptor 2 sent to a temporary file; afterwards the known lines go to
+the debug log and every other line to stderr, in order. Nothing is lost: if the import
+fails, its output is shown whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+log = logging.getLogger("modelwatch.tensorflow")
+
+# What TensorFlow's CPU wheels print at import and device probing on a machine like ours.
+_NOISE = re.compile(
+    "|".join([
+        r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
+        r"oneDNN custom operations are on",
+        r"Could not find cuda drivers on your machine",
+        r"failed call to cuInit",
+        r"This TensorFlow binary is optimized to use available CPU instructions",
+        r"To enable the following instructions: .* rebuild TensorFlow",
+        r"Unable to register cu(DNN|FFT|BLAS) factory",
+        r"computation placer already registered",
+        r"TF-TRT Warning: Could not find TensorRT",
+    ])
+)
+
+
+@contextmanager
+def native_stderr_filtered() -> Iterator[None]:
+    """Capture descriptor 2 for the block; then drop TensorFlow's start-up noise from it
+    (to the debug log) and write the rest to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    captured = tempfile.TemporaryFile()
+    failed = True
+    try:
+        os.dup2(captured.fileno(), 2)
+        yield
+        failed = False
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        captured.seek(0)
+        for line in captured.read().decode("utf-8", "replace").splitlines():
+            if not failed and _NOISE.search(line):
+                log.debug("%s", line)
+            else:
+                print(line, file=sys.stderr)
+        captured.close()
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow and probe its devices quietly (see the module's docstring).
+
+    Does nothing once TensorFlow is imported: by then its start-up lines are written.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    with native_stderr_filtered():
+        import tensorflow as tf
+
+        tf.config.list_physical_devices()
