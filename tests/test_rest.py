@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import orjson
@@ -231,14 +232,22 @@ def _predict(client: httpx.Client, signature: str, instances: list) -> httpx.Res
     )
 
 
+def _hold_the_batch_thread(
+    pool: ThreadPoolExecutor, client: httpx.Client, fake: RecordingServable
+) -> tuple[Any, Future[httpx.Response]]:
+    """Send one request and keep the only batch thread inside it until the gate opens."""
+    gate = fake.hold_next_call()
+    first = pool.submit(_predict, client, "double", [[0.5]])
+    assert gate.entered.wait(10)
+    return gate, first
+
+
 def test_waiting_requests_of_a_batched_model_hold_no_worker_thread(batched):
     # 100 requests wait for one batch at once, more than the 40 worker threads: a design
     # that parks a thread per waiting request would queue at most 40 of them.
     fake, servable, client = batched
-    gate = fake.hold_next_call()
     with ThreadPoolExecutor(101) as pool:
-        first = pool.submit(_predict, client, "double", [[0.5]])
-        assert gate.entered.wait(10)
+        gate, first = _hold_the_batch_thread(pool, client, fake)
         waiting = [pool.submit(_predict, client, "double", [[float(i)]]) for i in range(100)]
         wait_until(lambda: servable.queued == 100, timeout=30)
         gate.open()
@@ -269,10 +278,8 @@ def test_large_bodies_and_answers_are_decoded_and_encoded_off_the_event_loop(bat
 
 def test_a_batched_requests_bad_input_is_its_own_400(batched):
     fake, _, client = batched
-    gate = fake.hold_next_call()
     with ThreadPoolExecutor(3) as pool:
-        first = pool.submit(_predict, client, "double", [[1.0]])
-        assert gate.entered.wait(10)
+        gate, first = _hold_the_batch_thread(pool, client, fake)
         good = pool.submit(_predict, client, "double", [[3.0]])
         bad = pool.submit(_predict, client, "double", [[-1.0]])
         gate.open()
