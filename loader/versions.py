@@ -96,12 +96,17 @@ class SettleTracker:
         """Record a listing; True once the same fingerprint has been seen long enough.
 
         `quiet_for`: seconds for which the storage says the listing has not changed
-        already (a local folder's newest ctime); a new listing counts from then.
+        already (a local folder's newest ctime, S3's LastModified against its Date). A new
+        listing quiet for a whole settle period is settled at once; any other new listing
+        starts its settle period now, as if it had just changed, because clocks other than
+        `now`'s may only shorten a wait that was already over.
         """
         with self._lock:
             seen = self._seen.get(key)
             if seen is None or seen.fingerprint != fingerprint:
-                seen = self._seen[key] = _Seen(fingerprint, now - quiet_for)
+                settled_already = quiet_for >= self._settle_seconds
+                since = now - self._settle_seconds if settled_already else now
+                seen = self._seen[key] = _Seen(fingerprint, since)
             return now - seen.since >= self._settle_seconds
 
     def remaining(self, key: tuple[str, int], now: float) -> float:
