@@ -4,8 +4,9 @@ watchdog's inotify events trigger a debounced scan of the model they touch; an A
 job rescans everything every `poll_interval_seconds` as a safety net for missed events.
 A version folder renamed into place under the base path is complete by construction (the
 writer used the atomic-publish pattern), so it is ready at once; a folder written in place
-must also keep the same listing for `settle_seconds`, counted from the last change to any
-of its files or folders (their ctime), so one already quiet at start-up is ready at once.
+must also keep the same listing for `settle_seconds`; one in which nothing has changed for
+that long when first seen (by ctime) is settled at once, so versions already there at
+start-up load without waiting.
 """
 
 from __future__ import annotations
@@ -264,8 +265,8 @@ class LocalSource:
             key = (model, version)
             digest = fingerprint(listing)
             # Nothing in it has changed for this long (ctime, which copying tools cannot
-            # set back, unlike mtime): a version found at start-up that has long been
-            # complete is settled at once instead of one settle period later.
+            # set back, unlike mtime): a version long complete when first seen (at
+            # start-up, say) is settled at once instead of one settle period later.
             quiet = max(0.0, time.time() - changed_ns / 1e9)
             settled = self._settle.observe(key, digest, now, quiet_for=quiet)
             reason = incompleteness((e[0] for e in listing), self._ready_marker)
