@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,13 @@ def _exit_past_abandoned_threads(code: int = 0) -> None:
     its flag from the thread that started it), so one stuck load would keep a stopped
     server's process alive past any orchestrator's grace period.
     """
-    stuck = [t for t in threading.enumerate()
-             if t is not threading.current_thread() and t.is_alive()]
+    others = [t for t in threading.enumerate() if t is not threading.current_thread()]
+    # Idle pool workers told to exit are on their way out: give them a moment, so only a
+    # thread really stuck (in a download, say) is reported.
+    deadline = time.monotonic() + 1.0
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t for t in others if t.is_alive()]
     if stuck:
         log.warning("exiting past %d thread(s) still running: %s",
                     len(stuck), ", ".join(sorted(t.name for t in stuck)))
