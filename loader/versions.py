@@ -76,6 +76,7 @@ def fingerprint(entries: Iterable[tuple[str, int, str]]) -> str:
 class _Seen:
     fingerprint: str
     since: float
+    settled: bool = False  # quiet for a whole period by the storage's word when first seen
 
 
 class SettleTracker:
@@ -104,16 +105,16 @@ class SettleTracker:
         with self._lock:
             seen = self._seen.get(key)
             if seen is None or seen.fingerprint != fingerprint:
-                settled_already = quiet_for >= self._settle_seconds
-                since = now - self._settle_seconds if settled_already else now
-                seen = self._seen[key] = _Seen(fingerprint, since)
-            return now - seen.since >= self._settle_seconds
+                # A flag, not `since = now - settle_seconds`: now - (now - s) is not
+                # always s in floating point, and the settled-at-once answer must be exact.
+                seen = self._seen[key] = _Seen(fingerprint, now, quiet_for >= self._settle_seconds)
+            return seen.settled or now - seen.since >= self._settle_seconds
 
     def remaining(self, key: tuple[str, int], now: float) -> float:
         """Seconds until `key` could settle if nothing changes (0 when unknown or due)."""
         with self._lock:
             seen = self._seen.get(key)
-            if seen is None:
+            if seen is None or seen.settled:
                 return 0.0
             return max(0.0, seen.since + self._settle_seconds - now)
 

@@ -30,6 +30,15 @@ def test_a_new_listing_quiet_for_a_whole_period_by_the_storage_is_settled_at_onc
     assert tracker.observe(("m", 2), "c", 100.0, quiet_for=3600.0)
 
 
+def test_settled_at_once_is_exact_whatever_the_clock_reads():
+    # 100.0 - (100.0 - 0.3) is 0.29999999999999716: a settled-at-once answer computed
+    # from a back-dated start time came out False for about 4 clock readings in 10.
+    tracker = SettleTracker(0.3)
+    for n, now in enumerate([100.0, 12345.678, 1000.1, 7.7]):
+        assert tracker.observe(("m", n), "a", now, quiet_for=0.35)
+        assert tracker.remaining(("m", n), now) == 0.0
+
+
 def test_less_quiet_than_a_period_earns_nothing():
     # The storage's clock only ever ends a wait that is already over; part of a period
     # never shortens one, so a wait measured on `now`'s clock stays exact.
