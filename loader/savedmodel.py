@@ -1,13 +1,16 @@
 """Loads a TensorFlow SavedModel version into a servable that runs its signatures.
 
-Two ways to run a SavedModel, chosen per version the way TF Serving chooses:
+Two ways to run a SavedModel:
 
-- **session**: a TF1 `Session` on the SavedModel's own graph, running a signature by
-  feeding and fetching the tensor names its SignatureDef lists. TF Serving serves every
-  model this way, and it is the only way that serves every TF1-era model.
-- **tf2**: `tf.saved_model.load` and the restored signature functions. Used for models
-  TF2 wrote (one MetaGraphDef with an object graph, TensorFlow's own "write version 2"
-  test); a model it cannot load falls back to the session path.
+- **session** (the default for every model): a TF1 `Session` on the SavedModel's own
+  graph, running a signature by feeding and fetching the tensor names its SignatureDef
+  lists. TF Serving serves every model this way, TF2's included, and it is the only way
+  that serves every TF1-era model. It is also the cheap one: a call holds the
+  interpreter lock for ~45 us against ~430 us through a restored TF2 function (an MLP,
+  1 row; bench/results/tf_call_cost.json), which decides how many requests one process
+  can batch.
+- **tf2**: `tf.saved_model.load` and the restored signature functions, for a model TF2
+  wrote (TensorFlow's own "write version 2" test) that the session cannot load.
 
 This is the one module (with `demo.py`) that loads TensorFlow models; reading a
 SavedModel's proto without loading it is `saved_model_proto`'s.
@@ -334,14 +337,15 @@ def _open_runner(
     signatures: Mapping[str, Any],
 ) -> tuple[str, _Runner]:
     try:
-        if backend == "tf2" or (backend == "auto" and written_by_tf2):
-            try:
-                return "tf2", _Tf2Runner(path, tags, signatures)
-            except Exception as exc:  # any TF2 failure has the session to fall back on
-                if backend == "tf2":
-                    raise
-                log.warning("TF2 load of %s failed (%r); loading it in a TF1 session", path, exc)
-        return "session", _SessionRunner(path, tags)
+        if backend == "tf2":
+            return "tf2", _Tf2Runner(path, tags, signatures)
+        try:
+            return "session", _SessionRunner(path, tags)
+        except Exception as exc:  # a TF2 model may still load the TF2 way
+            if backend == "session" or not written_by_tf2:
+                raise
+            log.warning("session load of %s failed (%r); loading it with TF2", path, exc)
+        return "tf2", _Tf2Runner(path, tags, signatures)
     except tf.errors.OpError as exc:
         raise ServingError(
             f"cannot load the SavedModel at {path}: {exc.message}", Code(exc.error_code)
@@ -397,8 +401,8 @@ def load_saved_model(
 ) -> SavedModelServable:
     """Loads the SavedModel in folder `path` (its MetaGraphDef tagged `tags`).
 
-    `backend="auto"` picks the TF2 path for models TF2 wrote and the session path for
-    TF1-era ones, falling back to the session when the TF2 load fails; "tf2" or "session"
+    `backend="auto"` runs every model in a session, as TF Serving does, and falls back to
+    the TF2 path for a model TF2 wrote that the session cannot load; "tf2" or "session"
     forces one. Raises a `ServingError` naming the folder when the model cannot be loaded.
     """
     read_through(path)

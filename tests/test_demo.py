@@ -23,7 +23,7 @@ def test_demo_versions_compute_half_x_plus_their_intercept(
 ) -> None:
     servable = load_saved_model(demo_repository / str(version))
     try:
-        assert servable.backend == "tf2"
+        assert servable.backend == "session"
         column = servable.run("serving_default", {"x": np.array([[2.0], [4.0]], np.float32)})
         np.testing.assert_allclose(column["y"], [[1.0 + intercept], [2.0 + intercept]])
         flat = servable.run("serving_default", {"x": np.array([2.0, 4.0], np.float32)})

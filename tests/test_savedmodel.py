@@ -21,7 +21,10 @@ from loader.savedmodel import SavedModelServable, load_saved_model
 TF1 = "saved_model_half_plus_two_cpu/00000123"
 TF2 = "saved_model_half_plus_two_tf2_cpu/00000123"
 TWO_VERSIONS = "saved_model_half_plus_two_2_versions/00000123"
-MODELS = (TF1, TF2, TWO_VERSIONS)
+# The TF2 model again, run through its restored TF2 functions (backend "tf2") instead of
+# the session every model takes by default: both paths must answer alike.
+TF2_FUNCTIONS = "tf2-functions"
+MODELS = (TF1, TF2, TWO_VERSIONS, TF2_FUNCTIONS)
 
 
 def example(x: float) -> bytes:
@@ -35,7 +38,12 @@ def example(x: float) -> bytes:
 @pytest.fixture(scope="module")
 def servables(tfserving_testdata: Path) -> Iterator[dict[str, SavedModelServable]]:
     """Each reference model loaded once for the module."""
-    loaded = {name: load_saved_model(tfserving_testdata / name) for name in MODELS}
+    loaded = {
+        name: load_saved_model(tfserving_testdata / name)
+        for name in MODELS
+        if name != TF2_FUNCTIONS
+    }
+    loaded[TF2_FUNCTIONS] = load_saved_model(tfserving_testdata / TF2, backend="tf2")
     yield loaded
     for servable in loaded.values():
         servable.unload()
@@ -48,12 +56,13 @@ def servable(
     return servables[request.param]
 
 
-def test_tf1_era_models_take_the_session_path_and_tf2_models_the_tf2_path(
+def test_every_model_takes_the_session_path_as_in_tf_serving(
     servables: dict[str, SavedModelServable], tfserving_testdata: Path
 ) -> None:
     assert servables[TF1].backend == "session"
     assert servables[TWO_VERSIONS].backend == "session"
-    assert servables[TF2].backend == "tf2"
+    assert servables[TF2].backend == "session"
+    assert servables[TF2_FUNCTIONS].backend == "tf2"
     assert not is_tf2_saved_model(tfserving_testdata / TF1)
     assert is_tf2_saved_model(tfserving_testdata / TF2)
 
@@ -289,7 +298,27 @@ def test_missing_variables_are_a_load_error(model_copy: Path) -> None:
         load_saved_model(model_copy, backend="session")
 
 
-def test_a_model_tf2_cannot_restore_falls_back_to_the_session(model_copy: Path) -> None:
+def test_a_tf2_model_the_session_cannot_restore_falls_back_to_tf2(model_copy: Path) -> None:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = model_copy / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    # Only the session restores variables through the saver; TF2 reads the object graph.
+    saved_model.meta_graphs[0].saver_def.restore_op_name = "no_such_restore_op"
+    pb.write_bytes(saved_model.SerializeToString())
+
+    servable = load_saved_model(model_copy)
+    try:
+        assert servable.backend == "tf2"
+        result = servable.run("serving_default", {"x": np.array([2.0, 3.0], np.float32)})
+        np.testing.assert_allclose(result["y"], [3.0, 3.5])
+    finally:
+        servable.unload()
+    with pytest.raises(ServingError, match="no_such_restore_op"):
+        load_saved_model(model_copy, backend="session")
+
+
+def test_a_model_tf2_cannot_restore_runs_in_the_session(model_copy: Path) -> None:
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb = model_copy / "saved_model.pb"
