@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
@@ -53,6 +54,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     _BFLOAT16 = np.dtype(np.float32)
 
 _MAX_RANK = 64  # numpy's limit; TensorFlow's own is 254
+
+# _fast_floats' sum of squares overflows for values beyond ~1e154; that only sends them
+# the long way, which checks each value.
+warnings.filterwarnings(
+    "ignore", "overflow encountered in matmul", RuntimeWarning, module=__name__
+)
 
 
 @dataclass(frozen=True)
@@ -172,10 +179,12 @@ def _fast_floats(leaves: list[Any], types: set[type], spec: _DType) -> np.ndarra
     if not types <= {int, float}:
         return None
     doubles = np.array(leaves, dtype=np.float64)
-    # The common case in one reduction: every value is finite, in range and, if some are
-    # integers, small enough to be exact. NaN fails the comparison and takes the long way.
+    # The common case in one dot product: a sum of squares below limit**2 means every
+    # value is finite, in range and, if some are integers, small enough to be exact (each
+    # square is at most the sum, and rounding never takes a square above limit**2 below
+    # it). NaN, infinities, overflowing squares and values at the limit take the long way.
     limit = spec.max_int if int in types else spec.max_value
-    if not doubles.size or float(np.abs(doubles).max()) <= limit:
+    if not doubles.size or float(doubles @ doubles) < limit * limit:
         return doubles.astype(spec.numpy)
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(doubles)
