@@ -36,6 +36,7 @@ from starlette.types import Receive, Scope, Send
 from loader.dataplane import DataPlane
 from loader.errors import Code, Internal, InvalidArgument, ServingError
 from loader.harness import VersionStatus
+from loader.idle_deadlines import IdleDeadlines
 from loader.inference import classify, examples_from_features, regress
 from loader.json_examples import (
     decode_examples_request,
@@ -168,6 +169,7 @@ class RestApi:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
         self._body_timeout = body_timeout_seconds
+        self._body_deadlines = IdleDeadlines(body_timeout_seconds)
         self._metrics = metrics or Metrics()
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
         self._starlette = Starlette(
@@ -327,25 +329,31 @@ class RestApi:
                 break
         chunks, size = [], 0
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        deadlines = self._body_deadlines
         try:
-            async with asyncio.timeout(self._body_timeout) as idle:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        raise _Disconnected
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
-                    if size > limit:
-                        raise _too_large(limit)
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    idle.reschedule(loop.time() + self._body_timeout)
-        except TimeoutError:
+            while True:
+                deadlines.watch(task, loop)
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _Disconnected
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except asyncio.CancelledError:
+            if not deadlines.expired(task):
+                raise
             raise _BodyTimeout(
                 f"no part of the request body arrived for {self._body_timeout:g} seconds "
                 f"(server.body_timeout_seconds); {size} bytes were read"
             ) from None
+        finally:
+            deadlines.forget(task)
 
     def _status(self, model: str, version: int | None, label: str | None) -> Response:
         statuses = self._dataplane.status(model, version, label)
