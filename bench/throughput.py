@@ -9,8 +9,11 @@ served, one after the other in the same run, by:
 - `flask_gunicorn`: the naive baseline in bench/baselines/flask_app.py under gunicorn,
   2 workers x 8 threads (gthread), calling the model once per request;
 
-and called in-process (`in_process`): the loaded signature called back to back with full
-batches, the ceiling in instances/s (and with batches of 1, the per-call floor).
+and called in-process (`in_process`): the model loaded as the daemon loads it (a TF1
+session, as TF Serving runs every model) and called back to back with full batches, the
+ceiling in instances/s (and with batches of 1, the per-call floor). The Flask baseline
+calls the model the way most hand-written servers do, through `tf.saved_model.load`'s
+signature function, which costs ~7x more Python per call (bench/tf_call_cost.py).
 
 For each server and concurrency C, hey sends the same one-instance request for D seconds
 (`hey -m POST -T application/json -d '{"instances": [[...]]}' -c C -z Ds -o csv`) after a
@@ -173,20 +176,25 @@ def bench_flask(work: Path, model: Path, body: str, expected: list[float],
 
 
 def bench_in_process(model: Path, batches: list[int], seconds: float) -> dict[str, Any]:
-    """The loaded signature called back to back on a full batch, for `seconds` each."""
+    """The model loaded as the daemon loads it (`load_saved_model`: a session) and called
+    back to back on a full batch, for `seconds` each."""
     import numpy as np
-    import tensorflow as tf
 
-    signature = tf.saved_model.load(str(model)).signatures["serving_default"]
+    from loader.quiet_tf import import_tensorflow
+
+    import_tensorflow()
+    from loader.savedmodel import load_saved_model
+
+    servable = load_saved_model(model)
     rng = np.random.default_rng(2)
-    results = {}
+    results: dict[str, Any] = {"backend": servable.backend}
     for batch in batches:
-        x = tf.constant(rng.uniform(-1, 1, (batch, SIZES[0])).astype(np.float32))
+        x = {"x": rng.uniform(-1, 1, (batch, SIZES[0])).astype(np.float32)}
         for _ in range(20):
-            signature(x=x)["y"].numpy()
+            servable.run("serving_default", x)
         calls, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < seconds:
-            signature(x=x)["y"].numpy()
+            servable.run("serving_default", x)
             calls += 1
         results[f"batch_{batch}"] = {
             "calls_per_s": round(calls / elapsed, 1),
@@ -293,7 +301,8 @@ def main() -> None:
                   "warm-up at the highest concurrency, then hey -z per concurrency with one "
                   "instance per request; p50/p99 nearest-rank over 200 answers from hey's CSV "
                   "rows; throughput = 200 answers / (last answer's end - hey start); "
-                  "in_process = the signature called back to back on one full batch",
+                  "in_process = load_saved_model (a session) called back to back on one "
+                  "full batch",
         "model": {"sizes": list(SIZES), "dtype": "float32", "seed": 0, "bytes": model_bytes},
         "hey": {"version": hey_version(), "body_bytes": len(body)},
         "results": results,
