@@ -19,7 +19,7 @@ from typing import Any
 from loader.config import Config, ConfigError, load_config
 from loader.config_watch import ConfigReloader
 from loader.errors import ServingError
-from loader.quiet_tf import import_tensorflow
+from loader.quiet_tf import import_tensorflow, prefer_plain_allocator
 from loader.tfs_flags import is_tfs_style, parse_tfs_flags
 from loader.tfs_flags import usage as tfs_usage
 
@@ -249,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's and gRPC's C++ loggers write to stderr on import unless told not to.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    prefer_plain_allocator()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"] and is_tfs_style(argv[1:]) and not {"-h", "--help"} & set(argv):
         run = functools.partial(_serve_tfs, argv[1:])  # TF Serving's own flags

@@ -12,11 +12,30 @@ from loader.quiet_tf import native_stderr_filtered
 from tests.daemon_process import ROOT
 
 
-def _python(code: str) -> subprocess.CompletedProcess[str]:
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
     )
+
+
+_ONEDNN = (
+    "from loader.quiet_tf import import_tensorflow\n"
+    "import_tensorflow()\n"
+    "from tensorflow.python.util import _pywrap_util_port\n"
+    "print(_pywrap_util_port.IsMklEnabled())\n"
+)
+
+
+def test_tensorflow_starts_with_onednn_off_unless_the_environment_asks_for_it():
+    # oneDNN's pooling allocator would keep two copies of a model after one swap.
+    default = _python(_ONEDNN)
+    assert default.returncode == 0, default.stderr
+    assert default.stdout.strip() == "False"
+    chosen = _python(_ONEDNN, TF_ENABLE_ONEDNN_OPTS="1")
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.stdout.strip() == "True"
 
 
 def test_a_plain_tensorflow_import_prints_the_noise_this_filters():
