@@ -8,7 +8,6 @@ about one request per model plus one per unsettled version, however many files t
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import re
 import threading
@@ -85,7 +84,6 @@ class VersionObject:
     relpath: str
     size: int
     etag: str  # without the surrounding quotes S3 puts around it
-    modified: float = 0.0  # LastModified, seconds since the epoch (0: not known)
 
 
 class RequestCounter:
@@ -130,47 +128,15 @@ def list_version_objects(
     client: Any, bucket: str, version_prefix: str, counter: RequestCounter | None = None
 ) -> list[VersionObject]:
     """Every object under `version_prefix` (recursively), except folder markers."""
-    return list_version_listing(client, bucket, version_prefix, counter)[0]
-
-
-def list_version_listing(
-    client: Any, bucket: str, version_prefix: str, counter: RequestCounter | None = None
-) -> tuple[list[VersionObject], float | None]:
-    """`list_version_objects`, and the store's own clock when it answered (its Date
-    header, seconds since the epoch; None when it sent none)."""
-    objects, server_time = [], None
+    objects = []
     for page in _pages(client, counter, Bucket=bucket, Prefix=version_prefix):
-        server_time = _date_header(page)
         for item in page.get("Contents", []):
             key = item["Key"]
             if key.endswith("/") or not key.startswith(version_prefix):
                 continue
             etag = str(item.get("ETag", "")).strip('"')
-            modified = item.get("LastModified")
-            objects.append(VersionObject(
-                key, key[len(version_prefix) :], item["Size"], etag,
-                modified.timestamp() if modified is not None else 0.0,
-            ))
-    return objects, server_time
-
-
-def _date_header(page: Any) -> float | None:
-    text = page.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    if not text:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError):
-        return None
-
-
-def quiet_seconds(objects: Sequence[VersionObject], server_time: float | None) -> float:
-    """How long, by the store's clock, no object of the listing has been written (0 when
-    that cannot be told). S3 sets LastModified itself, on its own clock, which is why this
-    is measured against its Date header and not against ours."""
-    if server_time is None or not objects or not all(o.modified for o in objects):
-        return 0.0
-    return max(0.0, server_time - max(o.modified for o in objects))
+            objects.append(VersionObject(key, key[len(version_prefix) :], item["Size"], etag))
+    return objects
 
 
 def listing_fingerprint(objects: Iterable[VersionObject]) -> str:
@@ -440,7 +406,7 @@ class S3Source:
         ):
             return state
         try:
-            objects, server_time = list_version_listing(self._client, bucket, folder, counter)
+            objects = list_version_objects(self._client, bucket, folder, counter)
         except S3_ERRORS as error:
             # Keep what we knew: one failed request must not unload a serving version.
             self._count_error()
@@ -454,11 +420,7 @@ class S3Source:
             return state
         state.failing = False
         fingerprint = listing_fingerprint(objects)
-        # A version whose objects were all written a settle period ago (say, before this
-        # server started) is settled on its first listing instead of its second.
-        settled = self._tracker.observe(
-            (name, version), fingerprint, now, quiet_for=quiet_seconds(objects, server_time)
-        )
+        settled = self._tracker.observe((name, version), fingerprint, now)
         missing = versions.incompleteness((o.relpath for o in objects), self._ready_marker)
         state.settled = settled and missing is None
         if state.settled:
