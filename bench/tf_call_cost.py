@@ -15,6 +15,9 @@ its restored TF2 signature function (`backend="tf2"`). For each backend and batc
 Then `threads_4`: four threads calling at once (8 rows each), calls per second, which
 shows how much of a call runs outside the interpreter lock.
 
+TensorFlow starts as the daemon starts it, with oneDNN off; run it with
+TF_ENABLE_ONEDNN_OPTS=1 (and another --out) for oneDNN's figures.
+
     .venv/bin/python bench/tf_call_cost.py [--calls 2000] [--batches 1,8,32]
 
 Writes bench/results/tf_call_cost.json.
@@ -81,7 +84,9 @@ def main() -> None:
 
     from loader.quiet_tf import import_tensorflow
 
-    import_tensorflow()
+    import_tensorflow()  # with oneDNN off unless TF_ENABLE_ONEDNN_OPTS=1, as the daemon
+    from tensorflow.python.util import _pywrap_util_port
+
     from loader.savedmodel import load_saved_model
 
     results: dict[str, Any] = {}
@@ -103,7 +108,8 @@ def main() -> None:
                 servable.unload()
     write_result(args.out, {
         "benchmark": "tf_call_cost",
-        "parameters": {"calls": args.calls, "batches": args.batches},
+        "parameters": {"calls": args.calls, "batches": args.batches,
+                       "onednn": bool(_pywrap_util_port.IsMklEnabled())},
         "model": {"layers": list(SIZES), "dtype": "float32"},
         "results": results,
     })
