@@ -21,7 +21,8 @@ from loader.local_source import LocalSource
 from loader.manager import Manager, ModelSpec
 from loader.metrics import Metrics
 from loader.reload_auth import ReloadGuard
-from loader.rest import PROMETHEUS_PATH, RestApi, RestServer, bind
+from loader.rest import PROMETHEUS_PATH, RestApi
+from loader.rest_server import RestServer, bind
 from policies.base import SelectionPolicy
 from policies.selection import All, Latest, Specific
 from policies.transition import TRANSITIONS

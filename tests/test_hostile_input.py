@@ -36,7 +36,8 @@ from loader.base import Servable, VersionRef
 from loader.dataplane import DataPlane
 from loader.manager import Manager, ModelSpec
 from loader.metrics import Metrics
-from loader.rest import RestApi, RestServer, bind
+from loader.rest import RestApi
+from loader.rest_server import RestServer, bind
 from policies.selection import Latest
 from policies.transition import availability_preserving
 from tests.daemon_process import wait_until

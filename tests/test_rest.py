@@ -19,7 +19,8 @@ from loader.config import BatchingConfig
 from loader.dataplane import DataPlane
 from loader.manager import Manager, ModelSpec
 from loader.metrics import Metrics
-from loader.rest import RestApi, RestServer, bind
+from loader.rest import RestApi
+from loader.rest_server import RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
 from tests.fakes import FakeLoader, refs
