@@ -5,8 +5,8 @@ Two ways to run a SavedModel:
 - **session** (the default for every model): a TF1 `Session` on the SavedModel's own
   graph, running a signature by feeding and fetching the tensor names its SignatureDef
   lists. TF Serving serves every model this way, TF2's included, and it is the only way
-  that serves every TF1-era model. It is also the cheap one: a call takes ~60 us of
-  the calling thread's CPU (interpreter lock held) against ~430 us through a restored
+  that serves every TF1-era model. It is also the cheap one: a call takes 60-70 us of
+  the calling thread's CPU (interpreter lock held) against 430-490 us through a restored
   TF2 function (an MLP, 1 row; bench/tf_call_cost.py), which decides how many requests
   one process can batch.
 - **tf2**: `tf.saved_model.load` and the restored signature functions, for a model TF2
