@@ -25,6 +25,7 @@ machine, so it takes CPU from the server.
 
     .venv/bin/python bench/throughput.py [--duration 30] [--concurrency 1,8,32]
         [--variants modelwatch,modelwatch_batching,flask_gunicorn,in_process] [--repeat N]
+        [--tensorflow-config '{"intra_op_parallelism": 1}']
 
 With `--repeat N` the servers run N rounds, interleaved (A B C, A B C, ...), so a slow
 spell of the shared machine hits every server alike; each server's figures are then the
@@ -119,7 +120,10 @@ def bench_modelwatch(work: Path, model: Path, body: str, expected: list[float],
     entry: dict[str, Any] = {"name": MODEL, "base_path": str(base)}
     if batching:
         entry["batching"] = batching
-    d = DaemonProcess(folder, daemon_config(folder, [entry])).start()
+    config = daemon_config(folder, [entry])
+    if args.tensorflow_config:
+        config["tensorflow"] = args.tensorflow_config
+    d = DaemonProcess(folder, config).start()
     try:
         d.wait_for_states(MODEL, {1: "AVAILABLE"})
         url = f"{d.client.base_url}/v1/models/{MODEL}:predict"
@@ -260,6 +264,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--batching-config", type=json.loads, default=DEFAULT_BATCHING,
                         help="the model's batching: block for modelwatch_batching, as JSON")
+    parser.add_argument("--tensorflow-config", type=json.loads, default=None,
+                        help="the daemons' tensorflow: block, as JSON (thread pools)")
     parser.add_argument("--ceiling-batches", type=parse_list, default=[1, 32],
                         help="in-process batch sizes")
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
@@ -296,7 +302,8 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "throughput",
         "parameters": {"duration_s": args.duration, "warmup_s": args.warmup,
-                       "concurrency": args.concurrency, "variants": variants},
+                       "concurrency": args.concurrency, "variants": variants,
+                       "daemon_tensorflow": args.tensorflow_config},
         "method": "servers run one after the other in one invocation; per server a discarded "
                   "warm-up at the highest concurrency, then hey -z per concurrency with one "
                   "instance per request; p50/p99 nearest-rank over 200 answers from hey's CSV "

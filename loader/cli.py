@@ -19,7 +19,7 @@ from typing import Any
 from loader.config import Config, ConfigError, load_config
 from loader.config_watch import ConfigReloader
 from loader.errors import ServingError
-from loader.quiet_tf import import_tensorflow, prefer_plain_allocator
+from loader.quiet_tf import import_tensorflow, prefer_plain_allocator, set_thread_pools
 from loader.tfs_flags import is_tfs_style, parse_tfs_flags
 from loader.tfs_flags import usage as tfs_usage
 
@@ -68,6 +68,8 @@ def _run_daemon(
     **options: Any,
 ) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads the models, if there is a reloader."""
+    pools = config.tensorflow
+    set_thread_pools(pools.intra_op_parallelism, pools.inter_op_parallelism)
     import_tensorflow()
     from loader.daemon import Daemon
 

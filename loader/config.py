@@ -83,6 +83,17 @@ class LoadingConfig(_Strict):
     load_timeout_seconds: Annotated[float, Field(gt=0)] | None = 600.0
 
 
+class TensorFlowConfig(_Strict):
+    """TensorFlow's thread pools (TF Serving's --tensorflow_*_parallelism), read at start.
+
+    0 lets TensorFlow choose (one thread per core in each pool). On a small machine where
+    the server's own Python threads need a core, fewer TensorFlow threads can serve more.
+    """
+
+    intra_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
+    inter_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
+
+
 class LatestPolicy(_Strict):
     num_versions: Annotated[int, Field(ge=1)] = 1
 
@@ -156,6 +167,7 @@ class Config(_Strict):
     storage: StorageConfig = StorageConfig()
     watch: WatchConfig = WatchConfig()
     loading: LoadingConfig = LoadingConfig()
+    tensorflow: TensorFlowConfig = TensorFlowConfig()
     models: list[ModelConfig] = []
 
     @field_validator("models")

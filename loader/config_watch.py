@@ -90,7 +90,7 @@ class ConfigReloader:
                 log.log(logging.DEBUG if quiet else logging.INFO, "config checked: unchanged")
                 return True
             restart = [
-                key for key in ("server", "storage", "watch", "loading")
+                key for key in ("server", "storage", "watch", "loading", "tensorflow")
                 if getattr(config, key) != getattr(self._current, key)
             ]
             if restart:

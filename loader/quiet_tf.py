@@ -80,6 +80,15 @@ def prefer_plain_allocator() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def set_thread_pools(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools (0 leaves a pool to TensorFlow, or to the variable
+    already in the environment). TensorFlow reads these when it creates its first session
+    or context, so call it before any model loads."""
+    for name, threads in (("TF_NUM_INTRAOP_THREADS", intra_op), ("TF_NUM_INTEROP_THREADS", inter_op)):
+        if threads > 0:
+            os.environ[name] = str(threads)
+
+
 def import_tensorflow() -> None:
     """Import TensorFlow and probe its devices quietly (see the module's docstring).
 

@@ -56,6 +56,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         load_retry_interval_micros | - | first retry delay -> loading.retry_backoff_seconds
         file_system_poll_wait_seconds | 1 | storage poll period -> watch.poll_interval_seconds
         model_config_file_poll_wait_seconds | 0 | re-read --model_config_file this often; 0: never
+        tensorflow_session_parallelism | 0 | sizes both pools below (0: TensorFlow picks)
+        tensorflow_intra_op_parallelism | 0 | threads one op may use -> tensorflow.intra_op_parallelism
+        tensorflow_inter_op_parallelism | 0 | ops run at once -> tensorflow.inter_op_parallelism
     """),
     *_table(bool, "supported", """
         enable_batching | false | batch requests, with --batching_parameters_file or defaults
@@ -72,9 +75,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
         rest_api_timeout_in_ms | 30000 | no request deadline; stalled bodies: server.body_timeout_seconds
         num_unload_threads | 0 | unloads run on the manager's threads
-        tensorflow_session_parallelism | 0 | TensorFlow picks its thread pools
-        tensorflow_intra_op_parallelism | 0 | TensorFlow picks its thread pools
-        tensorflow_inter_op_parallelism | 0 | TensorFlow picks its thread pools
         grpc_max_threads | - | gRPC uses its own worker pool
         num_request_iterations_for_warmup | 0 | not configurable here
         num_tflite_pools | - | TensorFlow Lite models are not served

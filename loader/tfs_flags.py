@@ -144,6 +144,11 @@ def parse_tfs_flags(
         loading["max_retries"] = value("max_num_load_retries")
     if "load_retry_interval_micros" in given:
         loading["retry_backoff_seconds"] = max(0, value("load_retry_interval_micros")) / 1e6
+    session = max(0, value("tensorflow_session_parallelism"))
+    data["tensorflow"] = {  # as TF Serving: a session parallelism sizes both pools
+        f"{pool}_parallelism": session or max(0, value(f"tensorflow_{pool}_parallelism"))
+        for pool in ("intra_op", "inter_op")
+    }
     _s3_from_environ(data["storage"]["s3"], os.environ if environ is None else environ)
     config = resolve_paths(_validate(data), cwd)
     monitoring = path("monitoring_config_file")

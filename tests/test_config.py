@@ -87,6 +87,9 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("models: [\n", "cannot be parsed at line"),
         ("watch: {ready_marker: ../x}\n", "watch.ready_marker: must be a plain file name"),
         ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
+        ("tensorflow: {intra_op_parallelism: -1}\n",
+         "tensorflow.intra_op_parallelism: input should be greater than or equal to 0"),
+        ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):

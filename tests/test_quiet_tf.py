@@ -28,6 +28,30 @@ _ONEDNN = (
 )
 
 
+def test_thread_pools_are_sized_as_configured(tfserving_testdata):
+    # tf_Compute threads are TensorFlow's inter-op pool; the intra-op pool's threads
+    # carry the process's name. A session built after set_thread_pools uses both sizes.
+    model = tfserving_testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    code = (
+        "import os\n"
+        "from collections import Counter\n"
+        "import numpy as np\n"
+        "from loader.quiet_tf import import_tensorflow, set_thread_pools\n"
+        "set_thread_pools({intra}, {inter})\n"
+        "import_tensorflow()\n"
+        "from loader.savedmodel import load_saved_model\n"
+        f"servable = load_saved_model({str(model)!r})\n"
+        "servable.run('serving_default', {{'x': np.ones((2, 1), np.float32)}})\n"
+        "names = Counter(open(f'/proc/self/task/{{t}}/comm').read().strip()\n"
+        "                for t in os.listdir('/proc/self/task'))\n"
+        "print(names['tf_Compute'], os.environ.get('TF_NUM_INTRAOP_THREADS'))\n"
+    )
+    for intra, inter in ((1, 3), (2, 5)):
+        run = _python(code.format(intra=intra, inter=inter))
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == [str(inter), str(intra)]
+
+
 def test_tensorflow_starts_with_onednn_off_unless_the_environment_asks_for_it():
     # oneDNN's pooling allocator would keep two copies of a model after one swap.
     default = _python(_ONEDNN)

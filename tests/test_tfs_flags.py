@@ -17,7 +17,13 @@ import httpx
 import pytest
 
 import loader.cli
-from loader.config import BatchingConfig, Config, ConfigError, LoadingConfig
+from loader.config import (
+    BatchingConfig,
+    Config,
+    ConfigError,
+    LoadingConfig,
+    TensorFlowConfig,
+)
 from loader.tfs_flags import (
     FLAGS,
     TfsServe,
@@ -70,6 +76,12 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("num_load_threads", "4", MODEL, lambda t: t.config.loading.num_load_threads, 4),
     ("num_load_threads", "0", MODEL, lambda t: t.config.loading.num_load_threads, 1),
     ("max_num_load_retries", "7", MODEL, lambda t: t.config.loading.max_retries, 7),
+    ("tensorflow_session_parallelism", "3", MODEL, lambda t: t.config.tensorflow,
+     TensorFlowConfig(intra_op_parallelism=3, inter_op_parallelism=3)),
+    ("tensorflow_intra_op_parallelism", "2", MODEL, lambda t: t.config.tensorflow,
+     TensorFlowConfig(intra_op_parallelism=2, inter_op_parallelism=0)),
+    ("tensorflow_inter_op_parallelism", "5", ["--tensorflow_intra_op_parallelism=1", *MODEL],
+     lambda t: t.config.tensorflow, TensorFlowConfig(intra_op_parallelism=1, inter_op_parallelism=5)),
     ("load_retry_interval_micros", "2500000", MODEL,
      lambda t: t.config.loading.retry_backoff_seconds, 2.5),
     ("load_retry_interval_micros", "-1", MODEL, lambda t: t.config.loading.retry_backoff_seconds, 0.0),
