@@ -265,6 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every tick would log, and every tick skipped during a slow (failing) poll would warn.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    # TensorFlow's INFO lines ("Restoring parameters from ...") at every load say nothing
+    # our own "state=AVAILABLE" line does not.
+    tf_logger = logging.getLogger("tensorflow")
+    tf_logger.setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(run())
     except ConfigError as exc:

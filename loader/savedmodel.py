@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # after the log level, which it reads at import
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
+from tensorflow.python.saved_model import loader_impl
 
 from loader.base import SignatureInfo
 from loader.errors import Code, FailedPrecondition, InvalidArgument, ServingError
@@ -79,7 +80,9 @@ class _SessionRunner:
             config=tf.compat.v1.ConfigProto(allow_soft_placement=True),
         )
         try:
-            tf.compat.v1.saved_model.loader.load(self._session, list(tags), path)
+            # What tf.compat.v1.saved_model.loader.load runs, without its deprecation
+            # warning (it logs "Use tf.saved_model.load instead" at every first load).
+            loader_impl.SavedModelLoader(path).load(self._session, list(tags))
         except BaseException:
             self._session.close()
             raise

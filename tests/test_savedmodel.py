@@ -346,3 +346,27 @@ def test_the_init_op_signature_is_listed_but_cannot_be_run(
     assert "__saved_model_init_op" in servables[TF2].signature_def_json()["signature_def"]
     error = error_of(servables[TF2], "__saved_model_init_op", {})
     assert error.code is Code.INVALID_ARGUMENT
+
+
+def test_a_session_load_logs_no_deprecation_warning(tfserving_testdata: Path) -> None:
+    # tf.compat.v1.saved_model.loader.load warns "Use `tf.saved_model.load` instead" at
+    # its first call, which read as advice to operators at every start. A fresh process,
+    # since TensorFlow warns once per process.
+    import subprocess
+    import sys
+
+    from tests.daemon_process import ROOT
+
+    model = tfserving_testdata / TF2
+    code = (
+        "import logging\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "from loader.savedmodel import load_saved_model\n"
+        f"servable = load_saved_model({str(model)!r})\n"
+        "print(servable.backend)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "session"
+    assert "deprecated" not in run.stderr
