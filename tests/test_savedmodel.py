@@ -9,6 +9,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -298,46 +299,42 @@ def test_missing_variables_are_a_load_error(model_copy: Path) -> None:
         load_saved_model(model_copy, backend="session")
 
 
-def test_a_tf2_model_the_session_cannot_restore_falls_back_to_tf2(model_copy: Path) -> None:
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = model_copy / "saved_model.pb"
-    saved_model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+def _break_session_restore(saved_model: Any) -> None:
     # Only the session restores variables through the saver; TF2 reads the object graph.
     saved_model.meta_graphs[0].saver_def.restore_op_name = "no_such_restore_op"
-    pb.write_bytes(saved_model.SerializeToString())
-
-    servable = load_saved_model(model_copy)
-    try:
-        assert servable.backend == "tf2"
-        result = servable.run("serving_default", {"x": np.array([2.0, 3.0], np.float32)})
-        np.testing.assert_allclose(result["y"], [3.0, 3.5])
-    finally:
-        servable.unload()
-    with pytest.raises(ServingError, match="no_such_restore_op"):
-        load_saved_model(model_copy, backend="session")
 
 
-def test_a_model_tf2_cannot_restore_runs_in_the_session(model_copy: Path) -> None:
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    pb = model_copy / "saved_model.pb"
-    saved_model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+def _break_tf2_function(saved_model: Any) -> None:
     # Point a signature's function at one the library lacks: only the TF2 loader reads it.
     nodes = saved_model.meta_graphs[0].object_graph_def.nodes
     bare = next(n for n in nodes if n.WhichOneof("kind") == "bare_concrete_function")
     bare.bare_concrete_function.concrete_function_name = "__inference_missing_1"
+
+
+@pytest.mark.parametrize(
+    ("damage", "runs_on", "refused_by"),
+    [(_break_session_restore, "tf2", "session"), (_break_tf2_function, "session", "tf2")],
+    ids=["session-cannot-restore", "tf2-cannot-restore"],
+)
+def test_a_model_one_runner_cannot_load_runs_on_the_other(
+    model_copy: Path, damage: Any, runs_on: str, refused_by: str
+) -> None:
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    pb = model_copy / "saved_model.pb"
+    saved_model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    damage(saved_model)
     pb.write_bytes(saved_model.SerializeToString())
 
     servable = load_saved_model(model_copy)
     try:
-        assert servable.backend == "session"
+        assert servable.backend == runs_on
         result = servable.run("serving_default", {"x": np.array([2.0, 3.0], np.float32)})
         np.testing.assert_allclose(result["y"], [3.0, 3.5])
     finally:
         servable.unload()
     with pytest.raises(ServingError, match=str(model_copy)):
-        load_saved_model(model_copy, backend="tf2")
+        load_saved_model(model_copy, backend=refused_by)
 
 
 def test_the_init_op_signature_is_listed_but_cannot_be_run(
