@@ -367,3 +367,46 @@ def test_a_session_load_logs_no_deprecation_warning(tfserving_testdata: Path) ->
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "session"
     assert "deprecated" not in run.stderr
+
+
+def _write_vocabulary_model(folder: Path) -> None:
+    """A TF2 model whose lookup table is initialised from an asset file at load time."""
+    import tensorflow as tf
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    vocabulary = folder.parent / "words.txt"
+    vocabulary.write_text("apple\nbanana\ncherry\n")
+
+    class Lookup(tf.Module):
+        def __init__(self) -> None:
+            init = tf.lookup.TextFileInitializer(
+                str(vocabulary), tf.string, tf.lookup.TextFileIndex.WHOLE_LINE,
+                tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            )
+            self.table = tf.lookup.StaticHashTable(init, default_value=-1)
+            self.scale = tf.Variable(10, dtype=tf.int64)
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def serve(self, words: Any) -> dict[str, Any]:
+            return {"ids": self.table.lookup(words) * self.scale}
+
+    module = Lookup()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+    vocabulary.unlink()  # from now on only the copy in assets/ exists
+
+
+@pytest.mark.parametrize("backend", ["auto", "tf2"])
+def test_a_tf2_model_with_an_asset_table_answers_alike_on_both_runners(
+    tmp_path: Path, backend: str
+) -> None:
+    # The session runs the model's init op with the asset's path, as TF Serving does.
+    folder = tmp_path / "m" / "1"
+    _write_vocabulary_model(folder)
+    servable = load_saved_model(folder, backend=backend)  # type: ignore[arg-type]
+    try:
+        assert servable.backend == ("session" if backend == "auto" else "tf2")
+        words = np.array([b"banana", b"durian", b"cherry"], dtype=object)
+        result = servable.run("serving_default", {"words": words})
+        assert result["ids"].tolist() == [10, -10, 20]
+    finally:
+        servable.unload()
