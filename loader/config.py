@@ -88,10 +88,14 @@ class TensorFlowConfig(_Strict):
 
     0 lets TensorFlow choose (one thread per core in each pool). On a small machine where
     the server's own Python threads need a core, fewer TensorFlow threads can serve more.
+    `inter_op_parallelism: -1` runs each model call on the thread that makes it (a batch
+    thread, or the request's worker) instead of handing its ops to a pool, as TensorFlow
+    does for a negative value; with `intra_op_parallelism: 1` a call then never leaves
+    its thread, which suits small models (see docs/benchmarks.md, section 1).
     """
 
     intra_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
-    inter_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
+    inter_op_parallelism: Annotated[int, Field(ge=-1, le=1024)] = 0
 
 
 class LatestPolicy(_Strict):

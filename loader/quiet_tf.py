@@ -82,10 +82,11 @@ def prefer_plain_allocator() -> None:
 
 def set_thread_pools(intra_op: int, inter_op: int) -> None:
     """Size TensorFlow's thread pools (0 leaves a pool to TensorFlow, or to the variable
-    already in the environment). TensorFlow reads these when it creates its first session
-    or context, so call it before any model loads."""
+    already in the environment; a negative inter-op size runs a session's ops on the
+    thread that calls it). TensorFlow reads these when it creates its first session or
+    context, so call it before any model loads."""
     for name, threads in (("TF_NUM_INTRAOP_THREADS", intra_op), ("TF_NUM_INTEROP_THREADS", inter_op)):
-        if threads > 0:
+        if threads != 0:
             os.environ[name] = str(threads)
 
 

@@ -58,7 +58,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         model_config_file_poll_wait_seconds | 0 | re-read --model_config_file this often; 0: never
         tensorflow_session_parallelism | 0 | sizes both pools below (0: TensorFlow picks)
         tensorflow_intra_op_parallelism | 0 | threads one op may use -> tensorflow.intra_op_parallelism
-        tensorflow_inter_op_parallelism | 0 | ops run at once -> tensorflow.inter_op_parallelism
+        tensorflow_inter_op_parallelism | 0 | ops run at once (<0: on the calling thread) -> tensorflow.inter_op_parallelism
     """),
     *_table(bool, "supported", """
         enable_batching | false | batch requests, with --batching_parameters_file or defaults

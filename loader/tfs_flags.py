@@ -146,8 +146,9 @@ def parse_tfs_flags(
         loading["retry_backoff_seconds"] = max(0, value("load_retry_interval_micros")) / 1e6
     session = max(0, value("tensorflow_session_parallelism"))
     data["tensorflow"] = {  # as TF Serving: a session parallelism sizes both pools
-        f"{pool}_parallelism": session or max(0, value(f"tensorflow_{pool}_parallelism"))
-        for pool in ("intra_op", "inter_op")
+        "intra_op_parallelism": session or max(0, value("tensorflow_intra_op_parallelism")),
+        # Negative: TensorFlow runs a session's ops on the calling thread.
+        "inter_op_parallelism": session or max(-1, value("tensorflow_inter_op_parallelism")),
     }
     _s3_from_environ(data["storage"]["s3"], os.environ if environ is None else environ)
     config = resolve_paths(_validate(data), cwd)

@@ -89,6 +89,8 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
         ("tensorflow: {intra_op_parallelism: -1}\n",
          "tensorflow.intra_op_parallelism: input should be greater than or equal to 0"),
+        ("tensorflow: {inter_op_parallelism: -2}\n",
+         "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
     ],
 )

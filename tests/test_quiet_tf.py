@@ -52,6 +52,36 @@ def test_thread_pools_are_sized_as_configured(tfserving_testdata):
         assert run.stdout.split() == [str(inter), str(intra)]
 
 
+def test_a_negative_inter_op_size_runs_a_session_on_the_calling_thread(tfserving_testdata):
+    # TensorFlow still starts its inter-op pool (one tf_Compute thread) but never wakes it:
+    # each run executes its ops on the caller. With a pool of one, runs wake it.
+    model = tfserving_testdata / "saved_model_half_plus_two_cpu" / "00000123"
+    code = (
+        "import os\n"
+        "import numpy as np\n"
+        "from loader.quiet_tf import import_tensorflow, set_thread_pools\n"
+        "set_thread_pools(1, {inter})\n"
+        "import_tensorflow()\n"
+        "from loader.savedmodel import load_saved_model\n"
+        f"servable = load_saved_model({str(model)!r})\n"
+        "def pool_wakeups():\n"
+        "    tasks = [t for t in os.listdir('/proc/self/task')\n"
+        "             if open(f'/proc/self/task/{{t}}/comm').read().strip() == 'tf_Compute']\n"
+        "    return sum(int(open(f'/proc/self/task/{{t}}/schedstat').read().split()[2])\n"
+        "               for t in tasks)\n"
+        "before = pool_wakeups()\n"
+        "for _ in range(500):\n"
+        "    servable.run('serving_default', {{'x': np.ones((2, 1), np.float32)}})\n"
+        "print(pool_wakeups() - before)\n"
+    )
+    inline = _python(code.format(inter=-1))
+    assert inline.returncode == 0, inline.stderr
+    pooled = _python(code.format(inter=1))
+    assert pooled.returncode == 0, pooled.stderr
+    assert int(inline.stdout) < 50, inline.stdout
+    assert int(pooled.stdout) >= 250, pooled.stdout  # about one wake-up a run
+
+
 def test_tensorflow_starts_with_onednn_off_unless_the_environment_asks_for_it():
     # oneDNN's pooling allocator would keep two copies of a model after one swap.
     default = _python(_ONEDNN)

@@ -82,6 +82,8 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
      TensorFlowConfig(intra_op_parallelism=2, inter_op_parallelism=0)),
     ("tensorflow_inter_op_parallelism", "5", ["--tensorflow_intra_op_parallelism=1", *MODEL],
      lambda t: t.config.tensorflow, TensorFlowConfig(intra_op_parallelism=1, inter_op_parallelism=5)),
+    ("tensorflow_inter_op_parallelism", "-3", MODEL, lambda t: t.config.tensorflow,
+     TensorFlowConfig(intra_op_parallelism=0, inter_op_parallelism=-1)),
     ("load_retry_interval_micros", "2500000", MODEL,
      lambda t: t.config.loading.retry_backoff_seconds, 2.5),
     ("load_retry_interval_micros", "-1", MODEL, lambda t: t.config.loading.retry_backoff_seconds, 0.0),
