@@ -25,7 +25,14 @@ machine, so it takes CPU from the server.
 
     .venv/bin/python bench/throughput.py [--duration 30] [--concurrency 1,8,32]
         [--variants modelwatch,modelwatch_batching,flask_gunicorn,in_process] [--repeat N]
-        [--tensorflow-config '{"intra_op_parallelism": 1}']
+        [--tensorflow-config '{}']
+
+Both modelwatch daemons run with the `tensorflow:` block an operator would give a small
+model on 2 cores, `{"intra_op_parallelism": 1, "inter_op_parallelism": -1}`: each batch
+runs on the batch thread that took it, with no hand-off to TensorFlow's pools
+(`--tensorflow-config '{}'` keeps TensorFlow's defaults, one pool thread per core). The
+Flask baseline keeps TensorFlow's defaults, the naive design's; with the same settings it
+was no faster (docs/benchmarks.md, section 1).
 
 With `--repeat N` the servers run N rounds, interleaved (A B C, A B C, ...), so a slow
 spell of the shared machine hits every server alike; each server's figures are then the
@@ -73,6 +80,7 @@ from tests.daemon_process import DaemonProcess  # noqa: E402  (the repo's daemon
 SIZES = (64, 512, 512, 10)
 VARIANTS = ("modelwatch", "modelwatch_batching", "flask_gunicorn", "in_process")
 DEFAULT_BATCHING = {"max_batch_size": 32, "batch_timeout_micros": 0, "num_batch_threads": 2}
+DEFAULT_TENSORFLOW = {"intra_op_parallelism": 1, "inter_op_parallelism": -1}
 MODEL = "mlp"
 
 
@@ -264,8 +272,9 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--batching-config", type=json.loads, default=DEFAULT_BATCHING,
                         help="the model's batching: block for modelwatch_batching, as JSON")
-    parser.add_argument("--tensorflow-config", type=json.loads, default=None,
-                        help="the daemons' tensorflow: block, as JSON (thread pools)")
+    parser.add_argument("--tensorflow-config", type=json.loads, default=DEFAULT_TENSORFLOW,
+                        help="the daemons' tensorflow: block, as JSON (thread pools); "
+                             "'{}' for TensorFlow's defaults")
     parser.add_argument("--ceiling-batches", type=parse_list, default=[1, 32],
                         help="in-process batch sizes")
     parser.add_argument("--ceiling-seconds", type=float, default=10.0)
