@@ -16,9 +16,13 @@ Then `threads_4`: four threads calling at once (8 rows each), calls per second, 
 shows how much of a call runs outside the interpreter lock.
 
 TensorFlow starts as the daemon starts it, with oneDNN off; run it with
-TF_ENABLE_ONEDNN_OPTS=1 (and another --out) for oneDNN's figures.
+TF_ENABLE_ONEDNN_OPTS=1 (and another --out) for oneDNN's figures. `--tensorflow-config`
+sizes TensorFlow's pools as the daemon's `tensorflow:` block does, e.g.
+'{"intra_op_parallelism": 1, "inter_op_parallelism": -1}' for calls that never leave the
+calling thread.
 
     .venv/bin/python bench/tf_call_cost.py [--calls 2000] [--batches 1,8,32]
+        [--tensorflow-config JSON] [--out PATH]
 
 Writes bench/results/tf_call_cost.json.
 """
@@ -26,6 +30,7 @@ Writes bench/results/tf_call_cost.json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import threading
@@ -79,11 +84,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
     parser.add_argument("--batches", type=parse_list, default=[1, 8, 32])
+    parser.add_argument("--tensorflow-config", type=json.loads, default={},
+                        help="the daemon's tensorflow: block, as JSON (thread pools)")
     parser.add_argument("--out", default=default_out("tf_call_cost"))
     args = parser.parse_args()
 
-    from loader.quiet_tf import import_tensorflow
+    from loader.config import TensorFlowConfig
+    from loader.quiet_tf import import_tensorflow, set_thread_pools
 
+    pools = TensorFlowConfig(**args.tensorflow_config)
+    set_thread_pools(pools.intra_op_parallelism, pools.inter_op_parallelism)
     import_tensorflow()  # with oneDNN off unless TF_ENABLE_ONEDNN_OPTS=1, as the daemon
     from tensorflow.python.util import _pywrap_util_port
 
@@ -109,7 +119,8 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "tf_call_cost",
         "parameters": {"calls": args.calls, "batches": args.batches,
-                       "onednn": bool(_pywrap_util_port.IsMklEnabled())},
+                       "onednn": bool(_pywrap_util_port.IsMklEnabled()),
+                       "tensorflow": pools.model_dump()},
         "model": {"layers": list(SIZES), "dtype": "float32"},
         "results": results,
     })

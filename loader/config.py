@@ -41,6 +41,21 @@ class ServerConfig(_Strict):
     body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     # Required by gRPC reloads when set; without it, reloads work on loopback only.
     reload_token: SecretStr | None = None
+    # Threads answering gRPC calls (TF Serving's --grpc_max_threads). Each call holds one
+    # until it is answered, a batched Predict while it waits for its batch too, so this
+    # also bounds how many gRPC requests one batch can gather. None: 4 per core (TF
+    # Serving's default), at least 16.
+    grpc_max_threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+
+    def grpc_threads(self) -> int:
+        """`grpc_max_threads`, or its default for this machine."""
+        if self.grpc_max_threads is not None:
+            return self.grpc_max_threads
+        try:
+            cores = len(os.sched_getaffinity(0))  # the cores this process may use, as TF's count
+        except AttributeError:  # no affinity API (macOS)
+            cores = os.cpu_count() or 1
+        return max(16, 4 * cores)
 
 
 class S3Config(_Strict):

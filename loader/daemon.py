@@ -141,7 +141,8 @@ class Daemon:
                 self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard
             )
             self.grpc = GrpcServer(
-                api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes
+                api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
+                max_workers=server.grpc_threads(),
             )
 
     @property

@@ -53,6 +53,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         rest_api_port | 0 | REST port; 0 (the default) means no REST API, as in TF Serving
         num_load_threads | - | loads in parallel (0: one at a time) -> loading.num_load_threads
         max_num_load_retries | - | retries of a failed load -> loading.max_retries
+        grpc_max_threads | - | threads answering gRPC calls (default 4 per core) -> server.grpc_max_threads
         load_retry_interval_micros | - | first retry delay -> loading.retry_backoff_seconds
         file_system_poll_wait_seconds | 1 | storage poll period -> watch.poll_interval_seconds
         model_config_file_poll_wait_seconds | 0 | re-read --model_config_file this often; 0: never
@@ -75,7 +76,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
         rest_api_timeout_in_ms | 30000 | no request deadline; stalled bodies: server.body_timeout_seconds
         num_unload_threads | 0 | unloads run on the manager's threads
-        grpc_max_threads | - | gRPC uses its own worker pool
         num_request_iterations_for_warmup | 0 | not configurable here
         num_tflite_pools | - | TensorFlow Lite models are not served
         num_tflite_interpreters_per_pool | 1 | TensorFlow Lite models are not served

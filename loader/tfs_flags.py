@@ -140,6 +140,8 @@ def parse_tfs_flags(
     loading = data["loading"]
     if "num_load_threads" in given:
         loading["num_load_threads"] = max(1, value("num_load_threads"))
+    if "grpc_max_threads" in given:
+        data["server"]["grpc_max_threads"] = max(1, value("grpc_max_threads"))
     if "max_num_load_retries" in given:
         loading["max_retries"] = value("max_num_load_retries")
     if "load_retry_interval_micros" in given:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from loader.config import ConfigError, load_config
+from loader.config import ConfigError, ServerConfig, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +36,9 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.rest_port == 8501 and config.server.grpc_port == 8500
     assert config.storage.cache_dir == str(tmp_path / ".modelwatch" / "cache")
     assert config.watch.poll_interval_seconds == 1.0
+    assert config.server.grpc_max_threads is None
+    assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
+    assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
 
 
 def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
@@ -89,6 +93,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
         ("tensorflow: {intra_op_parallelism: -1}\n",
          "tensorflow.intra_op_parallelism: input should be greater than or equal to 0"),
+        ("server: {grpc_max_threads: 0}\n", "server.grpc_max_threads: input should be greater than or equal to 1"),
         ("tensorflow: {inter_op_parallelism: -2}\n",
          "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),

@@ -142,3 +142,38 @@ def test_reload_needs_the_token_when_one_is_set(tmp_path, tfserving_testdata):
         assert "s3cret" not in d.log()
     finally:
         assert d.stop() == 0
+
+
+@pytest.mark.parametrize(("threads", "batches"), [(3, 2), (6, 1)])
+def test_grpc_max_threads_bounds_how_many_calls_one_batch_gathers(
+    tmp_path, tfserving_testdata, threads, batches
+):
+    # Each gRPC call holds a worker thread while it waits for its batch (as in TF
+    # Serving's synchronous server): 6 concurrent calls on 3 threads fill two batches of
+    # 3, each sent when its 0.4 s timeout passes; on 6 threads they fill one batch at once.
+    base = tmp_path / "repo" / "half_plus_two"
+    shutil.copytree(tfserving_testdata / "saved_model_half_plus_two_cpu", base)
+    d = DaemonProcess(tmp_path, {
+        "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": free_port(),
+                   "grpc_max_threads": threads},
+        "models": [{"name": "half_plus_two", "base_path": str(base), "batching": {
+            "max_batch_size": 6, "batch_timeout_micros": 400_000, "num_batch_threads": 1}}],
+    }).start()
+    try:
+        d.wait_for_states("half_plus_two", {123: "AVAILABLE"})
+        with grpc.insecure_channel(f"127.0.0.1:{d.grpc_port}") as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            calls = []
+            for n in range(6):
+                request = predict_pb2.PredictRequest()
+                request.model_spec.name = "half_plus_two"
+                request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.array([[float(n)]], np.float32)))
+                calls.append(stub.Predict.future(request, timeout=60))
+            answers = [tf.make_ndarray(call.result().outputs["y"]).tolist() for call in calls]
+        assert answers == [[[n / 2 + 2]] for n in range(6)]
+        metrics = d.client.get("/monitoring/prometheus/metrics").text
+        count = metrics.split('modelwatch_batch_size_count{model="half_plus_two"} ')[1].split()[0]
+        rows = metrics.split('modelwatch_batch_size_sum{model="half_plus_two"} ')[1].split()[0]
+        assert (float(count), float(rows)) == (batches, 6.0)
+    finally:
+        assert d.stop() == 0

@@ -76,6 +76,8 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("num_load_threads", "4", MODEL, lambda t: t.config.loading.num_load_threads, 4),
     ("num_load_threads", "0", MODEL, lambda t: t.config.loading.num_load_threads, 1),
     ("max_num_load_retries", "7", MODEL, lambda t: t.config.loading.max_retries, 7),
+    ("grpc_max_threads", "24", MODEL, lambda t: t.config.server.grpc_max_threads, 24),
+    ("grpc_max_threads", "0", MODEL, lambda t: t.config.server.grpc_max_threads, 1),
     ("tensorflow_session_parallelism", "3", MODEL, lambda t: t.config.tensorflow,
      TensorFlowConfig(intra_op_parallelism=3, inter_op_parallelism=3)),
     ("tensorflow_intra_op_parallelism", "2", MODEL, lambda t: t.config.tensorflow,

@@ -1,0 +1,122 @@
+"""The figures in docs/benchmarks.md, drawn from the recorded results.
+
+    .venv/bin/python bench/plots.py [--results bench/results] [--out docs/img]
+
+Reads `throughput.json` and `memory.json` (written by bench/throughput.py and
+bench/memory.py) and writes, as SVG:
+
+- `throughput.svg`: requests/s against concurrency for each server (each point is the
+  round with the median throughput; the rounds' spread as an error bar when the run had
+  several), with the in-process ceiling as a note;
+- `memory.svg`: the daemon's RSS after each of the 200 swaps, against one copy of the
+  model above the RSS with no model loaded: a leak would be a rising line.
+
+Needs matplotlib (`make bench-install`); nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LABELS = {
+    "modelwatch_batching": "modelwatch, batching",
+    "modelwatch": "modelwatch, no batching",
+    "flask_gunicorn": "Flask + gunicorn (2 x 8)",
+}
+
+
+def plot_throughput(result: dict[str, Any], out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    results = result["results"]
+    for variant, label in LABELS.items():
+        if variant not in results:
+            continue
+        by_c = results[variant]["by_concurrency"]
+        levels = sorted(by_c, key=int)
+        xs = [int(c) for c in levels]
+        ys = [by_c[c]["throughput_rps"] for c in levels]
+        rounds = [by_c[c].get("rounds_throughput_rps", [by_c[c]["throughput_rps"]]) for c in levels]
+        low = [y - min(r) for y, r in zip(ys, rounds)]
+        high = [max(r) - y for y, r in zip(ys, rounds)]
+        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
+        ax.annotate(f"{ys[-1]:,.0f}", (xs[-1], ys[-1]), textcoords="offset points",
+                    xytext=(-8, 6), fontsize=8, ha="right")
+    ceiling = results.get("in_process", {}).get("batch_32", {}).get("instances_per_s")
+    if ceiling:  # an order of magnitude above: a note, not a line that flattens the rest
+        ax.text(0.98, 0.03, f"the model alone, in process, full batches of 32: "
+                f"{ceiling:,.0f} instances/s", transform=ax.transAxes, ha="right",
+                fontsize=8, color="grey")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+    ax.set_xlabel("concurrent clients (hey -c)")
+    ax.set_ylabel("answers per second")
+    ax.set_title(f"REST predict, MLP 64-512-512-10, one instance a request ({result['date'][:10]})",
+                 fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    path = out / "throughput.svg"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_memory(result: dict[str, Any], out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    swaps = result["many_swaps"]
+    series = swaps["rss_after_each_swap_mib"]
+    peak = result["peak_during_one_swap"]["availability_preserving"]
+    no_model, one_copy = peak["rss_no_model_mib"], peak["one_copy_mib"]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.plot(range(1, len(series) + 1), series, label="RSS after each swap")
+    ax.axhline(no_model, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(no_model + one_copy, color="grey", linestyle="--", linewidth=1)
+    ax.axhline(no_model + 2 * one_copy, color="grey", linestyle="--", linewidth=1)
+    for copies, text in ((0, "no model loaded"), (1, "+ one copy of the model"),
+                         (2, "+ two copies")):
+        ax.annotate(text, (1, no_model + copies * one_copy), textcoords="offset points",
+                    xytext=(2, 3), fontsize=8, color="grey")
+    ax.set_ylim(no_model - one_copy * 0.5, no_model + one_copy * 2.5)
+    ax.set_xlabel(f"swap ({swaps['transition']})")
+    ax.set_ylabel("daemon RSS (MiB)")
+    ax.set_title(f"{len(series)} swaps of a {result['model']['mib_on_disk']} MiB model: "
+                 f"{swaps['growth_pct']:+.1f}% ({result['date'][:10]})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    path = out / "memory.svg"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "img"))
+    args = parser.parse_args()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "modelwatch"  # the same figure, the same file
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    results, out = Path(args.results), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, plot in (("throughput", plot_throughput), ("memory", plot_memory)):
+        source = results / f"{name}.json"
+        if not source.exists():
+            print(f"skipped {name}: no {source}", file=sys.stderr)
+            continue
+        print(f"wrote {plot(json.loads(source.read_text()), out)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
