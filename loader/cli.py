@@ -19,7 +19,12 @@ from typing import Any
 from loader.config import Config, ConfigError, load_config
 from loader.config_watch import ConfigReloader
 from loader.errors import ServingError
-from loader.quiet_tf import import_tensorflow, prefer_plain_allocator, set_thread_pools
+from loader.quiet_tf import (
+    freeze_startup_objects,
+    import_tensorflow,
+    prefer_plain_allocator,
+    set_thread_pools,
+)
 from loader.tfs_flags import is_tfs_style, parse_tfs_flags
 from loader.tfs_flags import usage as tfs_usage
 
@@ -73,6 +78,7 @@ def _run_daemon(
     import_tensorflow()
     from loader.daemon import Daemon
 
+    freeze_startup_objects()
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

@@ -14,6 +14,7 @@ fails, its output is shown whole.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -102,3 +103,18 @@ def import_tensorflow() -> None:
         import tensorflow as tf
 
         tf.config.list_physical_devices()
+
+
+def freeze_startup_objects() -> int:
+    """Take what is alive now out of the cyclic garbage collector's sight; call it once,
+    after TensorFlow and the server are imported and before any model loads.
+
+    Importing TensorFlow leaves ~340,000 objects tracked by the collector, and each full
+    collection walks all of them: 100-200 ms holding the interpreter lock, during which
+    no request is answered. They live as long as the process, so freezing them costs
+    nothing; what is created later (models, requests) is collected as before. Returns how
+    many objects were frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

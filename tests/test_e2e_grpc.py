@@ -150,14 +150,14 @@ def test_grpc_max_threads_bounds_how_many_calls_one_batch_gathers(
 ):
     # Each gRPC call holds a worker thread while it waits for its batch (as in TF
     # Serving's synchronous server): 6 concurrent calls on 3 threads fill two batches of
-    # 3, each sent when its 0.4 s timeout passes; on 6 threads they fill one batch at once.
+    # 3, each sent when its 1 s timeout passes; on 6 threads they fill one batch at once.
     base = tmp_path / "repo" / "half_plus_two"
     shutil.copytree(tfserving_testdata / "saved_model_half_plus_two_cpu", base)
     d = DaemonProcess(tmp_path, {
         "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": free_port(),
                    "grpc_max_threads": threads},
         "models": [{"name": "half_plus_two", "base_path": str(base), "batching": {
-            "max_batch_size": 6, "batch_timeout_micros": 400_000, "num_batch_threads": 1}}],
+            "max_batch_size": 6, "batch_timeout_micros": 1_000_000, "num_batch_threads": 1}}],
     }).start()
     try:
         d.wait_for_states("half_plus_two", {123: "AVAILABLE"})

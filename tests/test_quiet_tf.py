@@ -82,6 +82,26 @@ def test_a_negative_inter_op_size_runs_a_session_on_the_calling_thread(tfserving
     assert int(pooled.stdout) >= 250, pooled.stdout  # about one wake-up a run
 
 
+def test_startup_objects_are_frozen_and_later_ones_still_collected():
+    # A full collection would otherwise walk every object TensorFlow's import created.
+    run = _python(
+        "import gc\n"
+        "from loader.quiet_tf import import_tensorflow, freeze_startup_objects\n"
+        "import_tensorflow()\n"
+        "frozen = freeze_startup_objects()\n"
+        "tracked = len(gc.get_objects())\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node()\n"
+        "a.other, b.other = b, a\n"
+        "del a, b\n"
+        "print(frozen, tracked, gc.collect())\n"
+    )
+    assert run.returncode == 0, run.stderr
+    frozen, tracked, collected = map(int, run.stdout.split())
+    assert frozen > 100_000 and tracked < 10_000, run.stdout
+    assert collected >= 2, run.stdout  # a new cycle is still found and freed
+
+
 def test_tensorflow_starts_with_onednn_off_unless_the_environment_asks_for_it():
     # oneDNN's pooling allocator would keep two copies of a model after one swap.
     default = _python(_ONEDNN)
