@@ -7,6 +7,8 @@ resolve versions and labels, find signatures and report errors the same way.
 from __future__ import annotations
 
 import asyncio
+import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +26,11 @@ class DataPlane:
 
     def __init__(self, manager: Manager) -> None:
         self._manager = manager
+        # One per event loop that awaits batched runs (the REST server has one); weak, so
+        # a test's loop that closed leaves nothing behind.
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def status(
         self, model: str, version: int | None = None, label: str | None = None
@@ -101,13 +108,53 @@ class DataPlane:
         if submit is not None:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[dict[str, Any]] = loop.create_future()
-
-            def done(result: dict[str, Any] | None, error: BaseException | None) -> None:
-                loop.call_soon_threadsafe(_settle, future, result, error)
-
-            if submit(name, inputs, output_keys, done):
+            post = self._mailbox(loop).post
+            if submit(name, inputs, output_keys, lambda result, error: post(future, result, error)):
                 return await future
         return await run_in_threadpool(servable.run, name, inputs, output_keys)
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        mailbox = self._mailboxes.get(loop)
+        if mailbox is None:
+            mailbox = self._mailboxes[loop] = _Mailbox(loop)
+        return mailbox
+
+
+class _Mailbox:
+    """Answers from batch threads to one event loop, delivered by one callback per wake-up.
+
+    A batch answers all its requests in a row; one `call_soon_threadsafe` per request would
+    queue a callback (and may wake the loop) for each. Here the first answer posted after a
+    delivery schedules the next delivery, and the others join it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._answers: list[tuple[asyncio.Future[dict[str, Any]], Any, Any]] = []
+
+    def post(
+        self,
+        future: asyncio.Future[dict[str, Any]],
+        result: dict[str, Any] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Called on any thread: settle `future` on the loop soon."""
+        with self._lock:
+            self._answers.append((future, result, error))
+            first = len(self._answers) == 1
+        if first:
+            try:
+                self._loop.call_soon_threadsafe(self._deliver)
+            except RuntimeError:  # the loop closed: nobody waits for these any more
+                with self._lock:
+                    self._answers.clear()
+
+    def _deliver(self) -> None:
+        with self._lock:
+            answers, self._answers = self._answers, []
+        for future, result, error in answers:
+            _settle(future, result, error)
 
 
 def _settle(

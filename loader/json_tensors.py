@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -62,8 +62,7 @@ warnings.filterwarnings(
 )
 
 
-@dataclass(frozen=True)
-class PredictRequest:
+class PredictRequest(NamedTuple):
     """A decoded predict request: which signature, which format, and its input tensors."""
 
     signature_name: str
@@ -303,7 +302,9 @@ def decode_predict_request(
         inputs = _fast_instances(instances, specs)
         if inputs is None:
             inputs = _exact_instances(instances, specs)
-        return PredictRequest(name, True, {alias: inputs[alias] for alias in specs})
+        if len(inputs) > 1:  # in the signature's order
+            inputs = {alias: inputs[alias] for alias in specs}
+        return PredictRequest(name, True, inputs)
     if "inputs" in doc:
         return PredictRequest(name, False, _decode_inputs(doc["inputs"], specs))
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
@@ -341,7 +342,12 @@ def _fast_instances(
             return None
         columns = {alias: [instance[alias] for instance in instances] for alias in specs}
     elif len(specs) == 1:
-        columns = {next(iter(specs)): instances}
+        ((alias, spec),) = specs.items()
+        if spec.kind == "float":
+            array = _fast_float_rows(instances, spec)
+            if array is not None:
+                return {alias: array}
+        columns = {alias: instances}
     else:
         return None
     result = {}
@@ -354,6 +360,21 @@ def _fast_instances(
             return None
         result[alias] = array
     return result
+
+
+def _fast_float_rows(instances: list[Any], spec: _DType) -> np.ndarray | None:
+    """The most common request, one float input sent as rows of numbers (or as numbers),
+    in fewer steps than `_fast_tensor`; None for anything else."""
+    if type(instances[0]) is list:
+        width = len(instances[0])
+        if not width or set(map(type, instances)) != {list} or set(map(len, instances)) != {width}:
+            return None
+        leaves = list(chain.from_iterable(instances))
+        shape: tuple[int, ...] = (len(instances), width)
+    else:
+        leaves, shape = instances, (len(instances),)
+    array = _fast_floats(leaves, set(map(type, leaves)), spec)
+    return None if array is None else array.reshape(shape)
 
 
 def _exact_instances(
