@@ -87,6 +87,7 @@ class BatchScheduler(Generic[K, T]):
         self._turn = 0  # where the round-robin over queues starts next
         self._queued = 0  # tasks waiting in some batch, not yet taken by a thread
         self._threads: list[threading.Thread] = []
+        self._idle = 0  # threads waiting in `_cond`
         self._stopped = False
 
     @property
@@ -128,9 +129,10 @@ class BatchScheduler(Generic[K, T]):
             self._queued += 1
             if not self._threads:
                 self._start_threads()
-            # Even when nothing is schedulable yet, a waiting thread must learn the new
-            # open batch's deadline.
-            self._cond.notify()
+            if self._idle:
+                # Even when nothing is schedulable yet, a waiting thread must learn the
+                # new open batch's deadline. A busy thread looks again when it is done.
+                self._cond.notify()
 
     def stop(self) -> None:
         """Refuse new tasks; queued ones still run, then the threads exit. Idempotent."""
@@ -161,7 +163,11 @@ class BatchScheduler(Generic[K, T]):
                         break
                     if self._stopped and self._queued == 0:
                         return
-                    self._cond.wait(self._until_next_deadline(now))
+                    self._idle += 1
+                    try:
+                        self._cond.wait(self._until_next_deadline(now))
+                    finally:
+                        self._idle -= 1
             key, tasks = found
             try:
                 self._process(key, tasks)

@@ -185,12 +185,11 @@ class BatchingServable:
                 f"batching for {self._scheduler.name or 'this model'} has stopped"
             )
         keys = tuple(output_keys) if output_keys else None
-        request = self._request(signature_name, inputs, keys, done)
+        names = tuple(sorted(inputs))
+        request = self._request(signature_name, inputs, names, keys, done)
         if request is None:
             return False
-        self._scheduler.schedule(
-            (signature_name, keys, tuple(sorted(inputs))), request, request.rows
-        )
+        self._scheduler.schedule((signature_name, keys, names), request, request.rows)
         return True
 
     def unload(self) -> None:
@@ -212,17 +211,19 @@ class BatchingServable:
         self,
         signature_name: str,
         inputs: Mapping[str, Any],
+        names: tuple[str, ...],
         keys: tuple[str, ...] | None,
         done: Done,
     ) -> _Request | None:
-        """The request as a batchable task, or None when it must run alone."""
-        if not inputs or (signature_name, keys) in self._unbatchable:
+        """The request as a batchable task, or None when it must run alone. `names` are
+        the input names, sorted."""
+        if not names or (signature_name, keys) in self._unbatchable:
             return None
         arrays: dict[str, np.ndarray] = {}
         rows = -1
-        for name in sorted(inputs):
+        for name in names:
             value = inputs[name]
-            if not isinstance(value, np.ndarray):
+            if type(value) is not np.ndarray:
                 try:
                     value = np.asarray(value)
                 except (ValueError, TypeError, OverflowError):  # ragged: the servable says why
@@ -233,7 +234,7 @@ class BatchingServable:
             arrays[name] = value
         if rows == 0:
             return None
-        fit_key = (signature_name, keys, tuple(arrays))
+        fit_key = (signature_name, keys, names)
         fits = self._fit_cache.get(fit_key)
         if fits is None:  # a servable's signatures never change: decide once per kind
             signatures = self._inner.signatures
@@ -246,7 +247,10 @@ class BatchingServable:
                 self._fit_cache[fit_key] = fits
         if not fits:
             return None
-        shapes = tuple(self._shape_key(a) for a in arrays.values())
+        if self._pad_lengths:
+            shapes = tuple(_shape_key_padded(a) for a in arrays.values())
+        else:
+            shapes = tuple([(a.dtype.str, a.shape[1:]) for a in arrays.values()])
         return _Request(arrays, rows, shapes, done)
 
     def _fits(
@@ -261,12 +265,6 @@ class BatchingServable:
         return all(_may_batch(sig.inputs[n]) for n in arrays) and all(
             _may_batch(sig.outputs[k]) for k in wanted
         )
-
-    def _shape_key(self, array: np.ndarray) -> tuple[Any, ...]:
-        if self._pad_lengths and array.size:
-            return (array.dtype.str, array.ndim)
-        # An empty tensor has no first element to pad with (TF Serving refuses it).
-        return (array.dtype.str, array.shape[1:])
 
     # ---- running a batch (on a batch thread) ------------------------------------------
 
@@ -348,6 +346,12 @@ class BatchingServable:
                 self._on_batch(size)
             except Exception:  # a metrics hook must not fail requests
                 log.exception("on_batch hook failed")
+
+
+def _shape_key_padded(array: np.ndarray) -> tuple[Any, ...]:
+    """With `pad_variable_length_inputs`, tensors of one dtype and rank batch together.
+    An empty tensor has no first element to pad with (TF Serving refuses it)."""
+    return (array.dtype.str, array.ndim) if array.size else (array.dtype.str, array.shape[1:])
 
 
 def _may_batch(info: TensorInfo) -> bool:

@@ -13,27 +13,30 @@ class Handle:
 
     def __init__(self, servable: Servable) -> None:
         self.servable = servable
-        self._cond = threading.Condition()
+        # Requests take and drop the plain lock (cheaper than entering the Condition);
+        # the unload waits on the Condition built on it.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._users = 0
         self._closed = False
 
     def try_acquire(self) -> bool:
         """Take a reference; False once the handle is closed for unloading."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return False
             self._users += 1
             return True
 
     def release(self) -> None:
-        with self._cond:
+        with self._lock:
             self._users -= 1
-            if self._users == 0:
+            if self._users == 0 and self._closed:
                 self._cond.notify_all()
 
     @property
     def users(self) -> int:
-        with self._cond:
+        with self._lock:
             return self._users
 
     def close_and_wait(self, timeout: float | None = None) -> bool:

@@ -238,7 +238,7 @@ class RestApi:
             else:
                 request = await run_in_threadpool(decode_predict_request, document, signature)
             outputs = await self._dataplane.run_async(lease, name, request.inputs)
-        if sum(np.size(value) for value in outputs.values()) <= INLINE_OUTPUT_VALUES:
+        if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
             return encode_predict_response(outputs, request.row_format)
         return await run_in_threadpool(encode_predict_response, outputs, request.row_format)
 
