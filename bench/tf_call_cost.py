@@ -13,7 +13,10 @@ its restored TF2 signature function (`backend="tf2"`). For each backend and batc
 - `process_cpu_us`: CPU time of the whole process (TensorFlow's own threads included).
 
 Then `threads_4`: four threads calling at once (8 rows each), calls per second, which
-shows how much of a call runs outside the interpreter lock.
+shows how much of a call runs outside the interpreter lock. And `after_idle_<ms>ms`: the
+calling thread's CPU for a call made after it slept that long, as a batch thread's call
+is (it sleeps while the event loop reads the next requests). On a virtual machine whose
+idle vCPUs halt, a thread that slept finds its caches cold; back-to-back calls never do.
 
 TensorFlow starts as the daemon starts it, with oneDNN off; run it with
 TF_ENABLE_ONEDNN_OPTS=1 (and another --out) for oneDNN's figures. `--tensorflow-config`
@@ -22,7 +25,7 @@ sizes TensorFlow's pools as the daemon's `tensorflow:` block does, e.g.
 calling thread.
 
     .venv/bin/python bench/tf_call_cost.py [--calls 2000] [--batches 1,8,32]
-        [--tensorflow-config JSON] [--out PATH]
+        [--idle-ms 5] [--tensorflow-config JSON] [--out PATH]
 
 Writes bench/results/tf_call_cost.json.
 """
@@ -62,6 +65,21 @@ def per_call(servable: Any, rows: int, calls: int) -> dict[str, float]:
     }
 
 
+def after_idle(servable: Any, rows: int, calls: int, idle_seconds: float) -> float:
+    """The calling thread's CPU per call (us), each call made after sleeping `idle_seconds`."""
+    import numpy as np
+
+    inputs = {"x": np.random.default_rng(rows).uniform(-1, 1, (rows, SIZES[0])).astype(np.float32)}
+    pause = threading.Event()  # never set: wait() is a plain sleep of the thread
+    total = 0.0
+    for _ in range(calls):
+        pause.wait(idle_seconds)
+        started = time.thread_time()
+        servable.run("serving_default", inputs)
+        total += time.thread_time() - started
+    return round(total / calls * 1e6, 1)
+
+
 def threaded(servable: Any, threads: int, calls: int) -> float:
     import numpy as np
 
@@ -84,6 +102,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per measurement")
     parser.add_argument("--batches", type=parse_list, default=[1, 8, 32])
+    parser.add_argument("--idle-ms", type=float, default=5.0,
+                        help="sleep before each call of the after-idle figures; 0 skips them")
     parser.add_argument("--tensorflow-config", type=json.loads, default={},
                         help="the daemon's tensorflow: block, as JSON (thread pools)")
     parser.add_argument("--out", default=default_out("tf_call_cost"))
@@ -109,6 +129,11 @@ def main() -> None:
                 entry: dict[str, Any] = {}
                 for rows in args.batches:
                     entry[f"batch_{rows}"] = per_call(servable, rows, args.calls)
+                    if args.idle_ms > 0:
+                        idle = f"after_idle_{args.idle_ms:g}ms_calling_thread_cpu_us"
+                        entry[f"batch_{rows}"][idle] = after_idle(
+                            servable, rows, min(args.calls, 400), args.idle_ms / 1000
+                        )
                     print(f"  {backend} batch {rows}: {entry[f'batch_{rows}']}", file=sys.stderr)
                 entry["threads_4_batch_8_calls_per_s"] = threaded(servable, 4, args.calls // 4)
                 print(f"  {backend} 4 threads: {entry['threads_4_batch_8_calls_per_s']} calls/s",
@@ -118,7 +143,7 @@ def main() -> None:
                 servable.unload()
     write_result(args.out, {
         "benchmark": "tf_call_cost",
-        "parameters": {"calls": args.calls, "batches": args.batches,
+        "parameters": {"calls": args.calls, "batches": args.batches, "idle_ms": args.idle_ms,
                        "onednn": bool(_pywrap_util_port.IsMklEnabled()),
                        "tensorflow": pools.model_dump()},
         "model": {"layers": list(SIZES), "dtype": "float32"},
