@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: serve test install bench-install clean
+.PHONY: serve test lint install bench-install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,12 @@ serve: $(STAMP)
 	$(PY) -m loader prepare-demo models
 	$(PY) -m loader serve --config config.yaml
 
-test: $(STAMP)
+# Static checks first (seconds), then the suite.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check loader policies tests bench
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 # Benchmarks (not part of the tests): `make bench-install`, then one command each, e.g.

@@ -8,6 +8,7 @@ Heavy libraries (TensorFlow, psutil) are imported by the functions that need the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -196,7 +197,9 @@ class Hey:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.communicate()
-            raise RuntimeError(f"hey ran longer than {self._limit:.0f}s: {' '.join(self.command)}")
+            raise RuntimeError(
+                f"hey ran longer than {self._limit:.0f}s: {' '.join(self.command)}"
+            ) from None
         if self._process.returncode != 0:
             raise RuntimeError(f"hey failed ({self._process.returncode}): {err.decode()[-2000:]}")
         self._out.seek(0)
@@ -353,7 +356,7 @@ def write_mlp(path: Path, sizes: Sequence[int], seed: int = 0) -> Path:
     module.kernels = [
         tf.Variable(rng.standard_normal((a, b), dtype=np.float32) * np.float32(math.sqrt(2 / a)),
                     name=f"kernel_{i}")
-        for i, (a, b) in enumerate(zip(sizes, sizes[1:]))
+        for i, (a, b) in enumerate(itertools.pairwise(sizes))
     ]
     module.biases = [tf.Variable(np.zeros(b, np.float32), name=f"bias_{i}")
                      for i, b in enumerate(sizes[1:])]

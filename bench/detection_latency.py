@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "detection_latency.json"))
     args = parser.parse_args()
-    from loader.demo import write_linear_model
+    from loader.app.demo import write_linear_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

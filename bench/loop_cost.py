@@ -6,7 +6,7 @@ out first. Requests per second on this shared 2-vCPU machine move by 20% from on
 to the next; the loop's CPU time per request moves much less, so this is the figure to
 compare two versions of the request path by.
 
-In one process: a daemon (`loader.daemon.Daemon`, no sockets) serves the throughput
+In one process: a daemon (`loader.app.daemon.Daemon`, no sockets) serves the throughput
 benchmark's MLP with batching (`max_batch_size: 32, batch_timeout_micros: 0,
 num_batch_threads: 2`, TensorFlow's pools as `--tensorflow-config`, by default calls kept
 on their thread); `RestApi.app`, the ASGI application uvicorn runs, is called directly by
@@ -97,8 +97,8 @@ def main() -> None:
     parser.add_argument("--out", default=default_out("loop_cost"))
     args = parser.parse_args()
 
-    from loader.config import TensorFlowConfig, parse_config
-    from loader.quiet_tf import (
+    from loader.config.schema import TensorFlowConfig, parse_config
+    from loader.servables.quiet_tf import (
         freeze_startup_objects,
         import_tensorflow,
         set_thread_pools,
@@ -107,8 +107,8 @@ def main() -> None:
     pools = TensorFlowConfig(**args.tensorflow_config)
     set_thread_pools(pools.intra_op_parallelism, pools.inter_op_parallelism)
     import_tensorflow()
-    from loader.daemon import Daemon
-    from loader.rest import RestApi
+    from loader.app.daemon import Daemon
+    from loader.serving.rest.app import RestApi
 
     body = instances_body(SIZES[0]).encode()
     runs = []

@@ -3,7 +3,7 @@
 moto's ThreadedMotoServer runs on 127.0.0.1 in a child process (its own GIL, as a real
 endpoint would be) holding M models x V versions x F files of one byte each: a complete
 version is `saved_model.pb`, plus `variables/variables.index` and one data shard from
-three files up, plus `assets/extra-k` files up to F. `loader.s3_source.S3Source` runs in
+three files up, plus `assets/extra-k` files up to F. `loader.sources.s3.S3Source` runs in
 this process with the daemon's own client (`make_s3_client`) and a callback that only
 counts; `poll_once()` is called on the daemon's schedule (a poll starts `--interval` s
 after the previous one started, or at once if that one ran longer), and each poll's
@@ -178,7 +178,7 @@ def populate(moto: MotoProcess, args: argparse.Namespace) -> dict[str, Any]:
 
 def expected_requests(models: int, versions: int, poll_index: int, cold: bool) -> int:
     """What a poll should cost by S3Source's rules (each listing is one page here)."""
-    from loader.s3_source import reverify_due
+    from loader.sources.s3 import reverify_due
 
     if cold:
         return models + models * versions
@@ -189,8 +189,10 @@ def expected_requests(models: int, versions: int, poll_index: int, cold: bool) -
 
 def measure(endpoint: str, layout: str, models: int, versions: int, files: int,
             polls: int, interval: float) -> dict[str, Any]:
-    from loader.base import ModelLocation, VersionRef
-    from loader.s3_source import S3Source, make_s3_client
+    from loader.base import VersionRef
+    from loader.sources.base import ModelLocation
+    from loader.sources.s3 import S3Source
+    from loader.sources.s3_client import make_s3_client
 
     reported: dict[str, int] = {}
 

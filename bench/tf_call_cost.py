@@ -1,7 +1,7 @@
 """What one model call costs on each of modelwatch's two ways to run a SavedModel.
 
 The model is the throughput benchmark's MLP (64-512-512-10, float32, a TF2 SavedModel).
-It is loaded twice through `loader.savedmodel.load_saved_model`: in a TF1 session on its
+It is loaded twice through `loader.servables.savedmodel.load_saved_model`: in a TF1 session on its
 graph (`backend="session"`, what TF Serving does and modelwatch's default) and through
 its restored TF2 signature function (`backend="tf2"`). For each backend and batch size,
 `SavedModelServable.run` is called back to back, and per call we record:
@@ -109,15 +109,15 @@ def main() -> None:
     parser.add_argument("--out", default=default_out("tf_call_cost"))
     args = parser.parse_args()
 
-    from loader.config import TensorFlowConfig
-    from loader.quiet_tf import import_tensorflow, set_thread_pools
+    from loader.config.schema import TensorFlowConfig
+    from loader.servables.quiet_tf import import_tensorflow, set_thread_pools
 
     pools = TensorFlowConfig(**args.tensorflow_config)
     set_thread_pools(pools.intra_op_parallelism, pools.inter_op_parallelism)
     import_tensorflow()  # with oneDNN off unless TF_ENABLE_ONEDNN_OPTS=1, as the daemon
     from tensorflow.python.util import _pywrap_util_port
 
-    from loader.savedmodel import load_saved_model
+    from loader.servables.savedmodel import load_saved_model
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="modelwatch-bench-") as tmp:

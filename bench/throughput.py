@@ -192,10 +192,10 @@ def bench_in_process(model: Path, batches: list[int], seconds: float) -> dict[st
     back to back on a full batch, for `seconds` each."""
     import numpy as np
 
-    from loader.quiet_tf import import_tensorflow
+    from loader.servables.quiet_tf import import_tensorflow
 
     import_tensorflow()
-    from loader.savedmodel import load_saved_model
+    from loader.servables.savedmodel import load_saved_model
 
     servable = load_saved_model(model)
     rng = np.random.default_rng(2)

@@ -2,6 +2,6 @@
 
 import sys
 
-from loader.cli import main
+from loader.app.cli import main
 
 sys.exit(main())

@@ -1,15 +1,18 @@
-"""The small interfaces the rest of modelwatch is written against.
+"""The vocabulary every layer of modelwatch shares: what a version is, what a servable
+offers, and the errors a request or a load ends in, with TF Serving's status codes.
 
-A *source* watches storage and reports, for each model, the complete set of versions that
-are ready to load. A *fetcher* turns a reported version into a local folder. A *servable*
-is a loaded version that answers requests. Nothing here imports an implementation.
+A *servable* is a loaded version that answers requests. Every layer raises `ServingError`;
+each transport maps its `code` to its own form (an HTTP status and `{"error": message}` for
+REST, a gRPC status for gRPC), so the message is the same everywhere. Nothing here imports
+an implementation or a third-party library.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 # TensorFlow's kDefaultServingSignatureDefKey: the signature a request without a name gets.
 DEFAULT_SIGNATURE = "serving_default"
@@ -21,44 +24,6 @@ class VersionRef:
 
     uri: str
     fingerprint: str
-
-
-@dataclass(frozen=True)
-class ModelLocation:
-    """A model name and the base path its numbered versions sit under."""
-
-    name: str
-    base_path: str
-
-
-class VersionsCallback(Protocol):
-    """Receives a model's complete set of ready versions after every successful scan."""
-
-    def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None: ...
-
-
-class Source(Protocol):
-    """Watches storage for a set of models and reports their ready versions.
-
-    A source calls its callback with the *complete* set on every successful scan, so a
-    version left out means it is no longer present. A scan that fails reports nothing.
-    """
-
-    def set_models(self, models: Sequence[ModelLocation]) -> None: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def join(self, timeout: float | None = None) -> None: ...
-
-
-class Fetcher(Protocol):
-    """Makes a reported version available as a local folder, and forgets it again."""
-
-    def fetch(self, model: str, version: int, ref: VersionRef) -> str: ...
-
-    def release(self, model: str, version: int, ref: VersionRef) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -77,6 +42,19 @@ class SignatureInfo:
     method_name: str
     inputs: Mapping[str, TensorInfo] = field(default_factory=dict)
     outputs: Mapping[str, TensorInfo] = field(default_factory=dict)
+
+
+FeatureKind = Literal["bytes_list", "float_list", "int64_list"]
+
+
+class Feature(NamedTuple):
+    """One `tf.train.Feature`: its list kind and values (kind None: an empty list)."""
+
+    kind: FeatureKind | None
+    values: list[Any]  # float for float_list, int for int64_list, bytes for bytes_list
+
+
+Features = dict[str, Feature]
 
 
 class Servable(Protocol):
@@ -98,3 +76,64 @@ class Servable(Protocol):
     ) -> dict[str, Any]: ...
 
     def unload(self) -> None: ...
+
+class Code(enum.Enum):
+    """The subset of `tensorflow::error::Code` that modelwatch answers with."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class ServingError(Exception):
+    """A failure with a status code and a message meant for the client or the operator."""
+
+    code = Code.UNKNOWN
+
+    def __init__(self, message: str, code: Code | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(ServingError):
+    code = Code.INVALID_ARGUMENT
+
+
+class NotFound(ServingError):
+    code = Code.NOT_FOUND
+
+
+class FailedPrecondition(ServingError):
+    code = Code.FAILED_PRECONDITION
+
+
+class Unavailable(ServingError):
+    code = Code.UNAVAILABLE
+
+
+class ResourceExhausted(ServingError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class Internal(ServingError):
+    code = Code.INTERNAL
+
+
+class DataLoss(ServingError):
+    code = Code.DATA_LOSS

@@ -19,7 +19,7 @@ class ModelBuilder:
         """A SavedModel folder for `intercept`, written on first use."""
         folder = self._cache / f"intercept-{intercept:g}"
         if not folder.is_dir():
-            from loader.demo import write_linear_model
+            from loader.app.demo import write_linear_model
 
             write_linear_model(folder, slope=0.5, intercept=intercept)
         return folder

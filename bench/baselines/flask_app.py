@@ -18,9 +18,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402  (after the log level, which it reads at import)
-from flask import Flask, jsonify, request  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from flask import Flask, jsonify, request
 
 
 def create_app(model_dir: str | None = None) -> Flask:

@@ -1,0 +1,315 @@
+"""The composition root: builds every part from the config, starts them in order and
+stops them in reverse (servers first, so requests in flight are answered by loaded models).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from loader.base import Code, InvalidArgument, Servable, ServingError, VersionRef
+from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig
+from loader.config.tfs_model_config import parse_model_server_config
+from loader.manager.manager import Manager, ModelSpec
+from loader.serving.dataplane import DataPlane
+from loader.serving.grpc.reload_auth import ReloadGuard
+from loader.serving.grpc.server import GrpcServer
+from loader.serving.grpc.services import GrpcApi
+from loader.serving.metrics import Metrics
+from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
+from loader.serving.rest.server import RestServer, bind
+from loader.sources.base import ModelLocation, Source
+from loader.sources.local import LocalSource
+from policies.base import SelectionPolicy
+from policies.selection import All, Latest, Specific
+from policies.transition import TRANSITIONS
+
+log = logging.getLogger("modelwatch.daemon")
+
+EVENT_SETTLE_SECONDS = 1.0
+
+
+def selection_policy(model: ModelConfig) -> SelectionPolicy:
+    policy = model.version_policy
+    if policy.all is not None:
+        return All()
+    if policy.specific is not None:
+        return Specific.of(policy.specific.versions)
+    return Latest(policy.latest.num_versions if policy.latest else 1)
+
+
+def model_spec(model: ModelConfig) -> ModelSpec:
+    return ModelSpec(
+        model.name, selection_policy(model), TRANSITIONS[model.transition],
+        dict(model.version_labels),
+    )
+
+
+class _Storage:
+    """Turns a reported version into a loaded servable, and releases its files after."""
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._s3_client: Any = None
+        self._s3_fetcher: Any = None
+        self.batching: dict[str, BatchingConfig | None] = {}
+
+    def s3_client(self) -> Any:
+        """The S3 client, made (and the cache cleaned of a crash's leftovers) on first use."""
+        if self._s3_client is None:
+            from loader.sources.s3_client import make_s3_client
+            from loader.sources.s3_fetch import S3Fetcher
+
+            s3 = self._config.storage.s3
+            self._s3_client = make_s3_client(s3.endpoint_url, s3.region)
+            self._s3_fetcher = S3Fetcher(self._s3_client, self._config.storage.cache_dir)
+            self._s3_fetcher.cleanup_stale()
+        return self._s3_client
+
+    def load(self, model: str, version: int, ref: VersionRef) -> Servable:
+        from loader.servables.savedmodel import load_saved_model  # TensorFlow loads on first use
+        from loader.servables.warmup import warm_up
+
+        path = ref.uri
+        if ref.uri.startswith("s3://"):
+            self.s3_client()
+            path = self._s3_fetcher.fetch(model, version, ref)
+        servable: Servable = load_saved_model(path)
+        batching = self.batching.get(model)
+        try:
+            # On the bare servable, before batching wraps it: warmup is not traffic. Only
+            # the configured batch sizes are warmed; without them sizes vary freely.
+            warm_up(servable, path, batch_sizes=batching.allowed_batch_sizes if batching else ())
+        except BaseException:
+            servable.unload()
+            raise
+        if batching is not None:
+            from loader.servables.batching import BatchingServable
+
+            servable = BatchingServable(
+                servable, batching, name=f"{model}-{version}",
+                on_batch=self._metrics.batch_size.labels(model).observe,
+            )
+        return servable
+
+    def release(self, model: str, version: int, ref: VersionRef) -> None:
+        if ref.uri.startswith("s3://") and self._s3_fetcher is not None:
+            self._s3_fetcher.release(model, version, ref)
+
+
+class Daemon:
+    """Everything modelwatch runs, wired from one config."""
+
+    def __init__(
+        self, config: Config, *, serve_rest: bool = True, metrics_path: str | None = PROMETHEUS_PATH
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self._storage = _Storage(config, self.metrics)
+        loading = config.loading
+        self.manager = Manager(
+            self._storage.load,
+            release=self._storage.release,
+            num_load_threads=loading.num_load_threads,
+            load_retries=loading.max_retries,
+            retry_backoff_seconds=loading.retry_backoff_seconds,
+            load_timeout_seconds=loading.load_timeout_seconds,
+        )
+        self.metrics.known_model = self.manager.has_model
+        self.manager.add_observer(self.metrics.observe_transition)
+        self._sources: dict[str, Source] = {}
+        self._reload_lock = threading.Lock()
+        self._started = False
+        self.reload_models(config.models)
+        self.dataplane = DataPlane(self.manager)
+        server = config.server
+        self.rest: RestServer | None = None
+        if serve_rest:  # TF Serving's --rest_api_port=0
+            rest_api = RestApi(
+                self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
+                body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
+            )
+            self.rest = RestServer(rest_api.app, bind(server.host, server.rest_port))
+        self.grpc: GrpcServer | None = None
+        if server.grpc_port:
+            token = server.reload_token.get_secret_value() if server.reload_token else None
+            guard = ReloadGuard(token or os.environ.get("MODELWATCH_RELOAD_TOKEN"), server.host)
+            grpc_api = GrpcApi(
+                self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard
+            )
+            self.grpc = GrpcServer(
+                grpc_api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
+                max_workers=server.grpc_threads(),
+            )
+
+    @property
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+    def reload_models(self, models: Sequence[ModelConfig]) -> None:
+        """Serve exactly these models from now on: new ones are watched and loaded,
+        removed ones unloaded, changed policies and labels applied. Paths must be resolved."""
+        with self._reload_lock:
+            self._storage.batching = {m.name: m.batching for m in models}
+            # The manager first: it ignores reports for models it no longer serves.
+            self.manager.set_models([model_spec(m) for m in models])
+            for kind, source in self._sources.items():
+                source.set_models(_locations(m for m in models if _kind(m) == kind))
+            for kind in {_kind(m) for m in models} - set(self._sources):
+                source = self._make_source(kind, [m for m in models if _kind(m) == kind])
+                self._sources[kind] = source
+                if self._started:
+                    source.start()
+            self.config = self.config.model_copy(update={"models": list(models)})
+
+    def reload_from_grpc(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+        """HandleReloadConfigRequest: like TF Serving, answer once the new models settled."""
+        try:
+            models = parse_model_server_config(config)
+        except ConfigError as error:
+            raise InvalidArgument(str(error)) from None
+        for m in models:
+            if not m.is_s3 and not Path(m.base_path).is_absolute():
+                raise ConfigError(
+                    f"Expected model {m.name} to have an absolute path or URI; "
+                    f"got base_path()={m.base_path}"
+                )
+        added = {m.name for m in models} - set(self.manager.models())
+        self.reload_models(models)
+
+        def settled(name: str) -> bool:
+            try:
+                statuses = self.dataplane.status(name)
+            except ServingError:
+                return False
+            return any(s.state == "AVAILABLE" for s in statuses) or all(
+                s.state == "END" for s in statuses
+            )
+
+        self.manager.wait_until(lambda: all(settled(n) for n in added), 300)
+        failed = sorted(n for n in added if not self.dataplane.readiness().get(n))
+        if failed:
+            raise ServingError(
+                f"{len(failed)} model(s) did not become available: {failed}", Code.UNKNOWN
+            )
+        log.info("reloaded the config: %d model(s)", len(models))
+
+    def _make_source(self, kind: str, models: list[ModelConfig]) -> Source:
+        watch = self.config.watch
+        if kind == "local":
+            return LocalSource(
+                _locations(models),
+                self.manager.on_versions,
+                poll_interval_seconds=watch.poll_interval_seconds,
+                settle_seconds=watch.settle_seconds,
+                ready_marker=watch.ready_marker,
+                debounce_seconds=watch.debounce_seconds,
+                on_poll=self.metrics.observe_poll,
+            )
+        from loader.sources.s3 import S3Source
+
+        settle = watch.settle_seconds
+        if settle is None and watch.s3_events is not None and watch.ready_marker is None:
+            # Events trigger listings at once: settle on time, not on the (slower) poll.
+            settle = EVENT_SETTLE_SECONDS
+        source = S3Source(
+            _locations(models),
+            self.manager.on_versions,
+            self._storage.s3_client(),
+            poll_interval_seconds=watch.poll_interval_seconds,
+            settle_seconds=settle,
+            ready_marker=watch.ready_marker,
+            on_poll=self.metrics.observe_poll,
+        )
+        if watch.s3_events is None:
+            return source
+        return _WithEvents(source, self._event_listener(source, settle or 0.0))
+
+    def _event_listener(self, source: Any, settle: float) -> Any:
+        from loader.sources.s3_client import make_sqs_client
+        from loader.sources.s3_events import S3EventListener
+
+        events, s3 = self.config.watch.s3_events, self.config.storage.s3
+        assert events is not None
+        sqs = make_sqs_client(events.endpoint_url or s3.endpoint_url, s3.region)
+        return S3EventListener(
+            sqs, events.sqs_queue_url, source,
+            settle_seconds=settle, wait_time_seconds=events.wait_time_seconds,
+        )
+
+    def start(self) -> None:
+        from loader.servables.runtime import prepare_runtime
+
+        prepare_runtime()  # before any load: see its docstring
+        self.manager.start()
+        with self._reload_lock:
+            self._started = True
+            for source in self._sources.values():
+                source.start()
+        if self.rest is not None:
+            self.rest.start()
+            if not self.rest.wait_started(30):
+                raise RuntimeError("the REST server did not start")
+            log.info(
+                "serving REST on http://%s:%d with %d model(s)",
+                self.config.server.host, self.rest.port, len(self.config.models),
+            )
+        if self.grpc is not None:
+            self.grpc.start()
+            log.info("serving gRPC on %s:%d", self.config.server.host, self.grpc.port)
+
+    def stop(self) -> None:
+        """Stop accepting requests, answer those in flight, then stop everything else."""
+        if self.grpc is not None:
+            self.grpc.stop(grace_seconds=30)  # refuses new RPCs now; in-flight ones finish
+        if self.rest is not None:
+            self.rest.stop()
+            self.rest.join()
+        if self.grpc is not None:
+            self.grpc.join(35)
+        with self._reload_lock:
+            sources = list(self._sources.values())
+        for source in reversed(sources):
+            source.stop()
+        for source in reversed(sources):
+            source.join(10)
+        self.manager.stop()
+        self.manager.join()
+
+
+class _WithEvents:
+    """An S3 source and the event listener that nudges it, started and stopped together."""
+
+    def __init__(self, source: Any, listener: Any) -> None:
+        self._source = source
+        self._listener = listener
+
+    def set_models(self, models: Sequence[ModelLocation]) -> None:
+        self._source.set_models(models)
+
+    def start(self) -> None:
+        self._source.start()
+        self._listener.start()
+
+    def stop(self) -> None:
+        self._listener.stop()
+        self._source.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._listener.join(timeout)
+        self._source.join(timeout)
+
+
+def _kind(model: ModelConfig) -> str:
+    return "s3" if model.is_s3 else "local"
+
+
+def _locations(models: Any) -> list[ModelLocation]:
+    return [ModelLocation(m.name, m.base_path) for m in models]

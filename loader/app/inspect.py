@@ -1,0 +1,212 @@
+"""`modelwatch inspect` and `modelwatch run`: saved_model_cli's `show --all` and `run`,
+for a local version folder or an `s3://` one (fetched first, with a progress bar).
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loader.base import InvalidArgument, SignatureInfo, TensorInfo, VersionRef
+
+# What --input_exprs may call: numpy constructors with literal arguments, never eval().
+_NUMPY_CALLS = frozenset(
+    {"array", "asarray", "ones", "zeros", "full", "arange", "linspace", "eye", "reshape"}
+)
+
+
+@contextmanager
+def local_version(path: str, *, endpoint_url: str | None = None, region: str | None = None) -> Iterator[Path]:
+    """A local folder holding the version at `path`; an s3:// one is fetched to a temp dir."""
+    if not path.startswith("s3://"):
+        folder = Path(path)
+        if not folder.is_dir():
+            raise InvalidArgument(f"{path} is not a folder")
+        yield folder
+        return
+    from loader.sources.s3_client import (
+        list_version_objects,
+        listing_fingerprint,
+        make_s3_client,
+        parse_s3_uri,
+    )
+    from loader.sources.s3_fetch import S3Fetcher
+
+    client = make_s3_client(endpoint_url, region)
+    bucket, prefix = parse_s3_uri(path)
+    fingerprint = listing_fingerprint(list_version_objects(client, bucket, prefix))
+    cache = Path(tempfile.mkdtemp(prefix="modelwatch-inspect-"))
+    bar = _ProgressBar()
+    try:
+        fetcher = S3Fetcher(client, cache, progress=bar)
+        fetched = fetcher.fetch("inspect", 0, VersionRef(f"s3://{bucket}/{prefix}", fingerprint))
+        bar.close()
+        yield Path(fetched)
+    finally:
+        bar.close()
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+class _ProgressBar:
+    """tqdm on stderr while a fetch downloads."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def start(self, what: str, total_bytes: int) -> None:
+        from tqdm import tqdm
+
+        tqdm.monitor_interval = 0  # no monitor thread: the bar lives for one fetch
+        self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="fetching",
+                         file=sys.stderr, leave=False)
+
+    def advance(self, nbytes: int) -> None:
+        if self._bar is not None:
+            self._bar.update(nbytes)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def describe(folder: Path) -> dict[str, Any]:
+    """Every tag set of the SavedModel and its signatures, as TF Serving's metadata shows them."""
+    from loader.servables.saved_model_proto import read_tag_sets, signature_def_json
+
+    return {
+        "path": str(folder),
+        "meta_graphs": [
+            {"tags": list(tags), "signature_def": signature_def_json(folder, tags)["signature_def"]}
+            for tags in read_tag_sets(folder)
+        ],
+    }
+
+
+def show_text(folder: Path) -> str:
+    """What `saved_model_cli show --all` prints, for every tag set."""
+    from loader.servables.saved_model_proto import read_signatures, read_tag_sets
+
+    lines: list[str] = []
+    for tags in read_tag_sets(folder):
+        lines.append(
+            f"MetaGraphDef with tag-set: '{', '.join(tags)}' contains the following SignatureDefs:"
+        )
+        for name, signature in sorted(read_signatures(folder, tags).items()):
+            lines += ["", f"signature_def['{name}']:"] + _signature_lines(signature)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _signature_lines(signature: SignatureInfo) -> list[str]:
+    lines = ["  The given SavedModel SignatureDef contains the following input(s):"]
+    lines += _tensor_lines("inputs", signature.inputs)
+    lines.append("  The given SavedModel SignatureDef contains the following output(s):")
+    lines += _tensor_lines("outputs", signature.outputs)
+    lines.append(f"  Method name is: {signature.method_name}")
+    return lines
+
+
+def _tensor_lines(kind: str, tensors: Mapping[str, TensorInfo]) -> list[str]:
+    lines = []
+    for alias, info in sorted(tensors.items()):
+        shape = "unknown_rank" if info.shape is None else _shape_text(info.shape)
+        lines += [
+            f"    {kind}['{alias}'] tensor_info:",
+            f"        dtype: {info.dtype}",
+            f"        shape: {shape}",
+            f"        name: {info.name}",
+        ]
+    return lines
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def parse_inputs(input_exprs: str | None, inputs: str | None) -> dict[str, np.ndarray]:
+    """saved_model_cli's `--input_exprs 'x=[[1.0]];y=np.ones((2,1))'` and
+    `--inputs 'x=a.npy;y=b.npz[key]'`, as arrays by input name."""
+    values: dict[str, np.ndarray] = {}
+    for name, text in _pairs(input_exprs, "--input_exprs"):
+        values[name] = np.asarray(_literal(ast.parse(text, mode="eval").body, text))
+    for name, text in _pairs(inputs, "--inputs"):
+        values[name] = _load_array(text)
+    return values
+
+
+def _pairs(spec: str | None, flag: str) -> list[tuple[str, str]]:
+    pairs = []
+    for item in filter(None, (part.strip() for part in (spec or "").split(";"))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise InvalidArgument(f"{flag} items look like name=value; got {item!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def _literal(node: ast.AST, text: str) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, bool, str, bytes)):
+        return node.value
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items = [_literal(item, text) for item in node.elts]
+        return items if isinstance(node, ast.List) else tuple(items)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand, text)
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Attribute) and _is_numpy(node.value) and hasattr(np, node.attr):
+        dtype = getattr(np, node.attr)
+        if isinstance(dtype, type) and issubclass(dtype, np.generic):
+            return dtype
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and _is_numpy(node.func.value)
+        and node.func.attr in _NUMPY_CALLS
+    ):
+        args = [_literal(a, text) for a in node.args]
+        kwargs = {k.arg: _literal(k.value, text) for k in node.keywords if k.arg}
+        return getattr(np, node.func.attr)(*args, **kwargs)
+    raise InvalidArgument(
+        f"cannot evaluate {text!r}: use literals and np.{'/'.join(sorted(_NUMPY_CALLS))}"
+    )
+
+
+def _is_numpy(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id in ("np", "numpy")
+
+
+def _load_array(text: str) -> np.ndarray:
+    path, _, key = text.partition("[")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(f"cannot read {path}: {error}") from None
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    names = list(loaded.files)
+    chosen = key.rstrip("]") if key else (names[0] if names else "")
+    if chosen not in names:
+        raise InvalidArgument(f"{path} has no array {chosen!r}; it has {', '.join(names)}")
+    return np.asarray(loaded[chosen])
+
+
+def run(
+    folder: Path, signature_name: str, inputs: Mapping[str, np.ndarray], tags: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Load the SavedModel, run one signature once (inputs converted to its dtypes), unload."""
+    from loader.servables.savedmodel import load_saved_model
+
+    servable = load_saved_model(folder, tags)
+    try:
+        return servable.run(signature_name, inputs)
+    finally:
+        servable.unload()

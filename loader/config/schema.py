@@ -1,0 +1,262 @@
+"""config.yaml: its schema, its defaults, and one clear sentence when it is wrong.
+
+JSON is valid YAML, so a JSON file is read the same way. Relative paths are resolved
+against the folder of the config file, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the file and the key at fault."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    rest_port: Annotated[int, Field(ge=0, le=65535)] = 8501
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8500
+    max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
+    # A REST body that stops arriving for this long gets 408 and its connection closed.
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Required by gRPC reloads when set; without it, reloads work on loopback only.
+    reload_token: SecretStr | None = None
+    # Threads answering gRPC calls (TF Serving's --grpc_max_threads). Each call holds one
+    # until it is answered, a batched Predict while it waits for its batch too, so this
+    # also bounds how many gRPC requests one batch can gather. None: 4 per core (TF
+    # Serving's default), at least 16.
+    grpc_max_threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+
+    def grpc_threads(self) -> int:
+        """`grpc_max_threads`, or its default for this machine."""
+        if self.grpc_max_threads is not None:
+            return self.grpc_max_threads
+        try:
+            cores = len(os.sched_getaffinity(0))  # the cores this process may use, as TF's count
+        except AttributeError:  # no affinity API (macOS)
+            cores = os.cpu_count() or 1
+        return max(16, 4 * cores)
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class StorageConfig(_Strict):
+    cache_dir: str = ".modelwatch/cache"
+    s3: S3Config = S3Config()
+
+
+class S3EventsConfig(_Strict):
+    """S3 -> SQS event notifications, consumed so new versions are seen within a second."""
+
+    sqs_queue_url: Annotated[str, Field(min_length=1)]
+    endpoint_url: str | None = None  # defaults to storage.s3.endpoint_url
+    wait_time_seconds: Annotated[int, Field(ge=1, le=20)] = 1
+
+
+class WatchConfig(_Strict):
+    poll_interval_seconds: Annotated[float, Field(gt=0)] = 1.0
+    settle_seconds: Annotated[float, Field(ge=0)] | None = None
+    ready_marker: str | None = None
+    debounce_seconds: Annotated[float, Field(ge=0)] = 0.05
+    s3_events: S3EventsConfig | None = None
+
+    @field_validator("ready_marker")
+    @classmethod
+    def _plain_file_name(cls, value: str | None) -> str | None:
+        if value is not None and ("/" in value or value in ("", ".", "..")):
+            raise ValueError("must be a plain file name inside the version folder")
+        return value
+
+
+class LoadingConfig(_Strict):
+    num_load_threads: Annotated[int, Field(ge=1, le=64)] = 2
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 2
+    retry_backoff_seconds: Annotated[float, Field(ge=0)] = 1.0
+    load_timeout_seconds: Annotated[float, Field(gt=0)] | None = 600.0
+
+
+class TensorFlowConfig(_Strict):
+    """TensorFlow's thread pools (TF Serving's --tensorflow_*_parallelism), read at start.
+
+    0 lets TensorFlow choose (one thread per core in each pool). On a small machine where
+    the server's own Python threads need a core, fewer TensorFlow threads can serve more.
+    `inter_op_parallelism: -1` runs each model call on the thread that makes it (a batch
+    thread, or the request's worker) instead of handing its ops to a pool, as TensorFlow
+    does for a negative value; with `intra_op_parallelism: 1` a call then never leaves
+    its thread, which suits small models (see docs/benchmarks.md, section 1).
+    """
+
+    intra_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
+    inter_op_parallelism: Annotated[int, Field(ge=-1, le=1024)] = 0
+
+
+class LatestPolicy(_Strict):
+    num_versions: Annotated[int, Field(ge=1)] = 1
+
+
+class AllPolicy(_Strict):
+    pass
+
+
+class SpecificPolicy(_Strict):
+    versions: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class VersionPolicy(_Strict):
+    """Exactly one of TF Serving's three version policies."""
+
+    latest: LatestPolicy | None = None
+    all: AllPolicy | None = None
+    specific: SpecificPolicy | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> VersionPolicy:
+        chosen = [k for k in ("latest", "all", "specific") if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise ValueError("give exactly one of latest, all or specific")
+        return self
+
+
+class BatchingConfig(_Strict):
+    """TF Serving's BatchingParameters, with BasicBatchScheduler's defaults."""
+
+    max_batch_size: Annotated[int, Field(ge=1)] = 1000
+    batch_timeout_micros: Annotated[int, Field(ge=0)] = 0
+    max_enqueued_batches: Annotated[int, Field(ge=1)] = 10
+    num_batch_threads: Annotated[int, Field(ge=1, le=256)] = Field(
+        default_factory=lambda: os.cpu_count() or 1
+    )
+    allowed_batch_sizes: list[Annotated[int, Field(ge=1)]] = []
+    pad_variable_length_inputs: bool = False
+
+    @model_validator(mode="after")
+    def _allowed_sizes(self) -> BatchingConfig:
+        sizes = self.allowed_batch_sizes
+        if sizes:
+            if any(b <= a for a, b in itertools.pairwise(sizes)):
+                raise ValueError("allowed_batch_sizes must be strictly increasing")
+            if sizes[-1] != self.max_batch_size:
+                raise ValueError(
+                    "the last of allowed_batch_sizes must equal max_batch_size "
+                    f"({sizes[-1]} != {self.max_batch_size})"
+                )
+        return self
+
+
+class ModelConfig(_Strict):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    base_path: Annotated[str, Field(min_length=1)]
+    version_policy: VersionPolicy = VersionPolicy(latest=LatestPolicy())
+    version_labels: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Annotated[int, Field(ge=0)]] = {}
+    transition: Literal["availability_preserving", "resource_preserving"] = (
+        "availability_preserving"
+    )
+    batching: BatchingConfig | None = None  # off by default, like TF Serving
+
+    @property
+    def is_s3(self) -> bool:
+        return self.base_path.startswith("s3://")
+
+
+class Config(_Strict):
+    server: ServerConfig = ServerConfig()
+    storage: StorageConfig = StorageConfig()
+    watch: WatchConfig = WatchConfig()
+    loading: LoadingConfig = LoadingConfig()
+    tensorflow: TensorFlowConfig = TensorFlowConfig()
+    models: list[ModelConfig] = []
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, models: list[ModelConfig]) -> list[ModelConfig]:
+        names = [m.name for m in models]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(duplicates)}")
+        return models
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        else:
+            parts.append(("." if parts else "") + part)
+    return "".join(parts) or "(top level)"
+
+
+def _sentence(error: dict) -> str:  # type: ignore[type-arg]
+    where = _location(tuple(error["loc"]))
+    if error["type"] == "extra_forbidden":
+        return f"{where} is not a known key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message[0].lower()}{message[1:]}"
+
+
+def parse_config(data: object, origin: str = "config") -> Config:
+    """Validate already-parsed YAML/JSON; a problem raises ConfigError naming the key."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of keys to values")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        sentences = "; ".join(_sentence(e) for e in exc.errors())  # type: ignore[arg-type]
+        raise ConfigError(f"{origin}: {sentences}") from None
+
+
+def resolve_paths(config: Config, folder: Path) -> Config:
+    """Make relative local paths absolute against `folder` (the config file's folder)."""
+
+    def local(path: str) -> str:
+        return str((folder / Path(path).expanduser()).resolve())
+
+    models = [
+        m if m.is_s3 else m.model_copy(update={"base_path": local(m.base_path)})
+        for m in config.models
+    ]
+    storage = config.storage.model_copy(update={"cache_dir": local(config.storage.cache_dir)})
+    return config.model_copy(update={"models": models, "storage": storage})
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and resolve a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "it is not valid YAML or JSON"
+        raise ConfigError(f"{path}: cannot be parsed{where}: {problem}") from None
+    return resolve_paths(parse_config(data, str(path)), path.parent.resolve())

@@ -1,0 +1,72 @@
+"""The process that holds the models: made ready before the first load, handed memory
+back after each unload, and kept from freezing on a blocked read.
+
+Nothing here imports TensorFlow; `savedmodel` calls it around its loads and unloads, and the
+daemon calls `prepare_runtime` once at start.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+
+def return_freed_memory() -> None:
+    """Hand the heap memory an unload freed back to the OS.
+
+    glibc keeps freed heap memory for reuse; with large blocks on mmap (prepare_runtime)
+    this releases what the smaller ones leave. Elsewhere than glibc it does nothing.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> Any:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_LIBC = _load_libc()
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
+def prepare_runtime() -> None:
+    """Get TensorFlow ready, and keep unloads from pausing every request thread.
+
+    Unloading a TF1-era graph needs a full garbage collection (its objects form reference
+    cycles). With the ~270,000 objects TensorFlow's import leaves alive, that collection
+    holds the GIL for about 0.2 s, stalling every request during a swap. Freezing what is
+    alive now (gc.freeze) takes it out of later collections: an unload then collects in
+    about 1 ms. Call this before any model is loaded, or that model could never be freed.
+    """
+    gc.collect()
+    gc.freeze()
+    if _LIBC is not None:
+        # Large blocks (a model's weights) straight from mmap, so an unload gives them
+        # back to the OS at once instead of leaving holes glibc keeps: measured +1.5% RSS
+        # over 60 swaps of a 48 MiB model, against +30% with glibc's default.
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+
+
+def read_through(folder: str | Path, chunk_bytes: int = 1 << 20) -> None:
+    """Read every file of a version once, in Python, before TensorFlow opens any of them.
+
+    TensorFlow's C++ reads hold the GIL: a read that blocks (a dead network mount, a named
+    pipe) would freeze every thread of the server, load timeouts and SIGTERM included.
+    Python's reads release the GIL, so a blocked read here is one the load timeout can end.
+    The files then sit in the page cache, where TensorFlow finds them at once.
+    """
+    buffer = bytearray(chunk_bytes)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(root, name), "rb", buffering=0) as source:
+                while source.readinto(buffer):
+                    pass

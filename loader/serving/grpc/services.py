@@ -1,0 +1,375 @@
+"""TF Serving's gRPC API (`PredictionService`, `ModelService`) over the data plane.
+
+The servicers are thin: they turn requests into data-plane calls and answers into
+protos, and every `ServingError` into a gRPC status with the same code and message
+(messages over 1,024 characters are cut the way TF Serving cuts them). Where TF Serving's
+gRPC path words an error differently from its REST path, the gRPC wording is used here:
+an unknown Predict signature is FAILED_PRECONDITION `Serving signature key "x" not
+found.`, a tensor that does not parse is `tensor parsing error: x`, a tensor of the wrong
+type `Expects arg[0] to be float but int32 is provided` (TensorFlow's session check).
+
+`grpc_server.GrpcServer` runs the servicers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import grpc
+from google.protobuf import message
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+from tensorflow_serving.config import model_server_config_pb2
+
+from loader.base import DEFAULT_SIGNATURE, Code, FailedPrecondition, InvalidArgument, ServingError
+from loader.servables.inference import (
+    CLASSIFY_METHOD,
+    Classes,
+    Task,
+    check_one_model,
+    classify,
+    multi_inference,
+    regress,
+    serialized_examples,
+    signature_def_map,
+)
+from loader.servables.tensor_proto import decode_inputs, from_numpy
+from loader.serving.dataplane import DataPlane
+from loader.serving.grpc.reload_auth import ReloadGuard
+from loader.serving.metrics import Metrics
+
+log = logging.getLogger("modelwatch.grpc")
+
+ReloadFn = Callable[[model_server_config_pb2.ModelServerConfig], None]
+"""Serve exactly the models of this ModelConfigList from now on (blocking until applied,
+raising `ServingError` if not: `InvalidArgument` for a config that does not validate)."""
+
+SIGNATURE_DEF = "signature_def"
+_MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
+_Response = TypeVar("_Response", bound=message.Message)
+
+
+def _abort(context: grpc.ServicerContext, code: Code, text: str) -> None:
+    if len(text) > _MESSAGE_LIMIT:
+        text = text[:_MESSAGE_LIMIT] + "...TRUNCATED"
+    context.abort(grpc.StatusCode[code.name], text)
+
+
+class _Answerer:
+    """Runs one RPC's handler, counts it, and turns a ServingError (or a bug) into the
+    RPC's status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def __call__(
+        self,
+        context: grpc.ServicerContext,
+        api: str,
+        model: str,
+        handler: Callable[[], _Response],
+    ) -> _Response:
+        with self._metrics.request("grpc", api) as outcome:
+            outcome.model = model
+            try:
+                return handler()
+            except ServingError as error:
+                code, text = error.code, error.message
+                log.debug("%s failed: %s", api, text)
+            except Exception as exc:  # a bug: answer like the REST side does, and log it whole
+                log.exception("%s failed", api)
+                code, text = Code.INTERNAL, f"Internal error: {type(exc).__name__}: {exc}"
+            outcome.code = code
+        _abort(context, code, text)
+        raise AssertionError("context.abort returned")  # it raises; this keeps types honest
+
+
+def _requested(spec_holder: Any) -> tuple[str, int | None, str | None]:
+    """Model name, version and label of a request's model_spec (TF Serving's checks)."""
+    if not spec_holder.HasField("model_spec"):
+        raise InvalidArgument("Missing ModelSpec")
+    return _spec_target(spec_holder.model_spec)
+
+
+def _spec_target(spec: model_pb2.ModelSpec) -> tuple[str, int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    label = spec.version_label if choice == "version_label" else None
+    return spec.name, version, label
+
+
+def _set_spec(out: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
+    """TF Serving's MakeModelSpec: an empty signature name is reported as the default."""
+    out.name = name
+    out.version.value = version
+    out.signature_name = signature_name or DEFAULT_SIGNATURE
+
+
+def _fill_classifications(
+    result: classification_pb2.ClassificationResult, classifications: list[Classes]
+) -> None:
+    for classes in classifications:
+        added = result.classifications.add()
+        for label, score in classes:
+            added.classes.add(label=label, score=score)
+
+
+def _fill_regressions(result: regression_pb2.RegressionResult, values: list[float]) -> None:
+    for value in values:
+        result.regressions.add(value=value)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        answer: _Answerer,
+        *,
+        check_method_name: bool,
+        tensor_content: bool,
+    ) -> None:
+        self._dataplane = dataplane
+        self._answer = answer
+        self._check_method_name = check_method_name
+        self._tensor_content = tensor_content
+
+    def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> predict_pb2.PredictResponse:
+        return self._answer(
+            context, "predict", request.model_spec.name, lambda: self._predict(request)
+        )
+
+    def Classify(
+        self, request: classification_pb2.ClassificationRequest, context: grpc.ServicerContext
+    ) -> classification_pb2.ClassificationResponse:
+        return self._answer(
+            context, "classify", request.model_spec.name, lambda: self._classify(request)
+        )
+
+    def Regress(
+        self, request: regression_pb2.RegressionRequest, context: grpc.ServicerContext
+    ) -> regression_pb2.RegressionResponse:
+        return self._answer(
+            context, "regress", request.model_spec.name, lambda: self._regress(request)
+        )
+
+    def MultiInference(
+        self, request: inference_pb2.MultiInferenceRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.MultiInferenceResponse:
+        model = request.tasks[0].model_spec.name if request.tasks else ""
+        return self._answer(
+            context, "multi_inference", model, lambda: self._multi_inference(request)
+        )
+
+    def GetModelMetadata(
+        self,
+        request: get_model_metadata_pb2.GetModelMetadataRequest,
+        context: grpc.ServicerContext,
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        return self._answer(
+            context, "metadata", request.model_spec.name, lambda: self._metadata(request)
+        )
+
+    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        model, version, label = _requested(request)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        with self._dataplane.hold(model, version, label) as lease:
+            signature = lease.servable.signatures.get(signature_name)
+            if signature is None:
+                raise FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
+            inputs = decode_inputs(request.inputs, signature)
+            outputs = self._dataplane.run(
+                lease, signature_name, inputs, list(request.output_filter) or None
+            )
+            served = lease.version
+        response = predict_pb2.PredictResponse()
+        _set_spec(response.model_spec, model, served, signature_name)
+        for alias, value in outputs.items():
+            from_numpy(value, tensor_content=self._tensor_content, proto=response.outputs[alias])
+        return response
+
+    def _classify(
+        self, request: classification_pb2.ClassificationRequest
+    ) -> classification_pb2.ClassificationResponse:
+        model, served, results = self._on_examples(request, classify)
+        response = classification_pb2.ClassificationResponse()
+        _set_spec(response.model_spec, model, served, request.model_spec.signature_name)
+        _fill_classifications(response.result, results)
+        return response
+
+    def _regress(
+        self, request: regression_pb2.RegressionRequest
+    ) -> regression_pb2.RegressionResponse:
+        model, served, values = self._on_examples(request, regress)
+        response = regression_pb2.RegressionResponse()
+        _set_spec(response.model_spec, model, served, request.model_spec.signature_name)
+        _fill_regressions(response.result, values)
+        return response
+
+    def _on_examples(self, request: Any, infer: Callable[..., Any]) -> tuple[str, int, Any]:
+        """Run classify or regress on a request's examples: (model, served version, results)."""
+        model, version, label = _requested(request)
+        examples = serialized_examples(request.input)
+        with self._dataplane.hold(model, version, label) as lease:
+            results = infer(
+                lease.servable,
+                request.model_spec.signature_name,
+                examples,
+                check_method_name=self._check_method_name,
+            )
+            return model, lease.version, results
+
+    def _multi_inference(
+        self, request: inference_pb2.MultiInferenceRequest
+    ) -> inference_pb2.MultiInferenceResponse:
+        # As in TF Serving: the first task's model_spec picks the servable.
+        first = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+        with self._dataplane.hold(*_spec_target(first)) as lease:
+            check_one_model(task.model_spec.name for task in request.tasks)
+            results = multi_inference(
+                lease.servable,
+                [Task(t.model_spec.signature_name, t.method_name) for t in request.tasks],
+                serialized_examples(request.input),
+                check_method_name=self._check_method_name,
+            )
+            served = lease.version
+        response = inference_pb2.MultiInferenceResponse()
+        for task, result in zip(request.tasks, results):
+            answer = response.results.add()
+            answer.model_spec.CopyFrom(task.model_spec)
+            answer.model_spec.version.value = served
+            if task.method_name == CLASSIFY_METHOD:
+                _fill_classifications(answer.classification_result, cast(list[Classes], result))
+            else:
+                _fill_regressions(answer.regression_result, cast(list[float], result))
+        return response
+
+    def _metadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest
+    ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        model, version, label = _requested(request)
+        if not request.metadata_field:
+            raise InvalidArgument(
+                "GetModelMetadataRequest must specify at least one metadata_field"
+            )
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF:
+                raise InvalidArgument(f"Metadata field {field} is not supported")
+        with self._dataplane.hold(model, version, label) as lease:
+            signature_defs = signature_def_map(lease.servable)
+            served = lease.version
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = model
+        response.model_spec.version.value = served
+        response.metadata[SIGNATURE_DEF].Pack(signature_defs)
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """GetModelStatus and HandleReloadConfigRequest."""
+
+    def __init__(
+        self, dataplane: DataPlane, answer: _Answerer, reload: ReloadFn | None, guard: ReloadGuard
+    ) -> None:
+        self._dataplane = dataplane
+        self._answer = answer
+        self._reload = reload
+        self._guard = guard
+        self._reload_lock = threading.Lock()  # one reload at a time, applied whole
+
+    def GetModelStatus(
+        self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        return self._answer(
+            context, "status", request.model_spec.name, lambda: self._status(request)
+        )
+
+    def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
+    ) -> model_management_pb2.ReloadConfigResponse:
+        def reload() -> model_management_pb2.ReloadConfigResponse:
+            self._guard.check(context.invocation_metadata())
+            return self._reload_config(request)
+
+        return self._answer(context, "reload", "", reload)
+
+    def _status(
+        self, request: get_model_status_pb2.GetModelStatusRequest
+    ) -> get_model_status_pb2.GetModelStatusResponse:
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in self._dataplane.status(*_requested(request)):
+            added = response.model_version_status.add(
+                version=status.version,
+                state=get_model_status_pb2.ModelVersionStatus.State.Value(status.state),
+            )
+            added.status.error_code = status.error_code.value
+            added.status.error_message = status.error_message
+        return response
+
+    def _reload_config(
+        self, request: model_management_pb2.ReloadConfigRequest
+    ) -> model_management_pb2.ReloadConfigResponse:
+        if self._reload is None:
+            raise ServingError(
+                "this server was started without a way to reload its models",
+                Code.UNIMPLEMENTED,
+            )
+        if request.config.WhichOneof("config") != "model_config_list":
+            raise InvalidArgument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        with self._reload_lock:
+            self._reload(request.config)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = Code.OK.value
+        return response
+
+
+class GrpcApi:
+    """Both servicers over one data plane; `add_to` registers them on a `grpc.Server`.
+
+    `reload`, when given, applies a `HandleReloadConfigRequest`; without it that RPC
+    answers UNIMPLEMENTED. Requests are counted in `metrics` (transport "grpc").
+    `check_method_name` is TF Serving's `--enable_signature_method_name_check` (off, as
+    there). `tensor_content` makes Predict answer with raw bytes instead of TF Serving's
+    default typed fields.
+    """
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        reload: ReloadFn | None = None,
+        *,
+        metrics: Metrics | None = None,
+        check_method_name: bool = False,
+        tensor_content: bool = False,
+        guard: ReloadGuard | None = None,
+    ) -> None:
+        answer = _Answerer(metrics or Metrics())
+        self.prediction = PredictionService(
+            dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content
+        )
+        self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
+
+    def add_to(self, server: grpc.Server) -> None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            self.prediction, server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.model, server)

@@ -1,0 +1,179 @@
+"""Prometheus metrics: requests, loads and unloads, versions, swaps, and source polls.
+
+Each daemon has its own registry, so several servers in one process (tests) never share
+counters. The names are modelwatch's own; the REST server exposes them at TF Serving's
+path, `/monitoring/prometheus/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Self
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from loader.base import Code
+from loader.manager.harness import Transition
+from policies.base import Phase
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# From 100 µs (a tiny model on the hot path) to 60 s (a large load).
+_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+
+class RequestOutcome:
+    """One request being counted and timed: the handler fills in the model and the status.
+
+    A context manager (from `Metrics.request`); on exit it counts the request under its
+    model, API, transport and status, and records its latency. An exception escaping the
+    block counts as INTERNAL.
+    """
+
+    __slots__ = ("_api", "_metrics", "_started", "_transport", "code", "model")
+
+    def __init__(self, metrics: Metrics, transport: str, api: str) -> None:
+        self._metrics = metrics
+        self._transport = transport
+        self._api = api
+        self.model = ""
+        self.code = Code.OK
+
+    def __enter__(self) -> Self:
+        self._metrics.in_flight_of(self._transport).inc()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        elapsed = time.perf_counter() - self._started
+        if exc_type is not None:
+            self.code = Code.INTERNAL
+        self._metrics.answered(self.model, self._api, self._transport, self.code, elapsed)
+
+
+class Metrics:
+    """Every metric modelwatch exports, in one registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._available: dict[str, int] = {}  # the manager calls observers under its lock
+        # Labelled children on the request path; dict get and set are atomic, and two
+        # threads creating the same child get the same one from prometheus_client.
+        self._in_flight_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[str, str, str, Code], tuple[Any, Any]] = {}
+        # Which model names requests are counted under; the daemon asks its manager.
+        self.known_model: Callable[[str], bool] = lambda name: True
+        r = self.registry
+        self.requests = Counter(
+            "modelwatch_requests", "Requests answered, by model, API, transport and status.",
+            ["model", "api", "transport", "status"], registry=r,
+        )
+        self.request_latency = Histogram(
+            "modelwatch_request_latency_seconds", "Time to answer a request.",
+            ["model", "api", "transport"], buckets=_BUCKETS, registry=r,
+        )
+        self.in_flight = Gauge(
+            "modelwatch_requests_in_flight", "Requests being answered now.",
+            ["transport"], registry=r,
+        )
+        self.loads = Counter(
+            "modelwatch_loads", "Version loads that ended, by outcome (ok or error).",
+            ["model", "outcome"], registry=r,
+        )
+        self.load_latency = Histogram(
+            "modelwatch_load_latency_seconds", "Time to load a version (fetch included).",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )
+        self.unloads = Counter("modelwatch_unloads", "Versions unloaded.", ["model"], registry=r)
+        self.unload_latency = Histogram(
+            "modelwatch_unload_latency_seconds",
+            "Time from leaving the routing table to memory released (in-flight requests included).",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )
+        self.available = Gauge(
+            "modelwatch_versions_available", "Versions available to requests.", ["model"],
+            registry=r,
+        )
+        self.swaps = Counter(
+            "modelwatch_swaps", "Times a version became available while another one served.",
+            ["model"], registry=r,
+        )
+        self.batch_size = Histogram(
+            "modelwatch_batch_size", "Rows in each batch run (padding included).", ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r,
+        )
+        self.polls = Counter(
+            "modelwatch_source_polls", "Storage listings of a model, by outcome.",
+            ["model", "outcome"], registry=r,
+        )
+        self.poll_latency = Histogram(
+            "modelwatch_source_poll_duration_seconds", "Time to list a model's versions.",
+            ["model"], buckets=_BUCKETS, registry=r,
+        )
+
+    def observe_transition(self, transition: Transition) -> None:
+        """A manager observer: count loads, unloads, swaps and available versions."""
+        model, phase = transition.model, transition.phase
+        if phase is Phase.AVAILABLE:
+            self.loads.labels(model, "ok").inc()
+            self.load_latency.labels(model).observe(transition.seconds)
+            if self._available.get(model, 0) > 0:
+                self.swaps.labels(model).inc()
+            self._set_available(model, +1)
+        elif phase is Phase.ERROR:
+            self.loads.labels(model, "error").inc()
+            self.load_latency.labels(model).observe(transition.seconds)
+        elif phase is Phase.UNLOADING:
+            self._set_available(model, -1)
+        elif phase is Phase.END and transition.previous is Phase.UNLOADING:
+            self.unloads.labels(model).inc()
+            self.unload_latency.labels(model).observe(transition.seconds)
+
+    def _set_available(self, model: str, change: int) -> None:
+        self._available[model] = self._available.get(model, 0) + change
+        self.available.labels(model).set(self._available[model])
+
+    def observe_poll(self, model: str, seconds: float, ok: bool) -> None:
+        """A source hook: one listing of one model."""
+        self.polls.labels(model, "ok" if ok else "error").inc()
+        self.poll_latency.labels(model).observe(seconds)
+
+    def request(self, transport: str, api: str) -> RequestOutcome:
+        """Count and time one request: `with metrics.request("rest", "predict") as outcome`."""
+        return RequestOutcome(self, transport, api)
+
+    def in_flight_of(self, transport: str) -> Any:
+        gauge = self._in_flight_children.get(transport)
+        if gauge is None:
+            gauge = self._in_flight_children[transport] = self.in_flight.labels(transport)
+        return gauge
+
+    def answered(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
+        """A request left: count it and record its latency. The labelled children are
+        looked up once and kept (`labels()` costs a lock and a tuple each call)."""
+        self.in_flight_of(transport).dec()
+        if model and not self.known_model(model):
+            model = ""  # any name a client sends would otherwise become a labelled series
+        key = (model, api, transport, code)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.requests.labels(model, api, transport, code.name),
+                self.request_latency.labels(model, api, transport),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

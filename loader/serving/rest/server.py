@@ -1,0 +1,88 @@
+"""The REST server: uvicorn running an ASGI app on its own thread, on a socket bound here.
+
+Kept apart from `loader.serving.rest.app` (what the app answers) so that the transport's settings
+(TCP_NODELAY, uvloop and httptools through uvicorn's defaults, graceful shutdown) are in
+one place.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; port 0 picks a free one (read it back with getsockname)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only
+    # for sockets that say they are TCP, and without it Nagle's algorithm and delayed ACKs
+    # hold every keep-alive response for ~40 ms.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    return sock
+
+
+class RestServer:
+    """Runs an ASGI app with uvicorn on its own thread, on an already-bound socket."""
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        sock: socket.socket,
+        *,
+        drain_timeout_seconds: float = 30.0,
+    ) -> None:
+        self._sock = sock
+        config = uvicorn.Config(
+            app,
+            interface="asgi3",
+            proxy_headers=False,  # nothing here reads the client address
+            server_header=False,  # as TF Serving, which sends none
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(max(1, drain_timeout_seconds)),
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name="modelwatch-rest", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_started(self, timeout: float) -> bool:
+        """Wait until uvicorn accepts connections (it offers no event, so poll its flag)."""
+        deadline = time.monotonic() + timeout
+        tick = threading.Event()
+        while not self._server.started and self._thread.is_alive():
+            if time.monotonic() >= deadline:
+                break
+            tick.wait(0.01)
+        return bool(self._server.started)
+
+    def stop(self) -> None:
+        """Stop accepting; requests in flight are answered before the thread ends."""
+        self._server.should_exit = True
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._sock.close()
+
+    def _run(self) -> None:
+        self._server.run(sockets=[self._sock])

@@ -1,0 +1,113 @@
+"""config.yaml validation: defaults, JSON, relative paths, and errors that name the key."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from loader.config.schema import ConfigError, ServerConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_the_shipped_config_is_valid():
+    config = load_config(ROOT / "config.yaml")
+    assert config.server.host == "127.0.0.1"
+    assert [m.name for m in config.models] == ["half_plus_two"]
+    assert config.models[0].base_path == str(ROOT / "models" / "half_plus_two")
+
+
+def test_defaults_and_relative_paths(tmp_path):
+    config = load_config(write(tmp_path, "models:\n  - {name: m, base_path: repo/m}\n"))
+    (model,) = config.models
+    assert model.base_path == str(tmp_path / "repo" / "m")
+    assert model.version_policy.latest is not None
+    assert model.version_policy.latest.num_versions == 1
+    assert model.transition == "availability_preserving"
+    assert config.server.rest_port == 8501 and config.server.grpc_port == 8500
+    assert config.storage.cache_dir == str(tmp_path / ".modelwatch" / "cache")
+    assert config.watch.poll_interval_seconds == 1.0
+    assert config.server.grpc_max_threads is None
+    assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
+    assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
+
+
+def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
+    doc = {
+        "models": [
+            {
+                "name": "m",
+                "base_path": "s3://bucket/prefix/m",
+                "version_policy": {"specific": {"versions": [1, 3]}},
+                "version_labels": {"stable": 1},
+            }
+        ]
+    }
+    config = load_config(write(tmp_path, json.dumps(doc), "config.json"))
+    (model,) = config.models
+    assert model.base_path == "s3://bucket/prefix/m" and model.is_s3
+    assert model.version_policy.specific is not None
+    assert model.version_policy.specific.versions == [1, 3]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("servr: {}\n", "servr is not a known key"),
+        ("server: {rest_port: abc}\n", "server.rest_port: input should be a valid integer"),
+        ("server: {rest_port: 70000}\n", "server.rest_port: input should be less than or equal to 65535"),
+        (
+            "models:\n  - {name: m, base_path: x, version_policy: {newest: {}}}\n",
+            "models[0].version_policy.newest is not a known key",
+        ),
+        (
+            "models:\n  - {name: m, base_path: x, version_policy: {}}\n",
+            "models[0].version_policy: give exactly one of latest, all or specific",
+        ),
+        (
+            "models:\n  - {name: m, base_path: x, version_policy: {latest: {num_versions: 0}}}\n",
+            "models[0].version_policy.latest.num_versions: input should be greater than or equal to 1",
+        ),
+        (
+            "models:\n  - {name: m, base_path: x, transition: fastest}\n",
+            "models[0].transition: input should be 'availability_preserving' or 'resource_preserving'",
+        ),
+        ("models:\n  - {name: ../etc, base_path: x}\n", "models[0].name: string should match pattern"),
+        ("models:\n  - {name: m}\n", "models[0].base_path: field required"),
+        (
+            "models:\n  - {name: m, base_path: x}\n  - {name: m, base_path: y}\n",
+            "models: model names must be unique; repeated: m",
+        ),
+        ("- just\n- a list\n", "the top level must be a mapping"),
+        ("models: [\n", "cannot be parsed at line"),
+        ("watch: {ready_marker: ../x}\n", "watch.ready_marker: must be a plain file name"),
+        ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
+        ("tensorflow: {intra_op_parallelism: -1}\n",
+         "tensorflow.intra_op_parallelism: input should be greater than or equal to 0"),
+        ("server: {grpc_max_threads: 0}\n", "server.grpc_max_threads: input should be greater than or equal to 1"),
+        ("tensorflow: {inter_op_parallelism: -2}\n",
+         "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
+        ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
+    ],
+)
+def test_errors_name_the_key_at_fault(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert str(caught.value).startswith(f"{path}: ")
+    assert message.lower() in str(caught.value).lower()
+    assert "Traceback" not in str(caught.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_config(tmp_path / "nope.yaml")

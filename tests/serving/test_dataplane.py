@@ -1,0 +1,152 @@
+"""DataPlane.run_async: how batched answers come back from batch threads to the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from loader.base import SignatureInfo
+from loader.manager.handles import Handle, Lease
+from loader.manager.manager import Manager
+from loader.serving.dataplane import DataPlane
+from tests.fakes import FakeLoader
+
+
+class HeldAnswers:
+    """A batching-like servable: `submit` keeps each request's hook; the test answers them."""
+
+    signatures: Mapping[str, SignatureInfo] = {"serving_default": SignatureInfo("predict")}
+
+    def __init__(self) -> None:
+        self.hooks: list[tuple[Any, Any]] = []
+        self.submitted = threading.Event()
+        self.expected = 0
+
+    def submit(
+        self, signature_name: str, inputs: Mapping[str, Any], output_keys: Sequence[str] | None,
+        done: Any,
+    ) -> bool:
+        self.hooks.append((inputs["x"], done))
+        if len(self.hooks) == self.expected:
+            self.submitted.set()
+        return True
+
+    def run(self, *args: Any) -> dict[str, Any]:  # pragma: no cover - never unbatched here
+        raise AssertionError("run_async must use submit")
+
+    def signature_def_json(self) -> dict[str, Any]:
+        return {}
+
+    def unload(self) -> None:
+        pass
+
+    def answer_all(self) -> None:
+        """Answer every request in a row, as a batch thread does after its batch ran."""
+        for x, done in self.hooks:
+            if x < 0:
+                done(None, ValueError(f"bad input {x}"))
+            else:
+                done({"y": x * 10}, None)
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """Counts the callbacks other threads hand to the loop."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threadsafe_calls = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        self.threadsafe_calls += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+@pytest.fixture
+def dataplane():
+    manager = Manager(FakeLoader())
+    yield DataPlane(manager)
+    manager.stop()
+
+
+def test_a_batch_of_answers_reaches_the_loop_as_one_callback(dataplane) -> None:
+    servable = HeldAnswers()
+    servable.expected = 20
+    lease = Lease(Handle(servable), "m", 1)
+    loop = CountingLoop()
+
+    async def main() -> list[Any]:
+        runs = [
+            asyncio.ensure_future(dataplane.run_async(lease, "", {"x": x}))
+            for x in [*range(19), -1]
+        ]
+        while not servable.submitted.is_set():
+            await asyncio.sleep(0)
+        # The batch thread answers all 20 while the loop is busy (blocked here), as it is
+        # when a batch ends while the loop reads requests.
+        batch = threading.Thread(target=servable.answer_all)
+        batch.start()
+        batch.join()
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    try:
+        results = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert results[:19] == [{"y": x * 10} for x in range(19)]
+    assert isinstance(results[19], ValueError) and str(results[19]) == "bad input -1"
+    assert loop.threadsafe_calls == 1
+
+
+def test_answers_after_the_loop_closed_are_dropped_without_an_error(dataplane) -> None:
+    servable = HeldAnswers()
+    servable.expected = 2
+    lease = Lease(Handle(servable), "m", 1)
+    loop = asyncio.new_event_loop()
+
+    async def submit_and_leave() -> None:
+        for x in (1, 2):  # left behind on purpose: the loop closes under them
+            asyncio.ensure_future(dataplane.run_async(lease, "", {"x": x}))  # noqa: RUF006
+        while not servable.submitted.is_set():
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(submit_and_leave())
+    loop.close()
+    errors: list[BaseException] = []
+
+    def batch_thread() -> None:
+        try:
+            servable.answer_all()
+        except BaseException as exc:  # what a batch thread would have to log
+            errors.append(exc)
+
+    thread = threading.Thread(target=batch_thread)
+    thread.start()
+    thread.join()
+    assert errors == []
+
+
+def test_answers_keep_coming_after_a_delivery(dataplane) -> None:
+    """Posts after a delivery schedule the next one: no answer waits for a later batch."""
+    servable = HeldAnswers()
+    lease = Lease(Handle(servable), "m", 1)
+
+    async def main() -> None:
+        for round_ in range(3):
+            servable.hooks.clear()
+            servable.submitted.clear()
+            servable.expected = 4
+            runs = [
+                asyncio.ensure_future(dataplane.run_async(lease, "", {"x": round_ * 4 + i}))
+                for i in range(4)
+            ]
+            while not servable.submitted.is_set():
+                await asyncio.sleep(0)
+            threading.Thread(target=servable.answer_all).start()
+            results = await asyncio.wait_for(asyncio.gather(*runs), timeout=10)
+            assert results == [{"y": (round_ * 4 + i) * 10} for i in range(4)]
+
+    asyncio.run(main())

@@ -1,0 +1,54 @@
+"""SettleTracker: when a version's listing counts as settled."""
+
+from __future__ import annotations
+
+from loader.sources.versions import SettleTracker
+
+KEY = ("m", 1)
+
+
+def test_a_listing_settles_once_unchanged_for_the_settle_period():
+    tracker = SettleTracker(5.0)
+    assert not tracker.observe(KEY, "a", 100.0)
+    assert not tracker.observe(KEY, "a", 104.9)
+    assert abs(tracker.remaining(KEY, 104.9) - 0.1) < 1e-9
+    assert tracker.observe(KEY, "a", 105.0)
+
+
+def test_a_change_starts_the_period_again():
+    tracker = SettleTracker(5.0)
+    tracker.observe(KEY, "a", 100.0)
+    assert not tracker.observe(KEY, "b", 104.0)
+    assert not tracker.observe(KEY, "b", 108.9)
+    assert tracker.observe(KEY, "b", 109.0)
+
+
+def test_a_new_listing_quiet_for_a_whole_period_by_the_storage_is_settled_at_once():
+    tracker = SettleTracker(5.0)
+    assert tracker.observe(KEY, "a", 100.0, quiet_for=5.0)
+    assert tracker.remaining(KEY, 100.0) == 0.0
+    assert tracker.observe(("m", 2), "c", 100.0, quiet_for=3600.0)
+
+
+def test_settled_at_once_is_exact_whatever_the_clock_reads():
+    # 100.0 - (100.0 - 0.3) is 0.29999999999999716: a settled-at-once answer computed
+    # from a back-dated start time came out False for about 4 clock readings in 10.
+    tracker = SettleTracker(0.3)
+    for n, now in enumerate([100.0, 12345.678, 1000.1, 7.7]):
+        assert tracker.observe(("m", n), "a", now, quiet_for=0.35)
+        assert tracker.remaining(("m", n), now) == 0.0
+
+
+def test_less_quiet_than_a_period_earns_nothing():
+    # The storage's clock only ever ends a wait that is already over; part of a period
+    # never shortens one, so a wait measured on `now`'s clock stays exact.
+    tracker = SettleTracker(5.0)
+    assert not tracker.observe(KEY, "a", 100.0, quiet_for=4.9)
+    assert not tracker.observe(KEY, "a", 104.9, quiet_for=9.8)  # the same listing: no effect
+    assert tracker.observe(KEY, "a", 105.0)
+
+
+def test_no_settle_period_settles_every_listing():
+    tracker = SettleTracker(0.0)
+    assert tracker.observe(KEY, "a", 1.0)
+    assert tracker.observe(KEY, "b", 1.0)
