@@ -40,8 +40,6 @@ from loader.servables.runtime import read_through, return_freed_memory
 from loader.servables.saved_model_proto import (
     read_saved_model,
     select_meta_graph,
-    signature_def_map_json,
-    signature_infos,
     written_by_tf2,
 )
 
@@ -190,19 +188,13 @@ class SavedModelServable:
         self.path = path
         saved_model = read_saved_model(Path(path))
         meta_graph = select_meta_graph(saved_model, tags, path)
-        # Copies, so the servable does not keep the whole graph proto alive through them.
-        self._signature_defs = {
-            name: meta_graph_pb2.SignatureDef.FromString(sig.SerializeToString())
-            for name, sig in meta_graph.signature_def.items()
-        }
-        self._signatures = signature_infos(meta_graph)
-        self._json = signature_def_map_json(meta_graph)
+        self._signatures = signature_io.Signatures(meta_graph.signature_def)
         self._defaults = {
             name: {alias: tf.make_ndarray(proto) for alias, proto in sig.defaults.items()}
-            for name, sig in self._signature_defs.items()
+            for name, sig in self._signatures.defs.items()
         }
         used, runner = _open_runner(
-            path, tags, backend, written_by_tf2(saved_model), self._signature_defs
+            path, tags, backend, written_by_tf2(saved_model), self._signatures.defs
         )
         self.backend: str = used  # "tf2" or "session": the path this version runs on
         self._runner: _Runner | None = runner
@@ -210,11 +202,11 @@ class SavedModelServable:
     @property
     def signatures(self) -> Mapping[str, SignatureInfo]:
         """Signature name -> its method, inputs and outputs, as the SignatureDefs say."""
-        return self._signatures
+        return self._signatures.infos
 
     def signature_def_json(self) -> dict[str, Any]:
         """The `signature_def` object of TF Serving's REST model metadata."""
-        return self._json
+        return self._signatures.json
 
     def run(
         self,
@@ -226,11 +218,7 @@ class SavedModelServable:
         runner = self._runner
         if runner is None:
             raise FailedPrecondition(f"the model at {self.path} has been unloaded")
-        sig = self._signature_defs.get(signature_name)
-        if sig is None:
-            raise InvalidArgument(
-                f'Serving signature name: "{signature_name}" not found in signature def'
-            )
+        sig = self._signatures.get(signature_name)
         if signature_name == _INIT_OP_SIGNATURE:
             # Listed in the metadata as TF Serving lists it, but it is the load-time init op.
             raise InvalidArgument(f'Serving signature name: "{signature_name}" cannot be run')

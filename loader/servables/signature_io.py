@@ -1,8 +1,9 @@
-"""A signature's inputs and outputs checked against a request, as TF Serving checks them
-before it runs a model (`PreProcessPrediction` and `saved_model::GetInputValues`).
+"""A version's signatures, and a request checked against one of them as TF Serving
+checks it before it runs a model (`PreProcessPrediction` and
+`saved_model::GetInputValues`).
 
-Shared by every kind of servable, so a SavedModel and a TFLite model refuse the same bad
-request with the same words.
+Shared by every kind of servable, so a SavedModel and a TFLite model describe their
+signatures alike and refuse the same bad request with the same words.
 """
 
 from __future__ import annotations
@@ -15,7 +16,28 @@ import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from loader.base import InvalidArgument
+from loader.base import InvalidArgument, SignatureInfo
+from loader.servables.saved_model_proto import signature_def_map_json, signature_infos
+
+
+class Signatures:
+    """A version's SignatureDefs by name, with what status and metadata show of them."""
+
+    def __init__(self, signature_defs: Mapping[str, meta_graph_pb2.SignatureDef]) -> None:
+        meta_graph = meta_graph_pb2.MetaGraphDef()
+        for name, sig in signature_defs.items():
+            meta_graph.signature_def[name].CopyFrom(sig)
+        # Copies, so a servable does not keep a whole graph proto alive through them.
+        self.defs = dict(meta_graph.signature_def)
+        self.infos: Mapping[str, SignatureInfo] = signature_infos(meta_graph)
+        self.json: dict[str, Any] = signature_def_map_json(meta_graph)
+
+    def get(self, name: str) -> meta_graph_pb2.SignatureDef:
+        """The signature a request names, else TF Serving's error for a name not found."""
+        sig = self.defs.get(name)
+        if sig is None:
+            raise InvalidArgument(f'Serving signature name: "{name}" not found in signature def')
+        return sig
 
 
 def feeds(

@@ -59,7 +59,6 @@ from loader.base import (
 )
 from loader.servables import signature_io
 from loader.servables.runtime import read_through
-from loader.servables.saved_model_proto import signature_def_map_json, signature_infos
 
 MODEL_FILE = "model.tflite"
 SIGNATURE_DEFS_METADATA = "signature_defs_metadata"  # tflite::kSignatureDefsMetadataName
@@ -137,22 +136,18 @@ class TfLiteServable:
             return interpreter
 
         first = make()
-        self._signature_defs, self._plans = _signatures(first, model, path)
-        meta_graph = meta_graph_pb2.MetaGraphDef()
-        for name, sig in self._signature_defs.items():
-            meta_graph.signature_def[name].CopyFrom(sig)
-        self._signatures = signature_infos(meta_graph)
-        self._json = signature_def_map_json(meta_graph)
+        signature_defs, self._plans = _signatures(first, model, path)
+        self._signatures = signature_io.Signatures(signature_defs)
         self._pool: _InterpreterPool | None = _InterpreterPool(make, num_interpreters, first)
 
     @property
     def signatures(self) -> Mapping[str, SignatureInfo]:
         """Signature name -> its method, inputs and outputs."""
-        return self._signatures
+        return self._signatures.infos
 
     def signature_def_json(self) -> dict[str, Any]:
         """The `signature_def` object of TF Serving's REST model metadata."""
-        return self._json
+        return self._signatures.json
 
     def run(
         self,
@@ -164,11 +159,7 @@ class TfLiteServable:
         pool = self._pool
         if pool is None:
             raise FailedPrecondition(f"the model at {self.path} has been unloaded")
-        sig = self._signature_defs.get(signature_name)
-        if sig is None:
-            raise InvalidArgument(
-                f'Serving signature name: "{signature_name}" not found in signature def'
-            )
+        sig = self._signatures.get(signature_name)
         feeds = signature_io.feeds(sig, {}, inputs)
         outputs = signature_io.output_aliases(sig, output_keys)
         plan = self._plans[signature_name]
