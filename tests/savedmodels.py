@@ -53,3 +53,83 @@ def write_slow_model(path: Path) -> None:
 
     module = Slow()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+
+
+def tflite_half_plus(intercept: float, kind: str = "signatures") -> bytes:
+    """A TFLite model of y = 0.5 * x + intercept, converted by TensorFlow's own converter.
+
+    `kind` picks how its signatures are told, one per case TF Serving serves:
+    - "signatures": the TF2 converter on a tf.function, so the model carries its own
+      `serving_default` signature (x -> y, [-1, 1]), run through a signature runner;
+    - "plain": the TF1 converter on a session, tensors named "x" and "y" ([1, 1]) and no
+      signature, like TF Serving's `saved_model_half_plus_two_tflite`;
+    - "tfs_sigdef": the same with the input tensor named "tflite_input" and TF Serving's
+      `signature_defs_metadata` mapping x -> "tflite_input:0" and y -> "y:0", like its
+      `saved_model_half_plus_two_tflite_with_sigdef`.
+    """
+    import tensorflow as tf
+
+    if kind == "signatures":
+        class HalfPlus(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+            def serve(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+                return {"y": 0.5 * x + intercept}
+
+        module = HalfPlus()
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [module.serve.get_concrete_function()], module
+        )
+        return bytes(converter.convert())
+    input_name = {"plain": "x", "tfs_sigdef": "tflite_input"}[kind]
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        x = tf.compat.v1.placeholder(tf.float32, [1, 1], name=input_name)
+        y = tf.identity(0.5 * x + intercept, name="y")
+        model = tf.compat.v1.lite.TFLiteConverter.from_session(session, [x], [y]).convert()
+    if kind == "plain":
+        return bytes(model)
+    return with_tfs_signature_defs(model, {"serving_default": {"x": input_name + ":0"}})
+
+
+def with_tfs_signature_defs(model: bytes, signatures: dict[str, dict[str, str]]) -> bytes:
+    """`model` with TF Serving's `signature_defs_metadata`: signature -> {input alias: tensor
+    name}, each signature with output y -> "y:0" (tflite::SetSignatureDefMap's format: a
+    FlexBuffer map of name -> serialized SignatureDef)."""
+    from flatbuffers import flexbuffers
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        for name, inputs in signatures.items():
+            sig = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+            for alias, tensor in inputs.items():
+                sig.inputs[alias].name = tensor
+                sig.inputs[alias].dtype = 1  # DT_FLOAT
+                sig.inputs[alias].tensor_shape.dim.add(size=1)
+                sig.inputs[alias].tensor_shape.dim.add(size=1)
+            sig.outputs["y"].name = "y:0"
+            sig.outputs["y"].dtype = 1
+            sig.outputs["y"].tensor_shape.dim.add(size=1)
+            sig.outputs["y"].tensor_shape.dim.add(size=1)
+            # Small SignatureDefs serialize to ASCII, which FlexBuffer strings hold as is.
+            builder.String(name, sig.SerializeToString().decode("ascii"))
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    buffer = schema.BufferT()
+    buffer.data = list(builder.Finish())
+    parsed.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = "signature_defs_metadata"
+    entry.buffer = len(parsed.buffers) - 1
+    parsed.metadata = [*(parsed.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(parsed))
+
+
+def publish_tflite(base: Path, version: int, model: bytes) -> Path:
+    """Write `model` as `base/version/model.tflite`, renamed into place."""
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    (tmp / "model.tflite").write_bytes(model)
+    os.rename(tmp, base / str(version))
+    return base / str(version)

@@ -51,9 +51,12 @@ HEAVY: dict[str, set[str]] = {
         "loader.servables.quiet_tf",
         "loader.servables.saved_model_proto",
         "loader.servables.savedmodel",
+        "loader.servables.signature_io",
         "loader.servables.tensor_proto",
+        "loader.servables.tflite",
         "loader.servables.warmup",
     },
+    "ai_edge_litert": {"loader.servables.tflite"},
     "boto3": {"loader.sources.s3_client"},
     "grpc": {"loader.serving.grpc.server", "loader.serving.grpc.services"},
 }

@@ -170,7 +170,9 @@ def _run(args: argparse.Namespace) -> int:
     tags = [t.strip() for t in args.tag_set.split(",")]
     with inspect.local_version(args.path, endpoint_url=args.endpoint_url, region=args.region) as folder:
         import_tensorflow()
-        outputs = inspect.run(folder, args.signature_def, inputs, tags)
+        outputs = inspect.run(
+            folder, args.signature_def, inputs, tags, prefer_tflite_model=args.prefer_tflite_model
+        )
     for key, value in sorted(outputs.items()):
         print(f"Result for output key {key}:\n{value}")
         if args.outdir:
@@ -228,7 +230,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--ports-file", help="write the bound ports here as JSON once serving")
     serve.set_defaults(run=_serve)
     inspect = commands.add_parser(
-        "inspect", help="show a SavedModel's tag sets and signatures (saved_model_cli show --all)"
+        "inspect",
+        help="show a SavedModel's tag sets and signatures, and a TFLite model's (saved_model_cli show --all)"
     )
     inspect.add_argument("path", help="a version folder: local, or s3://bucket/prefix/model/1")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
@@ -239,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--input_exprs", help="'x=[[1.0]];y=np.ones((2,1))'")
     run.add_argument("--inputs", help="'x=a.npy;y=b.npz[key]'")
     run.add_argument("--outdir", help="also save each output as OUTDIR/<key>.npy")
+    run.add_argument("--prefer_tflite_model", action="store_true",
+                     help="run model.tflite where the folder also holds a SavedModel")
     for command in (inspect, run):
         command.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths")
         command.add_argument("--region", help="S3 region for s3:// paths")

@@ -76,14 +76,18 @@ class _Storage:
         return self._s3_client
 
     def load(self, model: str, version: int, ref: VersionRef) -> Servable:
-        from loader.servables.savedmodel import load_saved_model  # TensorFlow loads on first use
-        from loader.servables.warmup import warm_up
+        from loader.servables.formats import load_version
+        from loader.servables.warmup import warm_up  # TensorFlow loads on first use
 
         path = ref.uri
         if ref.uri.startswith("s3://"):
             self.s3_client()
             path = self._s3_fetcher.fetch(model, version, ref)
-        servable: Servable = load_saved_model(path)
+        options = self._config.tensorflow
+        servable = load_version(
+            path, prefer_tflite_model=options.prefer_tflite_model,
+            num_tflite_interpreters=options.num_tflite_interpreters,
+        )
         batching = self.batching.get(model)
         try:
             # On the bare servable, before batching wraps it: warmup is not traffic. Only

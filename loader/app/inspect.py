@@ -79,37 +79,67 @@ class _ProgressBar:
 
 
 def describe(folder: Path) -> dict[str, Any]:
-    """Every tag set of the SavedModel and its signatures, as TF Serving's metadata shows them."""
-    from loader.servables.saved_model_proto import read_tag_sets, signature_def_json
+    """Every tag set of the SavedModel and its signatures, and those of the TFLite model
+    (`model.tflite`) when there is one, as TF Serving's metadata shows them."""
+    from loader.servables.formats import has_saved_model, has_tflite_model
 
-    return {
-        "path": str(folder),
-        "meta_graphs": [
+    described: dict[str, Any] = {"path": str(folder)}
+    if has_saved_model(folder) or not has_tflite_model(folder):
+        from loader.servables.saved_model_proto import read_tag_sets, signature_def_json
+
+        described["meta_graphs"] = [
             {"tags": list(tags), "signature_def": signature_def_json(folder, tags)["signature_def"]}
             for tags in read_tag_sets(folder)
-        ],
-    }
+        ]
+    if has_tflite_model(folder):
+        with _tflite(folder) as servable:
+            described["tflite"] = {"signature_def": servable.signature_def_json()["signature_def"]}
+    return described
 
 
 def show_text(folder: Path) -> str:
-    """What `saved_model_cli show --all` prints, for every tag set."""
-    from loader.servables.saved_model_proto import read_signatures, read_tag_sets
+    """What `saved_model_cli show --all` prints, for every tag set (and the TFLite model)."""
+    from loader.servables.formats import TFLITE_FILE, has_saved_model, has_tflite_model
 
     lines: list[str] = []
-    for tags in read_tag_sets(folder):
-        lines.append(
-            f"MetaGraphDef with tag-set: '{', '.join(tags)}' contains the following SignatureDefs:"
-        )
-        for name, signature in sorted(read_signatures(folder, tags).items()):
-            lines += ["", f"signature_def['{name}']:"] + _signature_lines(signature)
-        lines.append("")
+    if has_saved_model(folder) or not has_tflite_model(folder):
+        from loader.servables.saved_model_proto import read_signatures, read_tag_sets
+
+        for tags in read_tag_sets(folder):
+            lines.append(
+                f"MetaGraphDef with tag-set: '{', '.join(tags)}' "
+                "contains the following SignatureDefs:"
+            )
+            lines += _signatures_lines(read_signatures(folder, tags), "SavedModel")
+    if has_tflite_model(folder):
+        with _tflite(folder) as servable:
+            lines.append(f"TFLite model {TFLITE_FILE} contains the following SignatureDefs:")
+            lines += _signatures_lines(servable.signatures, "TFLite")
     return "\n".join(lines)
 
 
-def _signature_lines(signature: SignatureInfo) -> list[str]:
-    lines = ["  The given SavedModel SignatureDef contains the following input(s):"]
+@contextmanager
+def _tflite(folder: Path) -> Iterator[Any]:
+    from loader.servables.tflite import load_tflite_model
+
+    servable = load_tflite_model(folder, num_interpreters=1)
+    try:
+        yield servable
+    finally:
+        servable.unload()
+
+
+def _signatures_lines(signatures: Mapping[str, SignatureInfo], kind: str) -> list[str]:
+    lines: list[str] = []
+    for name, signature in sorted(signatures.items()):
+        lines += ["", f"signature_def['{name}']:"] + _signature_lines(signature, kind)
+    return [*lines, ""]
+
+
+def _signature_lines(signature: SignatureInfo, kind: str) -> list[str]:
+    lines = [f"  The given {kind} SignatureDef contains the following input(s):"]
     lines += _tensor_lines("inputs", signature.inputs)
-    lines.append("  The given SavedModel SignatureDef contains the following output(s):")
+    lines.append(f"  The given {kind} SignatureDef contains the following output(s):")
     lines += _tensor_lines("outputs", signature.outputs)
     lines.append(f"  Method name is: {signature.method_name}")
     return lines
@@ -200,12 +230,22 @@ def _load_array(text: str) -> np.ndarray:
 
 
 def run(
-    folder: Path, signature_name: str, inputs: Mapping[str, np.ndarray], tags: Sequence[str]
+    folder: Path,
+    signature_name: str,
+    inputs: Mapping[str, np.ndarray],
+    tags: Sequence[str],
+    *,
+    prefer_tflite_model: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Load the SavedModel, run one signature once (inputs converted to its dtypes), unload."""
-    from loader.servables.savedmodel import load_saved_model
+    """Load the version's model, run one signature once (inputs converted to its dtypes),
+    unload. The model is the one the server would load, except that a folder holding only
+    `model.tflite` runs it without being asked."""
+    from loader.servables.formats import has_saved_model, load_version
 
-    servable = load_saved_model(folder, tags)
+    servable = load_version(
+        folder, prefer_tflite_model=prefer_tflite_model or not has_saved_model(folder),
+        num_tflite_interpreters=1, tags=tags,
+    )
     try:
         return servable.run(signature_name, inputs)
     finally:

@@ -100,7 +100,8 @@ class LoadingConfig(_Strict):
 
 
 class TensorFlowConfig(_Strict):
-    """TensorFlow's thread pools (TF Serving's --tensorflow_*_parallelism), read at start.
+    """TensorFlow's thread pools (TF Serving's --tensorflow_*_parallelism) and its TFLite
+    options, read at start.
 
     0 lets TensorFlow choose (one thread per core in each pool). On a small machine where
     the server's own Python threads need a core, fewer TensorFlow threads can serve more.
@@ -112,6 +113,10 @@ class TensorFlowConfig(_Strict):
 
     intra_op_parallelism: Annotated[int, Field(ge=0, le=1024)] = 0
     inter_op_parallelism: Annotated[int, Field(ge=-1, le=1024)] = 0
+    # TF Serving's --prefer_tflite_model: serve a version's model.tflite when it has one.
+    prefer_tflite_model: bool = False
+    # TF Serving's --num_tflite_pools: interpreters per TFLite version; null: one per CPU.
+    num_tflite_interpreters: Annotated[int, Field(ge=1, le=1024)] | None = None
 
 
 class LatestPolicy(_Strict):

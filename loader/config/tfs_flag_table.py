@@ -60,10 +60,12 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         tensorflow_session_parallelism | 0 | sizes both pools below (0: TensorFlow picks)
         tensorflow_intra_op_parallelism | 0 | threads one op may use -> tensorflow.intra_op_parallelism
         tensorflow_inter_op_parallelism | 0 | ops run at once (<0: on the calling thread) -> tensorflow.inter_op_parallelism
+        num_tflite_pools | - | interpreters per TFLite version (default one per CPU) -> tensorflow.num_tflite_interpreters
     """),
     *_table(bool, "supported", """
         enable_batching | false | batch requests, with --batching_parameters_file or defaults
         allow_version_labels_for_unavailable_models | false | always allowed in modelwatch
+        prefer_tflite_model | false | serve a version's model.tflite when it has one -> tensorflow.prefer_tflite_model
     """),
     *_table(str, "supported", """
         model_name | default | the single model's name (ignored with --model_config_file)
@@ -77,8 +79,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         rest_api_timeout_in_ms | 30000 | no request deadline; stalled bodies: server.body_timeout_seconds
         num_unload_threads | 0 | unloads run on the manager's threads
         num_request_iterations_for_warmup | 0 | not configurable here
-        num_tflite_pools | - | TensorFlow Lite models are not served
-        num_tflite_interpreters_per_pool | 1 | TensorFlow Lite models are not served
+        num_tflite_interpreters_per_pool | 1 | TFLite runs batch with --enable_batching instead
     """),
     *_table(float, "ignored", """
         per_process_gpu_memory_fraction | 0 | TensorFlow's default GPU memory handling is used
@@ -87,7 +88,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         flush_filesystem_caches | true | nothing to flush
         enable_model_warmup | true | not configurable here
         remove_unused_fields_from_bundle_metagraph | true | not applicable
-        prefer_tflite_model | false | the SavedModel is always served
         enable_signature_method_name_check | false | signatures are not checked by method name
         xla_cpu_compilation_enabled | false | TensorFlow's default JIT setting is used
         xla_gpu_compilation_enabled | false | TensorFlow's default JIT setting is used

@@ -151,6 +151,8 @@ def parse_tfs_flags(
         "intra_op_parallelism": session or max(0, value("tensorflow_intra_op_parallelism")),
         # Negative: TensorFlow runs a session's ops on the calling thread.
         "inter_op_parallelism": session or max(-1, value("tensorflow_inter_op_parallelism")),
+        "prefer_tflite_model": value("prefer_tflite_model"),
+        "num_tflite_interpreters": max(1, value("num_tflite_pools")) if "num_tflite_pools" in given else None,
     }
     _s3_from_environ(data["storage"]["s3"], os.environ if environ is None else environ)
     config = resolve_paths(_validate(data), cwd)

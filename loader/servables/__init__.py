@@ -1,6 +1,8 @@
-"""Servables: SavedModels loaded into memory, their warmup, batching, classify and regress.
+"""Servables: SavedModels and TFLite models loaded into memory, their warmup, batching,
+classify and regress.
 
 May import `loader.base` only. TensorFlow is imported by `quiet_tf`, `savedmodel`,
-`saved_model_proto`, `tensor_proto`, `inference` and `warmup`; `batching` and `batch_queue`
-need numpy alone.
+`saved_model_proto`, `signature_io`, `tensor_proto`, `tflite`, `inference` and `warmup`;
+LiteRT (`ai_edge_litert`) by `tflite` alone; `formats` imports its loaders on first use;
+`batching` and `batch_queue` need numpy alone.
 """

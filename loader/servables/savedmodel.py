@@ -31,17 +31,15 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # after the log level, which it reads at import
-from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from loader.base import Code, FailedPrecondition, InvalidArgument, ServingError, SignatureInfo
+from loader.servables import signature_io
 from loader.servables.runtime import read_through, return_freed_memory
 from loader.servables.saved_model_proto import (
     read_saved_model,
     select_meta_graph,
-    signature_def_map_json,
-    signature_infos,
     written_by_tf2,
 )
 
@@ -190,19 +188,13 @@ class SavedModelServable:
         self.path = path
         saved_model = read_saved_model(Path(path))
         meta_graph = select_meta_graph(saved_model, tags, path)
-        # Copies, so the servable does not keep the whole graph proto alive through them.
-        self._signature_defs = {
-            name: meta_graph_pb2.SignatureDef.FromString(sig.SerializeToString())
-            for name, sig in meta_graph.signature_def.items()
-        }
-        self._signatures = signature_infos(meta_graph)
-        self._json = signature_def_map_json(meta_graph)
+        self._signatures = signature_io.Signatures(meta_graph.signature_def)
         self._defaults = {
             name: {alias: tf.make_ndarray(proto) for alias, proto in sig.defaults.items()}
-            for name, sig in self._signature_defs.items()
+            for name, sig in self._signatures.defs.items()
         }
         used, runner = _open_runner(
-            path, tags, backend, written_by_tf2(saved_model), self._signature_defs
+            path, tags, backend, written_by_tf2(saved_model), self._signatures.defs
         )
         self.backend: str = used  # "tf2" or "session": the path this version runs on
         self._runner: _Runner | None = runner
@@ -210,11 +202,11 @@ class SavedModelServable:
     @property
     def signatures(self) -> Mapping[str, SignatureInfo]:
         """Signature name -> its method, inputs and outputs, as the SignatureDefs say."""
-        return self._signatures
+        return self._signatures.infos
 
     def signature_def_json(self) -> dict[str, Any]:
         """The `signature_def` object of TF Serving's REST model metadata."""
-        return self._json
+        return self._signatures.json
 
     def run(
         self,
@@ -226,16 +218,13 @@ class SavedModelServable:
         runner = self._runner
         if runner is None:
             raise FailedPrecondition(f"the model at {self.path} has been unloaded")
-        sig = self._signature_defs.get(signature_name)
-        if sig is None:
-            raise InvalidArgument(
-                f'Serving signature name: "{signature_name}" not found in signature def'
-            )
+        sig = self._signatures.get(signature_name)
         if signature_name == _INIT_OP_SIGNATURE:
             # Listed in the metadata as TF Serving lists it, but it is the load-time init op.
             raise InvalidArgument(f'Serving signature name: "{signature_name}" cannot be run')
-        feeds = self._feeds(signature_name, sig, inputs)
-        outputs = _output_aliases(sig, output_keys)
+        # Checks and messages follow TF Serving's PreProcessPrediction.
+        feeds = signature_io.feeds(sig, self._defaults[signature_name], inputs)
+        outputs = signature_io.output_aliases(sig, output_keys)
         try:
             return runner.run(signature_name, sig, feeds, outputs)
         except tf.errors.OpError as exc:
@@ -254,80 +243,6 @@ class SavedModelServable:
             # TF1 graphs are reference cycles: only a full collection returns their memory.
             gc.collect()
             return_freed_memory()
-
-    def _feeds(
-        self, name: str, sig: meta_graph_pb2.SignatureDef, inputs: Mapping[str, Any]
-    ) -> dict[str, np.ndarray]:
-        # Checks and messages follow TF Serving's PreProcessPrediction and
-        # saved_model::GetInputValues.
-        defaults = self._defaults[name]
-        sent, expected = sorted(inputs), sorted(sig.inputs)
-        if len(sent) > len(expected) or (len(sent) < len(expected) and not defaults):
-            raise InvalidArgument(
-                f"input size does not match signature: {len(sent)}!={len(expected)} "
-                f"len({{{','.join(sent)}}}) != len({{{','.join(expected)}}}). "
-                f"Sent extra: {{{','.join(sorted(set(sent) - set(expected)))}}}. "
-                f"Missing but required: {{{','.join(sorted(set(expected) - set(sent)))}}}."
-            )
-        feeds = {}
-        for alias in expected:
-            info = sig.inputs[alias]
-            if not info.name:
-                raise InvalidArgument(
-                    f"signature input {alias} is not a dense tensor, which is not supported"
-                )
-            if alias in inputs:
-                feeds[alias] = _as_array(alias, inputs[alias], info.dtype)
-            elif alias in defaults:
-                feeds[alias] = defaults[alias]
-            else:
-                raise InvalidArgument(
-                    f"Signature input alias: {alias}(feed name: {info.name}) not found in request "
-                    f"and no default value provided. Inputs expected to be in the request "
-                    f"{{{','.join(sent)}}}, or default input alias set: "
-                    f"{','.join(sorted(defaults))}"
-                )
-        unknown = set(sent) - set(expected)
-        if unknown:
-            raise InvalidArgument(
-                f"Inputs contains invalid name. Used request inputs: "
-                f"{','.join(sorted(set(sent) & set(expected)))}, request input: {','.join(sent)}"
-            )
-        return feeds
-
-
-def _output_aliases(
-    sig: meta_graph_pb2.SignatureDef, output_keys: Sequence[str] | None
-) -> list[str]:
-    if not output_keys:
-        return sorted(sig.outputs)
-    seen: list[str] = []
-    for alias in output_keys:
-        if alias not in sig.outputs:
-            raise InvalidArgument(
-                f"output tensor alias not found in signature: {alias} Outputs expected to be "
-                f"in the set {{{','.join(sorted(sig.outputs))}}}."
-            )
-        if alias in seen:
-            raise InvalidArgument(f"duplicate output tensor alias: {alias}")
-        seen.append(alias)
-    return seen
-
-
-def _as_array(alias: str, value: Any, dtype: int) -> np.ndarray:
-    """`value` as an array of the signature's dtype; strings as an object array of bytes."""
-    if dtype == types_pb2.DT_STRING:
-        array = np.asarray(value, dtype=object)
-        encode = np.vectorize(
-            lambda v: v.encode("utf-8") if isinstance(v, str) else v, otypes=[object]
-        )
-        return encode(array) if array.size else array
-    try:
-        return np.asarray(value, dtype=tf.as_dtype(dtype).as_numpy_dtype)
-    except (TypeError, ValueError) as exc:
-        raise InvalidArgument(
-            f"input {alias} cannot be converted to {types_pb2.DataType.Name(dtype)}: {exc}"
-        ) from exc
 
 
 def _open_runner(

@@ -16,6 +16,7 @@ _VERSION_NAME = re.compile(r"[0-9]+")
 _SHARD = re.compile(r"variables/variables\.data-([0-9]{5})-of-([0-9]{5})")
 GRAPH_FILES = ("saved_model.pb", "saved_model.pbtxt")
 VARIABLES_INDEX = "variables/variables.index"
+TFLITE_FILE = "model.tflite"  # TF Serving's kTfLiteModelFilename
 
 # Versions above this are refused: the number must fit TF Serving's int64 version field.
 MAX_VERSION = 2**63 - 1
@@ -40,10 +41,18 @@ def incompleteness(files: Iterable[str], ready_marker: str | None = None) -> str
     forward slashes. A version is complete when its graph is there; when it has
     variables, when the index and every data shard the shard names imply are there; and,
     when a ready marker is configured, when the marker is there.
+
+    A TFLite version is one file: `model.tflite` alone is complete. A version that also
+    holds a SavedModel (or the start of one) is complete when that SavedModel is, so which
+    of the two gets loaded never depends on which file landed first.
     """
     present = set(files)
     if ready_marker is not None and ready_marker not in present:
         return f"the ready marker {ready_marker!r} is not there yet"
+    if TFLITE_FILE in present and not any(
+        path in GRAPH_FILES or path.startswith("variables/") for path in present
+    ):
+        return None
     if not any(graph in present for graph in GRAPH_FILES):
         return "saved_model.pb is not there yet"
     shards = [m for m in map(_SHARD.fullmatch, present) if m]

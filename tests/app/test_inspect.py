@@ -72,9 +72,11 @@ def test_unsafe_or_malformed_expressions_are_refused(expr):
         inspect.parse_inputs(expr, None)
 
 
-def test_run_command(half_plus_two, tmp_path):
+@pytest.mark.parametrize("version", ["half_plus_two", "tflite_version"])
+def test_run_command(version, tmp_path, request):
+    folder = request.getfixturevalue(version)  # a SavedModel, or a folder with model.tflite only
     result = subprocess.run(
-        [sys.executable, "-m", "loader", "run", str(half_plus_two),
+        [sys.executable, "-m", "loader", "run", str(folder),
          "--input_exprs", "x=[[2.0], [4.0]]", "--outdir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -99,3 +101,43 @@ def test_inspect_an_s3_version(half_plus_two, tfserving_testdata, monkeypatch):
     assert described["meta_graphs"][0]["signature_def"] == (
         reference["metadata"]["signature_def"]["signature_def"]
     )
+
+
+@pytest.fixture(scope="module")
+def tflite_version(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.savedmodels import publish_tflite, tflite_half_plus
+
+    return publish_tflite(tmp_path_factory.mktemp("tflite"), 1, tflite_half_plus(2.0))
+
+
+def test_inspect_a_tflite_version(tflite_version):
+    text = inspect.show_text(tflite_version)
+    assert text.startswith("TFLite model model.tflite contains the following SignatureDefs:")
+    assert (
+        "signature_def['serving_default']:\n"
+        "  The given TFLite SignatureDef contains the following input(s):\n"
+        "    inputs['x'] tensor_info:\n"
+        "        dtype: DT_FLOAT\n"
+        "        shape: (-1, 1)\n"
+        "        name: serving_default_x:0\n"
+    ) in text
+    described = inspect.describe(tflite_version)
+    assert "meta_graphs" not in described
+    assert described["tflite"]["signature_def"]["serving_default"]["method_name"] == (
+        "tensorflow/serving/predict"
+    )
+
+
+def test_run_picks_the_tflite_model_beside_a_savedmodel_only_when_asked(half_plus_two, tmp_path):
+    import shutil
+
+    from tests.savedmodels import tflite_half_plus
+
+    both = tmp_path / "1"
+    shutil.copytree(half_plus_two, both)
+    (both / "model.tflite").write_bytes(tflite_half_plus(7.0))  # y = 0.5x + 7
+    x = {"x": np.array([[2.0]], np.float32)}
+    assert inspect.run(both, "serving_default", x, ["serve"])["y"].tolist() == [[3.0]]
+    assert inspect.run(both, "serving_default", x, ["serve"], prefer_tflite_model=True)[
+        "y"].tolist() == [[8.0]]
+    assert set(inspect.describe(both)) == {"path", "meta_graphs", "tflite"}

@@ -97,6 +97,10 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {inter_op_parallelism: -2}\n",
          "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
+        ("tensorflow: {num_tflite_interpreters: 0}\n",
+         "tensorflow.num_tflite_interpreters: input should be greater than or equal to 1"),
+        ("tensorflow: {prefer_tflite_model: maybe}\n",
+         "tensorflow.prefer_tflite_model: input should be a valid boolean"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):

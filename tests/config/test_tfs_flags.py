@@ -95,6 +95,9 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("host", "127.0.0.1", MODEL, lambda t: t.config.server.host, "127.0.0.1"),
     ("ports-file", "run/ports.json", MODEL, lambda t: str(t.ports_file), "{tmp}/run/ports.json"),
     ("allow_version_labels_for_unavailable_models", "true", MODEL, lambda t: t.ignored, ()),
+    ("prefer_tflite_model", "true", MODEL, lambda t: t.config.tensorflow.prefer_tflite_model, True),
+    ("num_tflite_pools", "3", MODEL, lambda t: t.config.tensorflow.num_tflite_interpreters, 3),
+    ("num_tflite_pools", "0", MODEL, lambda t: t.config.tensorflow.num_tflite_interpreters, 1),
 ]
 
 

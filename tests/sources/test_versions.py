@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from loader.sources.versions import SettleTracker
+import pytest
+
+from loader.sources.versions import SettleTracker, incompleteness
 
 KEY = ("m", 1)
 
@@ -52,3 +54,34 @@ def test_no_settle_period_settles_every_listing():
     tracker = SettleTracker(0.0)
     assert tracker.observe(KEY, "a", 1.0)
     assert tracker.observe(KEY, "b", 1.0)
+
+
+# ---- completeness --------------------------------------------------------------------
+
+SAVED_MODEL = [
+    "saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001",
+]
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        (["model.tflite"], None),
+        (["model.tflite", "assets.extra/tf_serving_warmup_requests"], None),
+        ([*SAVED_MODEL, "model.tflite"], None),
+        (["model.tflite", "saved_model.pb", "variables/variables.index"],
+         "variables/variables.data-* is not there yet"),
+        (["model.tflite", "variables/variables.index"], "saved_model.pb is not there yet"),
+        (["model.tflite.tmp"], "saved_model.pb is not there yet"),
+        ([], "saved_model.pb is not there yet"),
+    ],
+)
+def test_a_tflite_version_is_complete_with_its_one_file_unless_it_holds_a_savedmodel_too(
+    files: list[str], reason: str | None
+) -> None:
+    assert incompleteness(files) == reason
+
+
+def test_a_ready_marker_holds_back_a_tflite_version_too() -> None:
+    assert incompleteness(["model.tflite"], "_READY") == "the ready marker '_READY' is not there yet"
+    assert incompleteness(["model.tflite", "_READY"], "_READY") is None
