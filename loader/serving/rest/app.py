@@ -33,6 +33,7 @@ from loader.manager.harness import VersionStatus
 from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
 from loader.serving.metrics import CONTENT_TYPE, Metrics
+from loader.serving.operator_view import OperatorView
 from loader.serving.rest.idle_deadlines import IdleDeadlines
 from loader.serving.rest.json_examples import (
     decode_examples_request,
@@ -42,6 +43,8 @@ from loader.serving.rest.json_examples import (
 from loader.serving.rest.json_predict import decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
 from loader.serving.rest.json_values import parse_body, signature_name_of
+from loader.serving.rest.operator_page import PATH as OPERATOR_PAGE_PATH
+from loader.serving.rest.operator_page import OperatorPage
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -160,6 +163,7 @@ class RestApi:
         max_request_bytes: int = 64 * 1024 * 1024,
         body_timeout_seconds: float = 30.0,
         metrics_path: str | None = PROMETHEUS_PATH,
+        operator_view: OperatorView | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
@@ -167,17 +171,28 @@ class RestApi:
         self._body_deadlines = IdleDeadlines(body_timeout_seconds)
         self._metrics = metrics or Metrics()
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
+        self.operator_page = OperatorPage(operator_view) if operator_view is not None else None
+        operator_routes = (
+            self.operator_page.routes() if self.operator_page is not None
+            else [Route(OPERATOR_PAGE_PATH + "{rest:path}", self._operator_page_off, methods=["GET"])]
+        )
         self._starlette = Starlette(
             routes=[
                 *prometheus,
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/readyz", self._readyz, methods=["GET"]),
                 Route("/modelwatch/models", self._models, methods=["GET"]),
+                *operator_routes,
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ],
             # What no route matches (a path with a newline, a PUT) is malformed, in JSON.
             exception_handlers={404: self._malformed, 405: self._malformed},
         )
+
+    def close(self) -> None:
+        """The server is stopping: end the operator page's live streams."""
+        if self.operator_page is not None:
+            self.operator_page.close()
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application."""
@@ -267,6 +282,9 @@ class RestApi:
                 for name, labels, statuses in self._dataplane.overview()
             ]
         })
+
+    async def _operator_page_off(self, request: Request) -> Response:
+        return _json({"error": "the operator page is off (server.operator_page: false)"}, 404)
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.url.path
