@@ -70,6 +70,16 @@ class Browser:
         self.driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
         self.driver.set_page_load_timeout(30)
 
+    def open_operator_page(self, base_url: str, timeout: float = 15.0) -> None:
+        """Open `/modelwatch/ui` and wait until its first snapshot has been drawn."""
+        self.driver.get(f"{base_url.rstrip('/')}/modelwatch/ui")
+        self.wait_for(
+            lambda d: d.execute_script(
+                "return document.getElementById('connection').dataset.state"
+            ) == "live",
+            timeout, "the operator page to receive its first snapshot",
+        )
+
     def console_errors(self) -> list[dict[str, Any]]:
         """Console messages at SEVERE level since the last call (errors, failed loads,
         CSP violations, uncaught exceptions)."""

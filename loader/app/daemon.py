@@ -24,6 +24,7 @@ from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
+from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
 from loader.sources.base import ModelLocation, Source
 from loader.sources.local import LocalSource
@@ -146,7 +147,7 @@ class Daemon:
             self._rest_api = RestApi(
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
-                operator_view=self.operator_view,
+                operator_page=OperatorPage(self.operator_view) if self.operator_view else None,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import Browser, browser_or_skip
+from tests.browser import Browser
 from tests.daemon_process import DaemonProcess, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -64,13 +64,6 @@ def config(workdir: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    started = browser_or_skip()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory, model_builder) -> Iterator[tuple[DaemonProcess, Path]]:
     """One daemon for the page tests: the demo model (versions 1 and 2, labelled) and
     `live`, a batching model that the tests publish to."""
@@ -95,12 +88,7 @@ def served(tmp_path_factory, model_builder) -> Iterator[tuple[DaemonProcess, Pat
 
 def open_page(browser: Browser, daemon: DaemonProcess) -> None:
     assert daemon.client is not None
-    browser.driver.get(f"{daemon.client.base_url}/modelwatch/ui")
-    browser.wait_for(
-        lambda d: d.execute_script("return document.getElementById('connection').dataset.state")
-        == "live",
-        15, "the page to receive its first snapshot",
-    )
+    browser.open_operator_page(str(daemon.client.base_url))
 
 
 def card(browser: Browser, model: str) -> dict[str, Any] | None:

@@ -33,7 +33,6 @@ from loader.manager.harness import VersionStatus
 from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
 from loader.serving.metrics import CONTENT_TYPE, Metrics
-from loader.serving.operator_view import OperatorView
 from loader.serving.rest.idle_deadlines import IdleDeadlines
 from loader.serving.rest.json_examples import (
     decode_examples_request,
@@ -163,7 +162,7 @@ class RestApi:
         max_request_bytes: int = 64 * 1024 * 1024,
         body_timeout_seconds: float = 30.0,
         metrics_path: str | None = PROMETHEUS_PATH,
-        operator_view: OperatorView | None = None,
+        operator_page: OperatorPage | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
@@ -171,9 +170,9 @@ class RestApi:
         self._body_deadlines = IdleDeadlines(body_timeout_seconds)
         self._metrics = metrics or Metrics()
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
-        self.operator_page = OperatorPage(operator_view) if operator_view is not None else None
+        self._operator_page = operator_page
         operator_routes = (
-            self.operator_page.routes() if self.operator_page is not None
+            operator_page.routes() if operator_page is not None
             else [Route(OPERATOR_PAGE_PATH + "{rest:path}", self._operator_page_off, methods=["GET"])]
         )
         self._starlette = Starlette(
@@ -191,8 +190,8 @@ class RestApi:
 
     def close(self) -> None:
         """The server is stopping: end the operator page's live streams."""
-        if self.operator_page is not None:
-            self.operator_page.close()
+        if self._operator_page is not None:
+            self._operator_page.close()
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application."""
