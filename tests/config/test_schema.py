@@ -39,6 +39,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.grpc_max_threads is None
     assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
     assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
+    assert config.server.operator_page is True
 
 
 def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
@@ -97,6 +98,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {inter_op_parallelism: -2}\n",
          "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
+        ("server: {operator_page: maybe}\n", "server.operator_page: input should be a valid boolean"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):

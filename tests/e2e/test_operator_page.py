@@ -220,3 +220,19 @@ def test_a_stop_ends_open_event_streams_instead_of_waiting_for_them(tmp_path, mo
         assert took < 10, f"the daemon took {took:.1f}s to stop with a page open"
     finally:
         daemon.stop()
+
+
+def test_the_page_is_off_when_the_config_says_so(tmp_path, model_builder):
+    model_builder.publish(tmp_path / "repo" / "m", 1)
+    settings = config(tmp_path, [{"name": "m", "base_path": str(tmp_path / "repo" / "m")}])
+    settings["server"]["operator_page"] = False
+    daemon = DaemonProcess(tmp_path, settings).start()
+    try:
+        assert daemon.client is not None
+        for path in ("/modelwatch/ui", "/modelwatch/ui/events"):
+            response = daemon.client.get(path)
+            assert response.status_code == 404, path
+            assert "server.operator_page" in response.json()["error"]
+        assert daemon.client.get("/modelwatch/models").status_code == 200
+    finally:
+        assert daemon.stop() == 0, daemon.log()[-4000:]

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -251,3 +255,22 @@ def test_hostile_names_and_error_texts_are_shown_as_text(serve, browser):
     transitions = browser.driver.find_element("id", "transitions").text
     assert HOSTILE_NAME in transitions and HOSTILE_ERROR in transitions
     assert browser.console_errors() == []
+
+
+def test_the_wheel_ships_the_page_and_its_assets(tmp_path):
+    # Built from a copy of the sources, so the build leaves nothing in the work tree.
+    root = UI.parents[3]
+    source = tmp_path / "source"
+    for name in ("loader", "policies"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(root / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "--disable-pip-version-check", "-q", "-w", str(tmp_path / "dist"), str(source)],
+        check=True, capture_output=True, timeout=120,
+    )
+    (wheel,) = (tmp_path / "dist").glob("modelwatch-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {n for n in archive.namelist() if n.startswith("loader/serving/rest/ui/")}
+    assert shipped == {f"loader/serving/rest/ui/{p.name}" for p in UI.iterdir()}
