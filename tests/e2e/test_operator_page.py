@@ -23,6 +23,7 @@ import pytest
 
 from tests.browser import Browser
 from tests.daemon_process import DaemonProcess, wait_until
+from tests.e2e.test_local import config  # the same daemon settings as the other local tests
 
 pytestmark = pytest.mark.e2e
 
@@ -51,16 +52,6 @@ return [...document.querySelectorAll("#transitions tr[data-model]")].map((r) => 
   text: r.textContent,
 }));
 """
-
-
-def config(workdir: Path, models: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": 0},
-        "storage": {"cache_dir": str(workdir / "cache")},
-        "watch": {"poll_interval_seconds": 0.2, "settle_seconds": 0.3},
-        "loading": {"max_retries": 0, "retry_backoff_seconds": 0.1},
-        "models": models,
-    }
 
 
 @pytest.fixture(scope="module")
