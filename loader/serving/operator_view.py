@@ -148,8 +148,13 @@ class RequestRates:
         with self._lock:
             samples = self._samples
             samples.append((now, totals))
-            # Keep one sample at or beyond the window's start as the base to compare with.
-            while len(samples) > 2 and samples[1][0] <= now - self.window_seconds:
+            # Keep one sample at or beyond the window's start as the base to compare with,
+            # but none from long before it (the page was closed a while): rates over an
+            # hour would read as if they were the last seconds'.
+            start = now - self.window_seconds
+            while len(samples) > 1 and (
+                samples[0][0] < start - self.window_seconds or samples[1][0] <= start
+            ):
                 samples.popleft()
             then, before = samples[0]
         if now <= then:

@@ -161,6 +161,13 @@ def test_rates_and_p99_come_from_the_metrics_over_the_window():
     idle = rates.sample()["m"]
     assert idle.requests_per_second == 0.0 and idle.p99_seconds is None
 
+    # After a long pause (nobody had the page open), old samples are no base for rates.
+    clock.now = 200.0
+    answer(metrics, "m", 10, 0.003)
+    assert rates.sample() == {}
+    clock.now = 201.0
+    assert rates.sample()["m"].requests_per_second == 0.0
+
 
 # --- the snapshot ----------------------------------------------------------------------
 
