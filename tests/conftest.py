@@ -58,6 +58,17 @@ def model_builder(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, headless, one per test module; skips with the reason where it
+    (or its chromedriver) is not installed."""
+    from tests.browser import browser_or_skip
+
+    started = browser_or_skip()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
     """moto's real S3 HTTP server on 127.0.0.1, one per test module."""
     from moto.server import ThreadedMotoServer

@@ -22,7 +22,9 @@ from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.server import GrpcServer
 from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
+from loader.serving.operator_view import OperatorView
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
+from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
 from loader.sources.base import ModelLocation, Source
 from loader.sources.local import LocalSource
@@ -133,17 +135,27 @@ class Daemon:
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()
         self._started = False
-        self.reload_models(config.models)
         self.dataplane = DataPlane(self.manager)
         server = config.server
+        self.operator_view: OperatorView | None = None
+        if serve_rest and server.operator_page:
+            self.operator_view = OperatorView(
+                self.dataplane, self.metrics,
+                base_paths=lambda: {m.name: m.base_path for m in self.config.models},
+            )
+            self.manager.add_observer(self.operator_view.transitions.observe)
+        self.reload_models(config.models)
         self.rest: RestServer | None = None
+        self._rest_api: RestApi | None = None
         if serve_rest:  # TF Serving's --rest_api_port=0
-            rest_api = RestApi(
+            self._rest_api = RestApi(
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
+                operator_page=OperatorPage(self.operator_view) if self.operator_view else None,
             )
             self.rest = RestServer(
-                rest_api.app, bind(server.host, server.rest_port), drain_timeout_seconds=DRAIN_SECONDS
+                self._rest_api.app, bind(server.host, server.rest_port),
+                drain_timeout_seconds=DRAIN_SECONDS,
             )
         self.grpc: GrpcServer | None = None
         if server.grpc_port:
@@ -219,7 +231,7 @@ class Daemon:
                 settle_seconds=watch.settle_seconds,
                 ready_marker=watch.ready_marker,
                 debounce_seconds=watch.debounce_seconds,
-                on_poll=self.metrics.observe_poll,
+                on_poll=self._observe_poll,
             )
         from loader.sources.s3 import S3Source
 
@@ -234,11 +246,16 @@ class Daemon:
             poll_interval_seconds=watch.poll_interval_seconds,
             settle_seconds=settle,
             ready_marker=watch.ready_marker,
-            on_poll=self.metrics.observe_poll,
+            on_poll=self._observe_poll,
         )
         if watch.s3_events is None:
             return source
         return _WithEvents(source, self._event_listener(source, settle or 0.0))
+
+    def _observe_poll(self, model: str, seconds: float, ok: bool) -> None:
+        self.metrics.observe_poll(model, seconds, ok)
+        if self.operator_view is not None:
+            self.operator_view.polls.observe(model, seconds, ok)
 
     def _event_listener(self, source: Any, settle: float) -> Any:
         from loader.sources.s3_client import make_sqs_client
@@ -277,6 +294,8 @@ class Daemon:
         """Stop accepting requests, answer those in flight, then stop everything else."""
         if self.grpc is not None:
             self.grpc.stop(grace_seconds=DRAIN_SECONDS)  # refuses new RPCs now; in-flight ones finish
+        if self._rest_api is not None:
+            self._rest_api.close()  # an open operator page would hold the drain to its end
         if self.rest is not None:
             self.rest.stop()
             self.rest.join()

@@ -47,6 +47,8 @@ class ServerConfig(_Strict):
     # also bounds how many gRPC requests one batch can gather. None: 4 per core (TF
     # Serving's default), at least 16.
     grpc_max_threads: Annotated[int, Field(ge=1, le=4096)] | None = None
+    # The read-only operator page at /modelwatch/ui on the REST port (404 when off).
+    operator_page: bool = True
 
     def grpc_threads(self) -> int:
         """`grpc_max_threads`, or its default for this machine."""

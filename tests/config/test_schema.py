@@ -39,6 +39,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.grpc_max_threads is None
     assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
     assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
+    assert config.server.operator_page is True
 
 
 def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
@@ -101,6 +102,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
          "tensorflow.num_tflite_interpreters: input should be greater than or equal to 1"),
         ("tensorflow: {prefer_tflite_model: maybe}\n",
          "tensorflow.prefer_tflite_model: input should be a valid boolean"),
+        ("server: {operator_page: maybe}\n", "server.operator_page: input should be a valid boolean"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):

@@ -42,6 +42,8 @@ from loader.serving.rest.json_examples import (
 from loader.serving.rest.json_predict import decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
 from loader.serving.rest.json_values import parse_body, signature_name_of
+from loader.serving.rest.operator_page import PATH as OPERATOR_PAGE_PATH
+from loader.serving.rest.operator_page import OperatorPage
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -160,6 +162,7 @@ class RestApi:
         max_request_bytes: int = 64 * 1024 * 1024,
         body_timeout_seconds: float = 30.0,
         metrics_path: str | None = PROMETHEUS_PATH,
+        operator_page: OperatorPage | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
@@ -167,17 +170,28 @@ class RestApi:
         self._body_deadlines = IdleDeadlines(body_timeout_seconds)
         self._metrics = metrics or Metrics()
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
+        self._operator_page = operator_page
+        operator_routes = (
+            operator_page.routes() if operator_page is not None
+            else [Route(OPERATOR_PAGE_PATH + "{rest:path}", self._operator_page_off, methods=["GET"])]
+        )
         self._starlette = Starlette(
             routes=[
                 *prometheus,
                 Route("/healthz", self._healthz, methods=["GET"]),
                 Route("/readyz", self._readyz, methods=["GET"]),
                 Route("/modelwatch/models", self._models, methods=["GET"]),
+                *operator_routes,
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ],
             # What no route matches (a path with a newline, a PUT) is malformed, in JSON.
             exception_handlers={404: self._malformed, 405: self._malformed},
         )
+
+    def close(self) -> None:
+        """The server is stopping: end the operator page's live streams."""
+        if self._operator_page is not None:
+            self._operator_page.close()
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application."""
@@ -267,6 +281,9 @@ class RestApi:
                 for name, labels, statuses in self._dataplane.overview()
             ]
         })
+
+    async def _operator_page_off(self, request: Request) -> Response:
+        return _json({"error": "the operator page is off (server.operator_page: false)"}, 404)
 
     async def _dispatch(self, request: Request) -> Response:
         path = request.url.path
