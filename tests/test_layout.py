@@ -48,6 +48,7 @@ HEAVY: dict[str, set[str]] = {
     "tensorflow": {
         "loader.app.demo",
         "loader.servables.inference",
+        "loader.servables.profiler",
         "loader.servables.quiet_tf",
         "loader.servables.saved_model_proto",
         "loader.servables.savedmodel",
@@ -55,7 +56,9 @@ HEAVY: dict[str, set[str]] = {
         "loader.servables.warmup",
     },
     "boto3": {"loader.sources.s3_client"},
-    "grpc": {"loader.serving.grpc.server", "loader.serving.grpc.services"},
+    "grpc": {
+        "loader.serving.grpc.profiler", "loader.serving.grpc.server", "loader.serving.grpc.services",
+    },
 }
 
 

@@ -241,6 +241,10 @@ class LocalSource:
                 log.info("model %s at %s can be listed again", model, base)
             if wake_in is not None:
                 self._debouncer.wake_up(model, wake_in)
+                if not ready:
+                    # Nothing ready yet but a complete version settling: the answer is
+                    # one settle period away, so give none (the daemon waits for it).
+                    return
             self._callback(model, ready)
 
     def _polled(self, model: str, started: float, *, ok: bool) -> None:

@@ -368,14 +368,21 @@ ERRORS: list[tuple[list[str], str]] = [
     (["--model_base_path=/m", "--model_name=no/slash"], "--model_name 'no/slash' is not a valid"),
     (["--model_config_file=missing.config"],
      "--model_config_file={tmp}/missing.config cannot be read (No such file or directory)"),
-    (["--model_config_file=bad.config"], "--model_config_file: Invalid protobuf file: "
-     "'{tmp}/bad.config' (1:1 : Message type \"tensorflow.serving.ModelServerConfig\" has no "
-     "field named \"models\".)"),
+    (["--model_config_file=bad.config"], "--model_config_file: Error parsing text-format "
+     "tensorflow.serving.ModelServerConfig: 1:1 : Message type "
+     "\"tensorflow.serving.ModelServerConfig\" has no field named \"models\"; "
+     "Invalid protobuf file: '{tmp}/bad.config'"),
+    # TF Serving's own bad_model_config.txt, and the text its test looks for.
+    (["--model_config_file=tfs_bad.config"], "--model_config_file: Error parsing text-format "
+     "tensorflow.serving.ModelServerConfig: 1:1 : Message type "
+     "\"tensorflow.serving.ModelServerConfig\" has no field named \"improperly\"; "
+     "Invalid protobuf file: '{tmp}/tfs_bad.config'"),
     (["--model_config_file=gcs.config"], "--model_config_file: base path gs://b/m is not supported"),
     (["--model_config_file=twice.config"],
      "--model_config_file={tmp}/twice.config: Illegal to list model a multiple times in config list"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=scalar.txt"],
-     "--batching_parameters_file: Invalid protobuf file: '{tmp}/scalar.txt'"),
+     "--batching_parameters_file: Error parsing text-format tensorflow.serving."
+     "BatchingParameters: 1:17 :"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=split.txt"],
      "--batching_parameters_file={tmp}/split.txt: enable_large_batch_splitting is not supported"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=sizes.txt"],
@@ -389,6 +396,7 @@ ERRORS: list[tuple[list[str], str]] = [
 
 BAD_FILES = {
     "bad.config": "models { }",
+    "tfs_bad.config": "improperly formatted file",
     "gcs.config": 'model_config_list { config { name: "m" base_path: "gs://b/m" } }',
     "twice.config": 'model_config_list { config { name: "a" base_path: "/a" } '
                     'config { name: "a" base_path: "/b" } }',
