@@ -31,6 +31,7 @@ from loader.config.tfs_flags import (
     load_model_config_file,
     parse_tfs_flags,
     usage,
+    wants_version,
 )
 from loader.config.tfs_proto_files import PROMETHEUS_PATH
 from tests.daemon_process import ROOT, free_port, wait_until
@@ -542,3 +543,31 @@ def test_serve_a_model_config_file_and_poll_it(tmp_path, tfserving_testdata, ser
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "modelwatch" in metrics.text
 
+
+
+def test_grpc_socket_channel_arguments_and_profiler(tmp_path):
+    tfs = parse(tmp_path, *MODEL, "--grpc_socket_path=tf.sock",
+                "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,"
+                "grpc.lb_policy_name=grpclb,big=4294967296")
+    server = tfs.config.server
+    assert server.grpc_socket_path == str(tmp_path / "tf.sock")  # against the working folder
+    assert server.grpc_channel_arguments == {
+        "grpc.max_connection_age_ms": 2000, "grpc.lb_policy_name": "grpclb",
+        "big": "4294967296",  # not an int32: a string, as TF Serving passes it
+    }
+    assert server.enable_profiler  # TF Serving's default
+    assert not parse(tmp_path, *MODEL, "--enable_profiler=false").config.server.enable_profiler
+    assert not parse(tmp_path, *MODEL, "--port=0", "--rest_api_port=8501").config.server.enable_profiler
+
+
+def test_a_channel_argument_without_a_value_names_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match="--grpc_channel_arguments: 'oops' is not key=value"):
+        parse(tmp_path, *MODEL, "--grpc_channel_arguments=a=1,oops")
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--version"], True), (["--port=1", "--version=true"], True),
+    (["--version=false"], False), (MODEL, False),
+])
+def test_wants_version(argv, expected):
+    assert wants_version(argv) is expected
