@@ -234,6 +234,10 @@ class LocalSource:
                         "cannot list model %s at %s (%s); keeping what is loaded",
                         model, base, exc.strerror or exc,
                     )
+                if isinstance(exc, FileNotFoundError) and not base.exists():
+                    # No folder is an answer: no versions (the manager keeps what it
+                    # serves on an empty report), so the daemon need not wait for one.
+                    self._callback(model, {})
                 return
             self._polled(model, started, ok=True)
             if model in self._failing:

@@ -169,11 +169,13 @@ def test_ready_marker_is_required_when_configured(base, reports, source_factory)
     reports.wait_for({1})
 
 
-def test_missing_folder_reports_nothing_until_it_appears(tmp_path, reports, source_factory):
+def test_missing_folder_reports_no_versions_until_it_appears(tmp_path, reports, source_factory):
     base = tmp_path / "later" / "m"
     source = source_factory(base, settle_seconds=0)
     source.rescan()
-    assert reports.versions() is None  # a failed listing reports nothing at all
+    # No folder is an answer (no versions), unlike a listing that fails: the daemon need
+    # not keep its ports closed for it, and the manager unloads nothing on an empty report.
+    assert reports.versions() == set()
     base.mkdir(parents=True)
     publish(base, 5)
     reports.wait_for({5})
