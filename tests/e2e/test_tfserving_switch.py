@@ -188,3 +188,28 @@ def test_version_prints_both_versions_and_exits():
     assert result.returncode == 0
     assert result.stdout.startswith("TensorFlow ModelServer: modelwatch ")
     assert "TensorFlow Library: " in result.stdout
+
+
+def test_sigterm_while_the_ports_wait_for_the_first_loads_exits_0(tmp_path: Path):
+    closed = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "server: {rest_port: 0, grpc_port: 0}\n"
+        f"storage: {{s3: {{endpoint_url: 'http://127.0.0.1:{closed}', region: us-east-1}}}}\n"
+        "loading: {initial_load_timeout_seconds: null}\n"  # wait for ever, as TF Serving
+        "models: [{name: m, base_path: 's3://nowhere/m'}]\n"
+    )
+    log, ports = tmp_path / "daemon.log", tmp_path / "ports.json"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "loader", "serve", "--config", str(config), "--ports-file",
+             str(ports)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            env={**ENV, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x"},
+        )
+    try:
+        wait_until(lambda: "Could not list the versions" in log.read_text(), 120,
+                   "the first listing to fail")
+        assert process.poll() is None and not ports.exists()  # waiting, ports closed
+    finally:
+        assert stop(process) == 0, log.read_text()[-3000:]
+    assert not ports.exists()
