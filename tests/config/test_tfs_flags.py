@@ -532,6 +532,8 @@ def test_serve_a_model_config_file_and_poll_it(tmp_path, tfserving_testdata, ser
                    f"--monitoring_config_file={monitoring}", "--ports-file", str(ports_file))
     with httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=30) as client:
         server.wait_available(client, "a")
+        # Written once start() returns, a moment after the ports open (after the loads).
+        wait_until(ports_file.exists, 30, "the ports file")
         assert json.loads(ports_file.read_text()) == {"rest_port": rest_port, "grpc_port": 0}
         models.write_text(
             'model_config_list { config { name: "a" base_path: "repo/a" } '
