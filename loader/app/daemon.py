@@ -35,6 +35,8 @@ from policies.transition import TRANSITIONS
 log = logging.getLogger("modelwatch.daemon")
 
 EVENT_SETTLE_SECONDS = 1.0
+# How long a stop lets the requests in flight finish (a pod's grace period must cover it).
+DRAIN_SECONDS = 30
 
 
 def selection_policy(model: ModelConfig) -> SelectionPolicy:
@@ -138,7 +140,9 @@ class Daemon:
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
             )
-            self.rest = RestServer(rest_api.app, bind(server.host, server.rest_port))
+            self.rest = RestServer(
+                rest_api.app, bind(server.host, server.rest_port), drain_timeout_seconds=DRAIN_SECONDS
+            )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None
         if server.grpc_port:
@@ -303,12 +307,12 @@ class Daemon:
     def stop(self) -> None:
         """Stop accepting requests, answer those in flight, then stop everything else."""
         if self.grpc is not None:
-            self.grpc.stop(grace_seconds=30)  # refuses new RPCs now; in-flight ones finish
+            self.grpc.stop(grace_seconds=DRAIN_SECONDS)  # refuses new RPCs now; in-flight ones finish
         if self.rest is not None:
             self.rest.stop()
             self.rest.join()
         if self.grpc is not None:
-            self.grpc.join(35)
+            self.grpc.join(DRAIN_SECONDS + 5)
         if self._profiler is not None:
             self._profiler.close()
         with self._reload_lock:
