@@ -49,6 +49,7 @@ HEAVY: dict[str, set[str]] = {
     "tensorflow": {
         "loader.app.demo",
         "loader.servables.inference",
+        "loader.servables.profiler",
         "loader.servables.quiet_tf",
         "loader.servables.saved_model_proto",
         "loader.servables.savedmodel",
@@ -59,7 +60,9 @@ HEAVY: dict[str, set[str]] = {
     },
     "ai_edge_litert": {"loader.servables.tflite"},
     "boto3": {"loader.sources.s3_client"},
-    "grpc": {"loader.serving.grpc.server", "loader.serving.grpc.services"},
+    "grpc": {
+        "loader.serving.grpc.profiler", "loader.serving.grpc.server", "loader.serving.grpc.services",
+    },
 }
 
 

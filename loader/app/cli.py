@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -19,7 +20,7 @@ from typing import Any
 from loader.base import ServingError
 from loader.config.reloader import ConfigReloader
 from loader.config.schema import Config, ConfigError, load_config
-from loader.config.tfs_flags import is_tfs_style, parse_tfs_flags
+from loader.config.tfs_flags import is_tfs_style, parse_tfs_flags, wants_version
 from loader.config.tfs_flags import usage as tfs_usage
 from loader.servables.quiet_tf import (
     freeze_startup_objects,
@@ -48,6 +49,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_tfs(argv: Sequence[str]) -> int:
     """`serve` with TF Serving's flags (see loader/config/tfs_flags.py)."""
+    if wants_version(argv):  # as TF Serving: print the versions, read nothing else
+        print(f"TensorFlow ModelServer: modelwatch {_version('modelwatch')}\n"
+              f"TensorFlow Library: {_version('tensorflow')}")
+        return 0
     tfs = parse_tfs_flags(argv)  # before TensorFlow's slow import
     poll = tfs.model_config_file_poll_wait_seconds
 
@@ -94,7 +99,7 @@ def _run_daemon(
     else:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
-        daemon.start()
+        daemon.start(interrupted=stop)
     except Exception as exc:  # stop what did start, or its threads keep the process alive
         log.error("could not start: %s", exc)
         daemon.stop()
@@ -102,7 +107,7 @@ def _run_daemon(
         return 1
     if reloader is not None:
         reloader.start()
-    if ports_file:
+    if ports_file and not stop.is_set():
         ports_json = {"rest_port": daemon.rest.port if daemon.rest else 0,
                       "grpc_port": daemon.grpc.port if daemon.grpc else 0}
         _write_atomically(ports_file, json.dumps(ports_json))
@@ -115,6 +120,13 @@ def _run_daemon(
     log.info("stopped")
     _exit_past_abandoned_threads()
     return 0
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _exit_past_abandoned_threads(code: int = 0) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfi
 from loader.config.tfs_model_config import parse_model_server_config
 from loader.manager.manager import Manager, ModelSpec
 from loader.serving.dataplane import DataPlane
+from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.server import GrpcServer
 from loader.serving.grpc.services import GrpcApi
@@ -158,15 +160,22 @@ class Daemon:
                 drain_timeout_seconds=DRAIN_SECONDS,
             )
         self.grpc: GrpcServer | None = None
+        self._profiler: ProfilerForwarder | None = None
         if server.grpc_port:
             token = server.reload_token.get_secret_value() if server.reload_token else None
             guard = ReloadGuard(token or os.environ.get("MODELWATCH_RELOAD_TOKEN"), server.host)
             grpc_api = GrpcApi(
                 self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard
             )
+            if server.enable_profiler:
+                from loader.servables.profiler import start_profiler_server
+
+                self._profiler = ProfilerForwarder(f"127.0.0.1:{start_profiler_server()}")
             self.grpc = GrpcServer(
                 grpc_api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
-                max_workers=server.grpc_threads(),
+                max_workers=server.grpc_threads(), socket_path=server.grpc_socket_path,
+                channel_arguments=list(server.grpc_channel_arguments.items()),
+                extra_handlers=[self._profiler] if self._profiler else [],
             )
 
     @property
@@ -269,7 +278,9 @@ class Daemon:
             settle_seconds=settle, wait_time_seconds=events.wait_time_seconds,
         )
 
-    def start(self) -> None:
+    def start(self, interrupted: threading.Event | None = None) -> None:
+        """Load the initial models, then open the ports (TF Serving's order); returns
+        early, with the ports closed, if `interrupted` is set meanwhile."""
         from loader.servables.runtime import prepare_runtime
 
         prepare_runtime()  # before any load: see its docstring
@@ -278,6 +289,8 @@ class Daemon:
             self._started = True
             for source in self._sources.values():
                 source.start()
+        if not self._await_initial_loads(interrupted or threading.Event()):
+            return
         if self.rest is not None:
             self.rest.start()
             if not self.rest.wait_started(30):
@@ -289,6 +302,28 @@ class Daemon:
         if self.grpc is not None:
             self.grpc.start()
             log.info("serving gRPC on %s:%d", self.config.server.host, self.grpc.port)
+            if self.grpc.socket_path:
+                log.info("serving gRPC on unix:%s", self.grpc.socket_path)
+
+    def _await_initial_loads(self, interrupted: threading.Event) -> bool:
+        """Wait until every model's storage has answered and its versions have had their
+        first load (a failed one counts: its status says why), for at most
+        `loading.initial_load_timeout_seconds`; False if `interrupted` first."""
+        bound = self.config.loading.initial_load_timeout_seconds
+        deadline = None if bound is None else time.monotonic() + bound
+        while pending := self.manager.loads_pending():
+            if interrupted.is_set():
+                return False
+            left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if left <= 0:
+                log.warning(
+                    "opening the ports after %gs (loading.initial_load_timeout_seconds) with "
+                    "%d model(s) still waiting for storage or loading: %s; /readyz says "
+                    "when they serve", bound, len(pending), ", ".join(pending),
+                )
+                break
+            self.manager.wait_until(lambda: not self.manager.loads_pending(), left)
+        return not interrupted.is_set()
 
     def stop(self) -> None:
         """Stop accepting requests, answer those in flight, then stop everything else."""
@@ -301,6 +336,8 @@ class Daemon:
             self.rest.join()
         if self.grpc is not None:
             self.grpc.join(DRAIN_SECONDS + 5)
+        if self._profiler is not None:
+            self._profiler.close()
         with self._reload_lock:
             sources = list(self._sources.values())
         for source in reversed(sources):

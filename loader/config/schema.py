@@ -49,6 +49,20 @@ class ServerConfig(_Strict):
     grpc_max_threads: Annotated[int, Field(ge=1, le=4096)] | None = None
     # The read-only operator page at /modelwatch/ui on the REST port (404 when off).
     operator_page: bool = True
+    # Also serve gRPC on this Unix domain socket (TF Serving's --grpc_socket_path).
+    grpc_socket_path: Annotated[str, Field(min_length=1)] | None = None
+    # Passed to the gRPC server as they are (TF Serving's --grpc_channel_arguments).
+    grpc_channel_arguments: dict[Annotated[str, Field(min_length=1)], int | str] = {}
+    # TensorFlow's ProfilerService on the gRPC port (TF Serving's --enable_profiler).
+    enable_profiler: bool = False
+
+    @model_validator(mode="after")
+    def _socket_needs_grpc(self) -> ServerConfig:
+        if self.grpc_socket_path is not None and self.grpc_port == 0:
+            raise ValueError("grpc_socket_path needs gRPC on: grpc_port is 0")
+        if self.enable_profiler and self.grpc_port == 0:
+            raise ValueError("enable_profiler needs gRPC on: grpc_port is 0")
+        return self
 
     def grpc_threads(self) -> int:
         """`grpc_max_threads`, or its default for this machine."""
@@ -99,6 +113,9 @@ class LoadingConfig(_Strict):
     max_retries: Annotated[int, Field(ge=0, le=100)] = 2
     retry_backoff_seconds: Annotated[float, Field(ge=0)] = 1.0
     load_timeout_seconds: Annotated[float, Field(gt=0)] | None = 600.0
+    # How long the ports stay closed while the initial models have their first load
+    # (TF Serving's order); None: as long as it takes, as TF Serving.
+    initial_load_timeout_seconds: Annotated[float, Field(ge=0)] | None = 300.0
 
 
 class TensorFlowConfig(_Strict):
@@ -249,7 +266,10 @@ def resolve_paths(config: Config, folder: Path) -> Config:
         for m in config.models
     ]
     storage = config.storage.model_copy(update={"cache_dir": local(config.storage.cache_dir)})
-    return config.model_copy(update={"models": models, "storage": storage})
+    server = config.server
+    if server.grpc_socket_path is not None:
+        server = server.model_copy(update={"grpc_socket_path": local(server.grpc_socket_path)})
+    return config.model_copy(update={"models": models, "storage": storage, "server": server})
 
 
 def load_config(path: str | Path) -> Config:

@@ -66,6 +66,8 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         enable_batching | false | batch requests, with --batching_parameters_file or defaults
         allow_version_labels_for_unavailable_models | false | always allowed in modelwatch
         prefer_tflite_model | false | serve a version's model.tflite when it has one -> tensorflow.prefer_tflite_model
+        enable_profiler | true | TensorFlow's ProfilerService on the gRPC port -> server.enable_profiler
+        version | false | print the versions and exit
     """),
     *_table(str, "supported", """
         model_name | default | the single model's name (ignored with --model_config_file)
@@ -73,6 +75,8 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         model_config_file | | ModelServerConfig text file listing the models
         batching_parameters_file | | BatchingParameters text file, applied to every model
         monitoring_config_file | | MonitoringConfig text file: prometheus_config { enable path }
+        grpc_socket_path | | also serve gRPC on this Unix domain socket -> server.grpc_socket_path
+        grpc_channel_arguments | | gRPC server arguments, key=value,... -> server.grpc_channel_arguments
     """),
     *_table(int, "ignored", """
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
@@ -91,13 +95,11 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         enable_signature_method_name_check | false | signatures are not checked by method name
         xla_cpu_compilation_enabled | false | TensorFlow's default JIT setting is used
         xla_gpu_compilation_enabled | false | TensorFlow's default JIT setting is used
-        enable_profiler | true | no profiler service
         skip_initialize_tpu | false | no TPU support
         enable_serialization_as_tensor_content | false | responses use typed value fields
     """),
     *_table(str, "ignored", """
         tensorflow_session_config_file | | TensorFlow's default session options are used
-        grpc_channel_arguments | | gRPC's default channel arguments are used
         thread_pool_factory_config_file | | TensorFlow picks its thread pools
         mixed_precision | | models run in the precision they were saved in
     """),
@@ -106,10 +108,8 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         enable_per_model_batching_parameters | false | batching_params.pbtxt files are not read
         use_alts_credentials | false | no ALTS credentials
         enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
-        version | false | use `modelwatch --help` or the package version
     """),
     *_table(str, "refused", """
-        grpc_socket_path | | gRPC listens on TCP only
         ssl_config_file | | no TLS; terminate TLS in front of modelwatch
         platform_config_file | | modelwatch serves the tensorflow platform only
         saved_model_tags | serve | only the serve tag set is loaded

@@ -135,7 +135,13 @@ def parse_tfs_flags(
 
     data = (base or Config()).model_dump()
     data["models"] = [m.model_dump() for m in models]
-    data["server"].update(host=value("host"), grpc_port=value("port"), rest_port=value("rest_api_port"))
+    data["server"].update(
+        host=value("host"), grpc_port=value("port"), rest_port=value("rest_api_port"),
+        grpc_socket_path=str(socket) if (socket := path("grpc_socket_path")) else None,
+        grpc_channel_arguments=_channel_arguments(value("grpc_channel_arguments")),
+        # TF Serving's default is on; it needs the gRPC port (--port=0 turns gRPC off here).
+        enable_profiler=value("enable_profiler") and value("port") != 0,
+    )
     data["watch"]["poll_interval_seconds"] = value("file_system_poll_wait_seconds")
     loading = data["loading"]
     if "num_load_threads" in given:
@@ -301,6 +307,31 @@ def _single_model(
         ) from None
 
 
+def _channel_arguments(text: str) -> dict[str, int | str]:
+    """`key=value,key=value` as TF Serving reads it: a value that is an int32 is an int."""
+    arguments: dict[str, int | str] = {}
+    for item in filter(None, text.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--grpc_channel_arguments: {item!r} is not key=value "
+                "(the flag takes key=value pairs separated by commas)"
+            )
+        try:
+            number = int(raw)
+        except ValueError:
+            arguments[key] = raw
+        else:
+            arguments[key] = number if -(2**31) <= number < 2**31 else raw
+    return arguments
+
+
+def wants_version(argv: Sequence[str]) -> bool:
+    """Whether TF Serving's `--version` is among `argv` (then nothing else is read)."""
+    return any(token == "--version" or (token.startswith("--version=") and
+               token.partition("=")[2].lower() in ("true", "1")) for token in argv)
+
+
 def _s3_from_environ(s3: dict[str, Any], environ: Mapping[str, str]) -> None:
     """TF Serving's S3 variables, where `base` sets nothing."""
     endpoint = environ.get("S3_ENDPOINT")
@@ -318,6 +349,7 @@ _FLAG_OF: dict[tuple[int | str, ...], str] = {
     ("server", "host"): "--host",
     ("server", "grpc_port"): "--port",
     ("server", "rest_port"): "--rest_api_port",
+    ("server", "grpc_socket_path"): "--grpc_socket_path",
     ("watch", "poll_interval_seconds"): "--file_system_poll_wait_seconds",
     ("loading", "num_load_threads"): "--num_load_threads",
     ("loading", "max_retries"): "--max_num_load_retries",

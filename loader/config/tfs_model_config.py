@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from tensorflow_serving.config import model_server_config_pb2
 
 from loader.config.schema import ConfigError, ModelConfig
+from loader.config.tfs_proto_files import parse_error_text
 
 TENSORFLOW = "tensorflow"
 
@@ -66,7 +67,7 @@ def _parse_text(text: str | bytes) -> model_server_config_pb2.ModelServerConfig:
     try:
         text_format.Parse(text, parsed)
     except (text_format.ParseError, message.DecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"the ModelServerConfig text cannot be parsed: {exc}") from None
+        raise ConfigError(parse_error_text(parsed, exc)) from None
     return parsed
 
 

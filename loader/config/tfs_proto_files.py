@@ -125,5 +125,13 @@ def read_text_proto(flag: str, path: Path, proto: message.Message) -> message.Me
     try:
         text_format.Parse(text, proto)
     except text_format.ParseError as exc:
-        raise ConfigError(f"--{flag}: Invalid protobuf file: '{path}' ({exc})") from None
+        # TF Serving's two lines: protobuf's parse error, then its own verdict on the file.
+        raise ConfigError(
+            f"--{flag}: {parse_error_text(proto, exc)}; Invalid protobuf file: '{path}'"
+        ) from None
     return proto
+
+
+def parse_error_text(proto: message.Message, error: Exception) -> str:
+    """Protobuf's own words for a text-format error, as TF Serving's logs show them."""
+    return f"Error parsing text-format {proto.DESCRIPTOR.full_name}: {str(error).rstrip('.')}"

@@ -146,6 +146,7 @@ class Manager:
             state.warned_empty = False
             state.ready = dict(versions)
             self._reconcile(model)
+            self._changed.notify_all()  # storage answered: `loads_pending` may have changed
 
     # -- requests ------------------------------------------------------------------
 
@@ -207,6 +208,17 @@ class Manager:
     def models(self) -> list[str]:
         with self._lock:
             return sorted(name for name, m in self._models.items() if not m.retiring)
+
+    def loads_pending(self) -> list[str]:
+        """Models whose storage has not answered yet, or with a version waiting to load
+        or loading (one whose load failed is done: its status says why)."""
+        with self._lock:
+            return sorted(
+                name for name, m in self._models.items()
+                if not m.retiring and (m.ready is None or any(
+                    h.phase in (Phase.NEW, Phase.LOADING) for h in m.harnesses.values()
+                ))
+            )
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Wait until `predicate()` holds after some version moved; False on timeout."""

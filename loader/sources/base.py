@@ -29,7 +29,9 @@ class Source(Protocol):
     """Watches storage for a set of models and reports their ready versions.
 
     A source calls its callback with the *complete* set on every successful scan, so a
-    version left out means it is no longer present. A scan that fails reports nothing.
+    version left out means it is no longer present. A scan that fails reports nothing,
+    and so does one that finds no ready version while a complete one is settling: until a
+    model's first report, the daemon keeps its ports closed (TF Serving's order).
     """
 
     def set_models(self, models: Sequence[ModelLocation]) -> None: ...

@@ -234,6 +234,10 @@ class LocalSource:
                         "cannot list model %s at %s (%s); keeping what is loaded",
                         model, base, exc.strerror or exc,
                     )
+                if isinstance(exc, FileNotFoundError) and not base.exists():
+                    # No folder is an answer: no versions (the manager keeps what it
+                    # serves on an empty report), so the daemon need not wait for one.
+                    self._callback(model, {})
                 return
             self._polled(model, started, ok=True)
             if model in self._failing:
@@ -241,6 +245,10 @@ class LocalSource:
                 log.info("model %s at %s can be listed again", model, base)
             if wake_in is not None:
                 self._debouncer.wake_up(model, wake_in)
+                if not ready:
+                    # Nothing ready yet but a complete version settling: the answer is
+                    # one settle period away, so give none (the daemon waits for it).
+                    return
             self._callback(model, ready)
 
     def _polled(self, model: str, started: float, *, ok: bool) -> None:

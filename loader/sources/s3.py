@@ -54,6 +54,7 @@ class _VersionState:
     ready: VersionRef | None = None  # the last ready listing; kept while a change settles
     settled: bool = False  # True: not re-listed until re-verification is due
     failing: bool = False  # listing its objects failed on the last try
+    settling: bool = False  # complete, and waiting for a second matching listing
 
 
 @dataclass
@@ -211,7 +212,11 @@ class S3Source:
                 ready = self._scan_model(name, bucket, prefix, now, counter, relist=only is not None)
                 if self._on_poll is not None:
                     self._on_poll(name, time.monotonic() - model_started, ready is not None)
-                if ready is not None and not self._stopping.is_set():
+                # Nothing ready yet but a complete version settling: the answer is one
+                # listing away, so give none (the daemon waits for it before serving).
+                known = self._states.get(name)
+                settling = known is not None and any(v.settling for v in known.versions.values())
+                if ready is not None and not self._stopping.is_set() and (ready or not settling):
                     self._callback(name, ready)
 
             # Listings wait on the network, so models are listed side by side: at 1,000
@@ -317,6 +322,7 @@ class S3Source:
         settled = self._tracker.observe((name, version), fingerprint, now)
         missing = versions.incompleteness((o.relpath for o in objects), self._ready_marker)
         state.settled = settled and missing is None
+        state.settling = missing is None and not settled
         if state.settled:
             state.ready = VersionRef(f"s3://{bucket}/{folder}", fingerprint)
         # Otherwise `ready` keeps the last ready listing: a settled version whose content is

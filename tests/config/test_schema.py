@@ -103,6 +103,12 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {prefer_tflite_model: maybe}\n",
          "tensorflow.prefer_tflite_model: input should be a valid boolean"),
         ("server: {operator_page: maybe}\n", "server.operator_page: input should be a valid boolean"),
+        ("server: {grpc_port: 0, grpc_socket_path: x.sock}\n",
+         "server: grpc_socket_path needs gRPC on: grpc_port is 0"),
+        ("server: {grpc_port: 0, enable_profiler: true}\n",
+         "server: enable_profiler needs gRPC on: grpc_port is 0"),
+        ("loading: {initial_load_timeout_seconds: -1}\n",
+         "loading.initial_load_timeout_seconds: input should be greater than or equal to 0"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):
@@ -117,3 +123,9 @@ def test_errors_name_the_key_at_fault(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_the_grpc_socket_path_is_resolved_against_the_config_folder(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("server: {grpc_socket_path: run/grpc.sock}\n")
+    assert load_config(path).server.grpc_socket_path == str(tmp_path / "run" / "grpc.sock")

@@ -31,6 +31,7 @@ from loader.config.tfs_flags import (
     load_model_config_file,
     parse_tfs_flags,
     usage,
+    wants_version,
 )
 from loader.config.tfs_proto_files import PROMETHEUS_PATH
 from tests.daemon_process import ROOT, free_port, wait_until
@@ -371,14 +372,21 @@ ERRORS: list[tuple[list[str], str]] = [
     (["--model_base_path=/m", "--model_name=no/slash"], "--model_name 'no/slash' is not a valid"),
     (["--model_config_file=missing.config"],
      "--model_config_file={tmp}/missing.config cannot be read (No such file or directory)"),
-    (["--model_config_file=bad.config"], "--model_config_file: Invalid protobuf file: "
-     "'{tmp}/bad.config' (1:1 : Message type \"tensorflow.serving.ModelServerConfig\" has no "
-     "field named \"models\".)"),
+    (["--model_config_file=bad.config"], "--model_config_file: Error parsing text-format "
+     "tensorflow.serving.ModelServerConfig: 1:1 : Message type "
+     "\"tensorflow.serving.ModelServerConfig\" has no field named \"models\"; "
+     "Invalid protobuf file: '{tmp}/bad.config'"),
+    # TF Serving's own bad_model_config.txt, and the text its test looks for.
+    (["--model_config_file=tfs_bad.config"], "--model_config_file: Error parsing text-format "
+     "tensorflow.serving.ModelServerConfig: 1:1 : Message type "
+     "\"tensorflow.serving.ModelServerConfig\" has no field named \"improperly\"; "
+     "Invalid protobuf file: '{tmp}/tfs_bad.config'"),
     (["--model_config_file=gcs.config"], "--model_config_file: base path gs://b/m is not supported"),
     (["--model_config_file=twice.config"],
      "--model_config_file={tmp}/twice.config: Illegal to list model a multiple times in config list"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=scalar.txt"],
-     "--batching_parameters_file: Invalid protobuf file: '{tmp}/scalar.txt'"),
+     "--batching_parameters_file: Error parsing text-format tensorflow.serving."
+     "BatchingParameters: 1:17 :"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=split.txt"],
      "--batching_parameters_file={tmp}/split.txt: enable_large_batch_splitting is not supported"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=sizes.txt"],
@@ -392,6 +400,7 @@ ERRORS: list[tuple[list[str], str]] = [
 
 BAD_FILES = {
     "bad.config": "models { }",
+    "tfs_bad.config": "improperly formatted file",
     "gcs.config": 'model_config_list { config { name: "m" base_path: "gs://b/m" } }',
     "twice.config": 'model_config_list { config { name: "a" base_path: "/a" } '
                     'config { name: "a" base_path: "/b" } }',
@@ -526,6 +535,8 @@ def test_serve_a_model_config_file_and_poll_it(tmp_path, tfserving_testdata, ser
                    f"--monitoring_config_file={monitoring}", "--ports-file", str(ports_file))
     with httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=30) as client:
         server.wait_available(client, "a")
+        # Written once start() returns, a moment after the ports open (after the loads).
+        wait_until(ports_file.exists, 30, "the ports file")
         assert json.loads(ports_file.read_text()) == {"rest_port": rest_port, "grpc_port": 0}
         models.write_text(
             'model_config_list { config { name: "a" base_path: "repo/a" } '
@@ -537,3 +548,31 @@ def test_serve_a_model_config_file_and_poll_it(tmp_path, tfserving_testdata, ser
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "modelwatch" in metrics.text
 
+
+
+def test_grpc_socket_channel_arguments_and_profiler(tmp_path):
+    tfs = parse(tmp_path, *MODEL, "--grpc_socket_path=tf.sock",
+                "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,"
+                "grpc.lb_policy_name=grpclb,big=4294967296")
+    server = tfs.config.server
+    assert server.grpc_socket_path == str(tmp_path / "tf.sock")  # against the working folder
+    assert server.grpc_channel_arguments == {
+        "grpc.max_connection_age_ms": 2000, "grpc.lb_policy_name": "grpclb",
+        "big": "4294967296",  # not an int32: a string, as TF Serving passes it
+    }
+    assert server.enable_profiler  # TF Serving's default
+    assert not parse(tmp_path, *MODEL, "--enable_profiler=false").config.server.enable_profiler
+    assert not parse(tmp_path, *MODEL, "--port=0", "--rest_api_port=8501").config.server.enable_profiler
+
+
+def test_a_channel_argument_without_a_value_names_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match="--grpc_channel_arguments: 'oops' is not key=value"):
+        parse(tmp_path, *MODEL, "--grpc_channel_arguments=a=1,oops")
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["--version"], True), (["--port=1", "--version=true"], True),
+    (["--version=false"], False), (MODEL, False),
+])
+def test_wants_version(argv, expected):
+    assert wants_version(argv) is expected

@@ -76,7 +76,7 @@ def test_an_empty_list_means_no_models_and_protos_are_accepted() -> None:
     ("text", "complaint"),
     [
         ("model_config_list { config { nme: 1 } }",
-         'cannot be parsed: 1:30 : Message type "tensorflow.serving.ModelConfig" has no field '
+         'Error parsing text-format tensorflow.serving.ModelServerConfig: 1:30 : Message type "tensorflow.serving.ModelConfig" has no field '
          'named "nme"'),
         ("", "the ModelServerConfig has no model_config_list"),
         ('custom_model_config { type_url: "x" }', "custom_model_config is not supported"),

@@ -183,13 +183,18 @@ def proxy(moto_server: str) -> Iterator[S3Proxy]:
 
 
 def config(tmp_path: Path, models: list[dict[str, Any]], endpoint: str | None = None,
-           cache_dir: Path | None = None) -> dict[str, Any]:
+           cache_dir: Path | None = None, *, ports_during_loads: bool = False) -> dict[str, Any]:
+    """`ports_during_loads`: open the ports at once, without waiting for the first loads
+    (for tests that stop a daemon while its first fetch is held)."""
+    loading: dict[str, Any] = {"max_retries": 0, "retry_backoff_seconds": 0.1}
+    if ports_during_loads:
+        loading["initial_load_timeout_seconds"] = 0
     return {
         "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": 0},
         "storage": {"cache_dir": str(cache_dir or tmp_path / "cache"),
                     "s3": {"endpoint_url": endpoint, "region": "us-east-1"}},
         "watch": {"poll_interval_seconds": 0.2, "settle_seconds": 0.3},
-        "loading": {"max_retries": 0, "retry_backoff_seconds": 0.1},
+        "loading": loading,
         "models": models,
     }
 
@@ -351,7 +356,9 @@ def test_a_restart_after_kill_9_cleans_up_and_sigterm_during_a_fetch_exits_0(
     models = [{"name": "m", "base_path": f"s3://{BUCKET}/killed/m"}]
     upload(s3, model_builder.built(1), "killed/m/1")
     proxy.hold("killed/m/1/variables/variables.data")
-    crashed = DaemonProcess(tmp_path, config(tmp_path, models, proxy.url), env=CREDENTIALS)
+    crashed = DaemonProcess(
+        tmp_path, config(tmp_path, models, proxy.url, ports_during_loads=True), env=CREDENTIALS
+    )
     try:
         crashed.start()
         proxy.wait_holding("the fetch of version 1 to be under way")
@@ -409,7 +416,8 @@ def test_sigterm_during_a_stalled_fetch_exits_within_the_grace_period(
     upload(s3, model_builder.built(1), "stalled/m/1")
     proxy.hold("stalled/m/1/variables/variables.data")
     d = DaemonProcess(tmp_path, config(
-        tmp_path, [{"name": "m", "base_path": f"s3://{BUCKET}/stalled/m"}], proxy.url
+        tmp_path, [{"name": "m", "base_path": f"s3://{BUCKET}/stalled/m"}], proxy.url,
+        ports_during_loads=True,
     ), env=CREDENTIALS)
     try:
         d.start()

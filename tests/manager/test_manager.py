@@ -306,3 +306,20 @@ def test_a_permanent_failure_waits_for_new_content(loader):
         assert loader.calls[1] == 1
     finally:
         m.stop()
+
+
+def test_loads_pending_until_storage_answered_and_the_first_loads_ended(manager, loader):
+    manager.set_models([spec(), ModelSpec("empty", Latest(1), availability_preserving),
+                        ModelSpec("broken", Latest(1), availability_preserving)])
+    assert manager.loads_pending() == ["broken", "empty", "m"]  # storage has not answered
+    gate = loader.hold(1)
+    manager.on_versions("m", refs(1))
+    manager.on_versions("empty", {})  # answered, with nothing to load
+    loader.failing.add(7)
+    manager.on_versions("broken", refs(7))
+    assert manager.wait_until(lambda: manager.loads_pending() == ["m"], WAIT)  # 1 is loading
+    gate.set()
+    assert manager.wait_until(lambda: manager.loads_pending() == [], WAIT)
+    assert states(manager) == {1: "AVAILABLE"}
+    (status,) = manager.status("broken")  # a failed load is done: its status says why
+    assert "version 7 is corrupt" in status.error_message

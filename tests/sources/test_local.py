@@ -137,7 +137,16 @@ def test_a_version_changed_within_the_settle_period_waits_for_it(base, reports, 
     folder = base / "1"
     write_version(folder)
     source_factory(base, settle_seconds=5, poll_interval_seconds=60)
-    assert reports.history[0] == ("m", set())  # its files changed a moment ago
+    # Its files changed a moment ago: nothing is ready, and the source gives no answer
+    # yet rather than "no versions" (the daemon keeps its ports closed until it answers).
+    assert reports.history == []
+
+
+def test_an_empty_scan_is_reported_when_nothing_is_settling(base, reports, source_factory):
+    write_version(base / "1", variables=True)
+    (base / "1" / "variables" / "variables.index").unlink()  # incomplete: not settling
+    source_factory(base, settle_seconds=5, poll_interval_seconds=60)
+    assert reports.history[0] == ("m", set())
 
 
 def test_other_names_are_ignored_and_deletion_is_reported(base, reports, source_factory):
@@ -160,11 +169,13 @@ def test_ready_marker_is_required_when_configured(base, reports, source_factory)
     reports.wait_for({1})
 
 
-def test_missing_folder_reports_nothing_until_it_appears(tmp_path, reports, source_factory):
+def test_missing_folder_reports_no_versions_until_it_appears(tmp_path, reports, source_factory):
     base = tmp_path / "later" / "m"
     source = source_factory(base, settle_seconds=0)
     source.rescan()
-    assert reports.versions() is None  # a failed listing reports nothing at all
+    # No folder is an answer (no versions), unlike a listing that fails: the daemon need
+    # not keep its ports closed for it, and the manager unloads nothing on an empty report.
+    assert reports.versions() == set()
     base.mkdir(parents=True)
     publish(base, 5)
     reports.wait_for({5})

@@ -1,5 +1,6 @@
-"""TF Serving's gRPC API: PredictionService and ModelService, their server, reload auth.
+"""TF Serving's gRPC API: PredictionService and ModelService, their server, reload auth,
+and TensorFlow's ProfilerService forwarded to TensorFlow's own profiler server.
 
 May import `loader.base`, `loader.servables` and `loader.serving`. grpc is imported by
-`services` and `server` only.
+`services`, `server` and `profiler` only.
 """

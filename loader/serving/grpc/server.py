@@ -1,4 +1,5 @@
-"""The gRPC server that runs a `GrpcApi`: its `grpc.server`, worker pool and port.
+"""The gRPC server that runs a `GrpcApi`: its `grpc.server`, worker pool, TCP port and,
+optionally, a Unix domain socket (TF Serving's `--grpc_socket_path`).
 
 The server is synchronous: model calls block, so each RPC gets a worker thread (named
 `modelwatch-grpc...`) from a bounded pool.
@@ -7,9 +8,14 @@ The server is synchronous: model calls block, so each RPC gets a worker thread (
 from __future__ import annotations
 
 import itertools
+import os
+import socket
+import stat
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 
@@ -19,12 +25,21 @@ _MIB = 1024 * 1024
 _server_numbers = itertools.count(1)
 
 
-class GrpcServer:
-    """A gRPC server for a `GrpcApi` on host:port (0 picks a free port; see `port`).
+ChannelArgument = tuple[str, int | str]
 
-    `start()`, an idempotent `stop(grace_seconds)` (new RPCs are refused at once; those
-    in flight get the grace period to finish) and `join(timeout)`, which waits for the
-    server and its worker threads to end.
+
+class GrpcServer:
+    """A gRPC server for a `GrpcApi` on host:port (0 picks a free port; see `port`) and,
+    given `socket_path`, on that Unix domain socket as well, with the same services.
+
+    Nothing listens before `start()` (TF Serving opens its ports once the initial models
+    have loaded): the constructor checks that the port and the socket path are free (port
+    0 picks a free port then; see `port`), and `start()` binds them. `start()`, an
+    idempotent `stop(grace_seconds)` (new RPCs are refused at once; those in flight get
+    the grace period to finish) and `join(timeout)`, which waits for the server and its
+    worker threads to end, then removes the socket file it made. `channel_arguments` are
+    passed to gRPC as they are (TF Serving's `--grpc_channel_arguments`); ours win where
+    both set a key.
     """
 
     def __init__(
@@ -35,25 +50,34 @@ class GrpcServer:
         *,
         max_workers: int = 16,
         max_message_bytes: int = 64 * _MIB,
+        socket_path: str | None = None,
+        channel_arguments: Sequence[ChannelArgument] = (),
+        extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
+        ours: dict[str, int | str] = {
+            "grpc.max_receive_message_length": max_message_bytes,
+            "grpc.max_send_message_length": max_message_bytes,
+            # Without this a second server could bind the same port and share it.
+            "grpc.so_reuseport": 0,
+        }
+        self._host = host
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            self._port = _free_port(host, port)
+            if socket_path is not None:
+                address = f"unix:{socket_path}"
+                _check_socket_path(Path(socket_path))
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {address}: {exc.strerror or exc}") from None
+        self._socket_path = None if socket_path is None else Path(socket_path)
+        self._socket: tuple[Path, int, int] | None = None  # path, device, inode once bound
         self._thread_prefix = f"modelwatch-grpc-{next(_server_numbers)}"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
         self._server = grpc.server(
-            self._executor,
-            options=[
-                ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.max_send_message_length", max_message_bytes),
-                # Without this a second server could bind the same port and share it.
-                ("grpc.so_reuseport", 0),
-            ],
+            self._executor, handlers=list(extra_handlers),
+            options=list({**dict(channel_arguments), **ours}.items()),
         )
         api.add_to(self._server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            self._port = int(self._server.add_insecure_port(address))
-        except RuntimeError as exc:  # grpc says only "Failed to bind"
-            self._executor.shutdown(wait=False)
-            raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
         self._lock = threading.Lock()
         self._started = False
         self._stopped: threading.Event | None = None
@@ -62,10 +86,28 @@ class GrpcServer:
     def port(self) -> int:
         return self._port
 
+    @property
+    def socket_path(self) -> str | None:
+        """The Unix domain socket served too, if any."""
+        return None if self._socket_path is None else str(self._socket_path)
+
     def start(self) -> None:
+        """Bind the port (and the socket) and serve; OSError if one is taken meanwhile."""
         with self._lock:
             if self._started or self._stopped is not None:
                 raise RuntimeError("a GrpcServer starts once")
+            host = f"[{self._host}]" if ":" in self._host else self._host
+            address = f"{host}:{self._port}"
+            try:
+                self._server.add_insecure_port(address)
+                if self._socket_path is not None:
+                    address = f"unix:{self._socket_path}"
+                    _check_socket_path(self._socket_path)
+                    self._server.add_insecure_port(address)  # replaces a stale socket file
+                    made = self._socket_path.lstat()
+                    self._socket = (self._socket_path, made.st_dev, made.st_ino)
+            except (RuntimeError, OSError) as exc:  # grpc says only "Failed to bind"
+                raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
             self._server.start()
             self._started = True
 
@@ -85,9 +127,50 @@ class GrpcServer:
                 return
         elif started and self._server.wait_for_termination(timeout):
             return  # still running after `timeout`
+        self._remove_socket()
         # Handlers can outlive a cancelled RPC; their threads end when they return.
         self._executor.shutdown(wait=False)
         for thread in threading.enumerate():
             if thread.name.startswith(self._thread_prefix + "_"):
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 thread.join(remaining)
+
+    def _remove_socket(self) -> None:
+        """Remove the socket file, unless something else has taken its path since."""
+        with self._lock:
+            bound, self._socket = self._socket, None
+        if bound is None:
+            return
+        path, device, inode = bound
+        try:
+            now = path.lstat()
+            if (now.st_dev, now.st_ino) == (device, inode):
+                path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _free_port(host: str, port: int) -> int:
+    """`port`, or a free one for 0, after checking that it can be bound now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+        probe.bind((host, port))
+        return int(probe.getsockname()[1])
+
+
+def _check_socket_path(path: Path) -> None:
+    """Refuse a socket path that cannot be bound, with the reason."""
+    if not path.parent.is_dir():
+        raise OSError(f"{path.parent} is not a folder")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise OSError(f"{path} exists and is not a socket")
+        # A socket file is replaced, live or stale, as gRPC (and so TF Serving) does; the
+        # one replaced is left alone on exit (see `_remove_socket`).
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OSError(f"no permission to create a socket in {path.parent}")
+

@@ -17,7 +17,8 @@ import uvicorn
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket; port 0 picks a free one (read it back with getsockname)."""
+    """A bound socket, listening only once `RestServer.start` runs (TF Serving opens its
+    ports after the initial models loaded); port 0 picks a free one (see getsockname)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY on accepted connections only
     # for sockets that say they are TCP, and without it Nagle's algorithm and delayed ACKs
@@ -30,7 +31,6 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError:
         sock.close()
         raise
-    sock.listen(2048)
     return sock
 
 
@@ -63,6 +63,7 @@ class RestServer:
         return int(self._sock.getsockname()[1])
 
     def start(self) -> None:
+        self._sock.listen(2048)
         self._thread.start()
 
     def wait_started(self, timeout: float) -> bool:

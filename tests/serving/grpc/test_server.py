@@ -1,0 +1,96 @@
+"""GrpcServer's transport: nothing listens before start, the Unix socket beside the TCP
+port, its file removed on exit, and a socket path that cannot be bound refused."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import grpc
+import pytest
+
+from loader.serving.grpc.server import GrpcServer
+
+
+class NoServices:
+    """An API with no services: these tests are about the transport, not the calls."""
+
+    def add_to(self, server: grpc.Server) -> None:
+        pass
+
+
+def connects(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def unimplemented(target: str) -> grpc.StatusCode:
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as error:
+            call(b"", timeout=10)
+    return error.value.code()
+
+
+def test_nothing_listens_before_start_and_both_addresses_serve_after(tmp_path: Path):
+    path = tmp_path / "grpc.sock"
+    server = GrpcServer(NoServices(), port=0, socket_path=str(path))  # type: ignore[arg-type]
+    try:
+        assert not connects(server.port)
+        assert not path.exists()
+        server.start()
+        assert path.is_socket()
+        for target in (f"127.0.0.1:{server.port}", f"unix:{path}"):
+            assert unimplemented(target) is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
+        server.join(10)
+    assert not path.exists()
+
+
+def test_a_live_socket_file_is_taken_over_as_grpc_and_tf_serving_do(tmp_path: Path):
+    path = tmp_path / "grpc.sock"
+    first = GrpcServer(NoServices(), socket_path=str(path))  # type: ignore[arg-type]
+    second = GrpcServer(NoServices(), socket_path=str(path))  # type: ignore[arg-type]
+    try:
+        first.start()
+        before = path.lstat().st_ino
+        second.start()  # gRPC replaces the file; the newest server answers on the path
+        assert path.lstat().st_ino != before
+        assert unimplemented(f"unix:{path}") is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        for server in (first, second):
+            server.stop(0)
+            server.join(10)
+
+
+@pytest.mark.parametrize(("where", "reason"), [
+    ("missing/grpc.sock", "is not a folder"),
+    ("a_file", "exists and is not a socket"),
+])
+def test_a_socket_path_that_cannot_be_bound_is_refused(tmp_path: Path, where: str, reason: str):
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match=reason) as error:
+        GrpcServer(NoServices(), socket_path=str(tmp_path / where))  # type: ignore[arg-type]
+    assert f"cannot listen for gRPC on unix:{tmp_path / where}" in str(error.value)
+
+
+def test_a_taken_port_is_refused_before_anything_starts():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(OSError, match="cannot listen for gRPC on 127.0.0.1:"):
+            GrpcServer(NoServices(), port=taken.getsockname()[1])  # type: ignore[arg-type]
+
+
+def test_channel_arguments_reach_the_server():
+    server = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), channel_arguments=[("grpc.max_connection_age_ms", 2000),
+                                         ("grpc.lb_policy_name", "grpclb")],
+    )
+    try:
+        server.start()
+        assert unimplemented(f"127.0.0.1:{server.port}") is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
+        server.join(10)
