@@ -7,8 +7,9 @@ Usage (see docs/tfserving_suite.md): put TF Serving's two test files in SUITE/sr
 builds SUITE/srcdir (the test's TEST_SRCDIR): the `tensorflow_model_server` shim that runs
 this worktree's `modelwatch serve "$@"`, TF Serving's test models (from
 /work/shared/testdata/tfserving), the half_plus_three model (generated with TensorFlow:
-the public tree's copy is a binary blob not stored here), and the small config files
-the tests read. Nothing of TF Serving's code is copied into this repository.
+the public tree's copy is a binary blob not stored here), the two TFLite test models
+(converted by TensorFlow, as tests/savedmodels.py builds them for our own tests), and the
+small config files the tests read. Nothing of TF Serving's code is copied into this repository.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ def main(suite: Path) -> None:
     three = testdata / "saved_model_half_plus_three" / "00000123"
     if not three.exists():
         _half_plus_three(three)
+    sys.path.insert(0, str(ROOT))
+    from tests.savedmodels import tflite_half_plus
+
+    for name, kind in (("saved_model_half_plus_two_tflite", "plain"),
+                       ("saved_model_half_plus_two_tflite_with_sigdef", "tfs_sigdef")):
+        model = testdata / name / "00000123" / "model.tflite"
+        if not model.exists():
+            model.parent.mkdir(parents=True)
+            model.write_bytes(tflite_half_plus(2.0, kind))
     shim = servers / "tensorflow_model_server"
     shim.write_text(SHIM.format(python=sys.executable))
     shim.chmod(shim.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
