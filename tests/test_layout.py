@@ -37,6 +37,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "loader.base", "loader.sources", "loader.manager", "loader.servables",
         "loader.serving", "loader.config", "policies",
     ),
+    "loader.cluster": (
+        "loader.base", "loader.sources", "loader.manager", "loader.servables", "loader.serving",
+        "loader.config", "loader.cluster", "loader.app.parts", "policies",
+    ),
     "loader.app": ("loader", "policies"),
     "loader.__main__": ("loader.app",),
     "loader": (),
@@ -56,6 +60,7 @@ HEAVY: dict[str, set[str]] = {
     },
     "boto3": {"loader.sources.s3_client"},
     "grpc": {"loader.serving.grpc.server", "loader.serving.grpc.services"},
+    "ray": {"loader.cluster.application"},
 }
 
 
