@@ -118,3 +118,22 @@ def build(args: dict[str, str]) -> Any:
     )
     return application(config, int(args.get("replicas", 2)), bounds,
                        float(args.get("num_cpus", 1.0)))
+
+
+def serve_forever(
+    config: Config, *, address: str, replicas: int, http_host: str, http_port: int,
+    node_ip: str | None, bounds: Bounds, stop: Any,
+) -> None:
+    """`modelwatch ray`: deploy onto the Ray cluster at `address`, serve until `stop` is
+    set (an Event), then delete the application (the cluster keeps running)."""
+    ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING)
+    try:
+        # One HTTP proxy, on the head: several nodes of one machine would fight for the port.
+        serve.start(http_options={"host": http_host, "port": http_port},
+                    proxy_location="HeadOnly")
+        serve.run(application(config, replicas, bounds), name=APP_NAME, route_prefix="/")
+        log.info("serving %d replica(s) on http://%s:%d", replicas, http_host, http_port)
+        stop.wait()
+        serve.delete(APP_NAME)
+    finally:
+        ray.shutdown()

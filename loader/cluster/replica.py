@@ -45,6 +45,9 @@ class Replica:
         hold_limit_seconds: float,
         replicas: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
+        from loader.servables.runtime import prepare_runtime
+
+        prepare_runtime()  # before any load, as the daemon does
         self.name, self.node = replica, node
         self.metrics = Metrics()
         self._storage = Storage(config, self.metrics)
