@@ -1,4 +1,4 @@
-"""A real local Ray cluster for the tests: a head and a second node, each a `ray start
+"""A real local Ray cluster for the tests (and `modelwatch ray` deployed on it): a head and a second node, each a `ray start
 --block` process in its own session, so stopping them (and whatever they started) never
 touches another test run's Ray, as `ray stop` would."""
 
@@ -12,6 +12,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
 
 from tests.daemon_process import free_port
 
@@ -97,3 +101,53 @@ class LocalRayCluster:
                 return
             time.sleep(0.5)
         raise AssertionError(f"{count} Ray node(s) did not come up in {timeout}s:\n{self.log()}")
+
+
+class Deployment:
+    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be)."""
+
+    def __init__(self, tmp_path: Path, cluster: LocalRayCluster, env: Mapping[str, str],
+                 config: dict[str, Any], replicas: int = 2) -> None:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = tmp_path / "modelwatch-ray.log"
+        argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
+                "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", str(replicas),
+                "--http-port", str(self.port), "--hold-seconds", "5"]
+        self._process = subprocess.Popen(
+            argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, **env}, start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait(10)
+
+    def replicas(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/modelwatch/replicas", timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def answer(self, client: httpx.Client | None = None) -> float:
+        post = (client or httpx).post  # type: ignore[attr-defined]
+        response = post(f"{self.url}/v1/models/m:predict", json={"instances": [[2.0]]},
+                        timeout=30)
+        assert response.status_code == 200, response.text
+        return float(response.json()["predictions"][0][0])
+
+    def serves(self, value: float) -> bool:
+        assert self._process.poll() is None, self.log()
+        try:
+            return self.answer() == value
+        except (httpx.HTTPError, AssertionError):
+            return False

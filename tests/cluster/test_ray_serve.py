@@ -7,10 +7,6 @@ Version v of the test model answers y = 0.5 * x + v, so every answer names its v
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from functools import partial
@@ -19,10 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.cluster.ray_cluster import HEAD_IP, LocalRayCluster
-from tests.daemon_process import free_port, wait_until
+from tests.cluster.ray_cluster import Deployment, LocalRayCluster
+from tests.daemon_process import wait_until
 from tests.s3_storage import CREDENTIALS, bucket_client
 from tests.s3_storage import upload as _upload
 
@@ -49,55 +44,6 @@ def cluster(tmp_path: Path) -> Iterator[LocalRayCluster]:
         ray_cluster.stop()
 
 
-class Deployment:
-    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be)."""
-
-    def __init__(self, tmp_path: Path, cluster: LocalRayCluster, config: dict[str, Any]) -> None:
-        path = tmp_path / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = tmp_path / "modelwatch-ray.log"
-        argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
-                "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", "2",
-                "--http-port", str(self.port), "--hold-seconds", "5"]
-        self._process = subprocess.Popen(
-            argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, **CREDENTIALS}, start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self._log.read_text(errors="replace")[-6000:]
-
-    def stop(self) -> None:
-        if self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
-            try:
-                self._process.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait(10)
-
-    def replicas(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/modelwatch/replicas", timeout=10)
-        response.raise_for_status()
-        return dict(response.json())
-
-    def answer(self, client: httpx.Client | None = None) -> float:
-        post = (client or httpx).post  # type: ignore[attr-defined]
-        response = post(f"{self.url}/v1/models/m:predict", json={"instances": [[2.0]]},
-                        timeout=30)
-        assert response.status_code == 200, response.text
-        return float(response.json()["predictions"][0][0])
-
-    def serves(self, value: float) -> bool:
-        assert self._process.poll() is None, self.log()
-        try:
-            return self.answer() == value
-        except (httpx.HTTPError, AssertionError):
-            return False
-
-
 def version_of(answer: float) -> int:
     return round(answer - 0.5 * 2.0)
 
@@ -106,7 +52,7 @@ def test_a_rollout_flips_every_replica_at_once_with_no_failed_request_and_no_goi
     tmp_path: Path, s3: Any, moto_server: str, cluster: LocalRayCluster, model_builder: Any
 ) -> None:
     upload(s3, model_builder.built(1), "repo/m/1")
-    deployment = Deployment(tmp_path, cluster, {
+    deployment = Deployment(tmp_path, cluster, CREDENTIALS, {
         "storage": {"cache_dir": str(tmp_path / "cache"),
                     "s3": {"endpoint_url": moto_server, "region": "us-east-1"}},
         "watch": {"poll_interval_seconds": 0.3},
