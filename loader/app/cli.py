@@ -179,17 +179,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _get_json(url: str, path: str, what: str) -> Any:
+    """GET `url` + `path` as JSON; None (and one line on stderr) if it cannot be read."""
     import httpx
 
     try:
-        response = httpx.get(f"{args.url.rstrip('/')}/modelwatch/models", timeout=10)
+        response = httpx.get(f"{url.rstrip('/')}{path}", timeout=10)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        print(f"modelwatch: error: cannot read the status from {args.url}: {exc}", file=sys.stderr)
+        print(f"modelwatch: error: cannot read {what} from {url}: {exc}", file=sys.stderr)
+        return None
+    return response.json()
+
+
+def _status(args: argparse.Namespace) -> int:
+    document = _get_json(args.url, "/modelwatch/models", "the status")
+    if document is None:
         return 1
     rows = [("MODEL", "VERSION", "STATE", "LABELS", "ERROR")]
-    for model in response.json()["models"]:
+    for model in document["models"]:
         by_version: dict[str, list[str]] = {}
         for label, version in model["labels"].items():
             by_version.setdefault(str(version), []).append(label)
@@ -220,15 +228,10 @@ def _ray(args: argparse.Namespace) -> int:
 
 
 def _replicas(args: argparse.Namespace) -> int:
-    import httpx
-
-    try:
-        response = httpx.get(f"{args.url.rstrip('/')}/modelwatch/replicas", timeout=10)
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        print(f"modelwatch: error: cannot read the replicas from {args.url}: {exc}", file=sys.stderr)
+    document = _get_json(args.url, "/modelwatch/replicas", "the replicas")
+    if document is None:
         return 1
-    print(json.dumps(response.json(), indent=2))
+    print(json.dumps(document, indent=2))
     return 0
 
 

@@ -12,11 +12,17 @@ from pathlib import Path
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from loader.app.parts import Storage, locations, make_source, model_spec, source_kind
+from loader.app.parts import (
+    Storage,
+    locations,
+    make_manager,
+    make_source,
+    model_spec,
+    source_kind,
+)
 from loader.base import Code, InvalidArgument, ServingError
 from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
-from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.server import GrpcServer
@@ -38,17 +44,7 @@ class Daemon:
         self.config = config
         self.metrics = Metrics()
         self._storage = Storage(config, self.metrics)
-        loading = config.loading
-        self.manager = Manager(
-            self._storage.load,
-            release=self._storage.release,
-            num_load_threads=loading.num_load_threads,
-            load_retries=loading.max_retries,
-            retry_backoff_seconds=loading.retry_backoff_seconds,
-            load_timeout_seconds=loading.load_timeout_seconds,
-        )
-        self.metrics.known_model = self.manager.has_model
-        self.manager.add_observer(self.metrics.observe_transition)
+        self.manager = make_manager(config, self._storage, self.metrics)
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()
         self._started = False

@@ -10,7 +10,7 @@ from typing import Any
 
 from loader.base import Servable, VersionRef
 from loader.config.schema import BatchingConfig, Config, ModelConfig
-from loader.manager.manager import ModelSpec
+from loader.manager.manager import Manager, ModelSpec
 from loader.serving.metrics import Metrics
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
@@ -88,6 +88,23 @@ class Storage:
     def release(self, model: str, version: int, ref: VersionRef) -> None:
         if ref.uri.startswith("s3://") and self._s3_fetcher is not None:
             self._s3_fetcher.release(model, version, ref)
+
+
+def make_manager(config: Config, storage: Storage, metrics: Metrics) -> Manager:
+    """The manager, loading through `storage` with the config's `loading:` settings, its
+    moves counted in `metrics`."""
+    loading = config.loading
+    manager = Manager(
+        storage.load,
+        release=storage.release,
+        num_load_threads=loading.num_load_threads,
+        load_retries=loading.max_retries,
+        retry_backoff_seconds=loading.retry_backoff_seconds,
+        load_timeout_seconds=loading.load_timeout_seconds,
+    )
+    metrics.known_model = manager.has_model
+    manager.add_observer(metrics.observe_transition)
+    return manager
 
 
 def make_source(

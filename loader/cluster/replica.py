@@ -15,13 +15,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from loader.app.parts import Storage
+from loader.app.parts import Storage, make_manager
 from loader.base import Code
 from loader.cluster.messages import ModelState, Orders, Report
 from loader.cluster.routing import Gate, RoutedDataPlane
 from loader.config.schema import Config
 from loader.manager.harness import Transition
-from loader.manager.manager import Manager, ModelSpec
+from loader.manager.manager import ModelSpec
 from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
 from policies.selection import All
@@ -52,17 +52,7 @@ class Replica:
         self.metrics = Metrics()
         self._storage = Storage(config, self.metrics)
         self._storage.batching = {m.name: m.batching for m in config.models}
-        loading = config.loading
-        self.manager = Manager(
-            self._storage.load,
-            release=self._storage.release,
-            num_load_threads=loading.num_load_threads,
-            load_retries=loading.max_retries,
-            retry_backoff_seconds=loading.retry_backoff_seconds,
-            load_timeout_seconds=loading.load_timeout_seconds,
-        )
-        self.metrics.known_model = self.manager.has_model
-        self.manager.add_observer(self.metrics.observe_transition)
+        self.manager = make_manager(config, self._storage, self.metrics)
         self.manager.add_observer(self._moved)
         # The watcher's policies decide; here every version it names is kept, and the
         # old one leaves only once it names the new one alone (after the flip).
