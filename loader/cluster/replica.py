@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from loader.app.parts import Storage, make_manager
 from loader.base import Code
@@ -68,6 +70,7 @@ class Replica:
         )
         self.gate = Gate(rest.app, hold_limit_seconds, replicas)
         self._orders = Orders("", -1)
+        self.metrics.registry.register(_RolloutMetrics(lambda: self._orders))
         self._sequence = 0
         self._serving = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -208,3 +211,33 @@ class Replica:
                 loop.call_soon_threadsafe(changed.set)
             except RuntimeError:  # the loop closed: the replica is going away
                 pass
+
+
+class _RolloutMetrics:
+    """The cluster's rollouts as every replica last heard of them, in its Prometheus
+    output: how many flips and aborted flips, whether a flip is pending, who holds it up."""
+
+    def __init__(self, orders: Callable[[], Orders]) -> None:
+        self._orders = orders
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "flips": GaugeMetricFamily("modelwatch_rollout_flips",
+                                       "Flips of routing to new versions, everywhere at once.",
+                                       labels=["model"]),
+            "aborts": GaugeMetricFamily("modelwatch_rollout_aborts",
+                                        "Flips aborted because a replica did not hold in time.",
+                                        labels=["model"]),
+            "pending": GaugeMetricFamily("modelwatch_rollout_pending",
+                                         "1 while new versions wait to be routed.",
+                                         labels=["model"]),
+            "blocked": GaugeMetricFamily("modelwatch_rollout_blocked_replicas",
+                                         "Replicas a pending rollout waits for.",
+                                         labels=["model"]),
+        }
+        for model, order in self._orders().models.items():
+            families["flips"].add_metric([model], order.flips)
+            families["aborts"].add_metric([model], order.aborts)
+            families["pending"].add_metric([model], 0 if order.stage == "steady" else 1)
+            families["blocked"].add_metric([model], len(order.blocked))
+        yield from families.values()

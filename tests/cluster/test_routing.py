@@ -102,3 +102,24 @@ def test_a_hold_that_outlives_its_limit_answers_503_and_never_the_old_version(
             assert "switching versions across replicas" in response.json()["error"]
 
     asyncio.run(scenario())
+
+
+def test_a_replica_exports_the_rollouts_it_hears_of(tmp_path) -> None:
+    from loader.cluster.messages import ModelOrder, Orders
+    from loader.cluster.replica import Replica
+    from loader.config.schema import parse_config
+
+    config = parse_config({"models": [{"name": "m", "base_path": str(tmp_path)}]}, "test")
+    replica = Replica(config, "r1", "node", hold_limit_seconds=1)
+    try:
+        order = ModelOrder({}, frozenset({1}), 12, (), "holding", 3, 1, {"r2": "loading version 2"})
+        replica.apply(Orders("w", 1, {"m": order}))
+        text = replica.metrics.exposition().decode()
+        for line in ('modelwatch_rollout_flips{model="m"} 3.0', 'modelwatch_rollout_aborts{model="m"} 1.0',
+                     'modelwatch_rollout_pending{model="m"} 1.0',
+                     'modelwatch_rollout_blocked_replicas{model="m"} 1.0'):
+            assert line in text
+        assert replica.gate.held() == {"m": 12}  # the hold is applied, and will be reported
+        assert replica.report().models["m"].held == 12
+    finally:
+        replica.stop()
