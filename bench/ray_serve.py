@@ -19,6 +19,7 @@ Writes bench/results/ray_serve.json.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -72,6 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_hey()
     os.environ.update(CREDENTIALS)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto: one line per S3 call
     import boto3
     from moto.server import ThreadedMotoServer
 
