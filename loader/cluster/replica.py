@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -47,8 +48,19 @@ class Replica:
         hold_limit_seconds: float,
         replicas: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
+        from loader.servables.quiet_tf import (
+            import_tensorflow,
+            prefer_plain_allocator,
+            set_thread_pools,
+        )
         from loader.servables.runtime import prepare_runtime
 
+        # What `modelwatch serve` does before TensorFlow's import, in this Ray worker.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        prefer_plain_allocator()
+        set_thread_pools(config.tensorflow.intra_op_parallelism,
+                         config.tensorflow.inter_op_parallelism)
+        import_tensorflow()
         prepare_runtime()  # before any load, as the daemon does
         self.name, self.node = replica, node
         self.metrics = Metrics()
