@@ -34,6 +34,9 @@ from loader.sources.base import Source
 
 log = logging.getLogger("modelwatch.daemon")
 
+# How long a stop lets the requests in flight finish (a pod's grace period must cover it).
+DRAIN_SECONDS = 30
+
 
 class Daemon:
     """Everything modelwatch runs, wired from one config."""
@@ -57,7 +60,9 @@ class Daemon:
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
             )
-            self.rest = RestServer(rest_api.app, bind(server.host, server.rest_port))
+            self.rest = RestServer(
+                rest_api.app, bind(server.host, server.rest_port), drain_timeout_seconds=DRAIN_SECONDS
+            )
         self.grpc: GrpcServer | None = None
         if server.grpc_port:
             token = server.reload_token.get_secret_value() if server.reload_token else None
@@ -152,12 +157,12 @@ class Daemon:
     def stop(self) -> None:
         """Stop accepting requests, answer those in flight, then stop everything else."""
         if self.grpc is not None:
-            self.grpc.stop(grace_seconds=30)  # refuses new RPCs now; in-flight ones finish
+            self.grpc.stop(grace_seconds=DRAIN_SECONDS)  # refuses new RPCs now; in-flight ones finish
         if self.rest is not None:
             self.rest.stop()
             self.rest.join()
         if self.grpc is not None:
-            self.grpc.join(35)
+            self.grpc.join(DRAIN_SECONDS + 5)
         with self._reload_lock:
             sources = list(self._sources.values())
         for source in reversed(sources):

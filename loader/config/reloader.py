@@ -1,7 +1,10 @@
 """Config hot reload: applies edits to the config file's `models` without a restart.
 
 watchdog watches the file's folder (editors often save by writing a new file and renaming
-it over the old one); a burst of events becomes one reload. A file that does not validate
+it over the old one); a burst of events becomes one reload. The path is kept as given, not
+resolved: a Kubernetes ConfigMap volume reaches its files through a `..data` symlink that it
+swaps to a new folder on every update, so the file is re-read whenever the path leads
+somewhere new, though the file itself sees no event. A file that does not validate
 is logged and ignored, so the running config stays in place. Only `models` can change at
 runtime; a change to other sections is reported as needing a restart.
 """
@@ -37,7 +40,8 @@ class ConfigReloader:
         load: Callable[[Path], Config] = load_config,
         poll_interval_seconds: float | None = None,
     ) -> None:
-        self._path = Path(path).resolve()
+        self._path = Path(path).absolute()
+        self._target = os.path.realpath(self._path)  # where the path leads now
         self._load = load  # reads the file into a Config
         self._poll = poll_interval_seconds  # also reload this often, events or not
         self._current = current
@@ -108,7 +112,9 @@ class ConfigReloader:
         if event.event_type not in _CHANGES:
             return
         paths = {os.fsdecode(event.src_path), os.fsdecode(getattr(event, "dest_path", "") or "")}
-        if str(self._path) in paths:
+        target = os.path.realpath(self._path)
+        if str(self._path) in paths or target != self._target:
+            self._target = target
             self.request("the file changed")
 
     def _run(self) -> None:
