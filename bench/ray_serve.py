@@ -1,7 +1,7 @@
 """Ray Serve: REST predict throughput with 1 and 2 replicas, and rollout time.
 
 A real local Ray cluster (a head and a second node, `ray start` on this machine, one CPU
-each; tests/cluster/ray_cluster.py) runs `modelwatch ray` with the MLP of
+each; tests/cluster/ray_cluster.py; a fresh one per replica count) runs `modelwatch ray` with the MLP of
 bench/throughput.py (64-512-512-10) served from moto's S3 server. For each replica count,
 hey sends the same one-instance predict through Serve's HTTP proxy for D seconds per
 concurrency after a discarded warm-up (exact p50/p99 over hey's rows, as throughput.py).
@@ -98,11 +98,16 @@ def main() -> None:
             "tensorflow": {"intra_op_parallelism": 1, "inter_op_parallelism": -1},
             "models": [{"name": MODEL, "base_path": f"s3://{BUCKET}/repo/{MODEL}"}],
         }
-        cluster = LocalRayCluster(work, head_cpus=1, node_cpus=1, env=CREDENTIALS).start()
         version = 1
+        clusters: list[LocalRayCluster] = []
         try:
             for replicas in args.replicas:
-                deployment = Deployment(work, cluster, CREDENTIALS, config, replicas=replicas)
+                # A fresh cluster (and folder) per replica count: nothing carries over.
+                run_dir = work / f"replicas-{replicas}"
+                run_dir.mkdir()
+                cluster = LocalRayCluster(run_dir, head_cpus=1, node_cpus=1, env=CREDENTIALS)
+                clusters.append(cluster.start())
+                deployment = Deployment(run_dir, cluster, CREDENTIALS, config, replicas=replicas)
                 try:
                     wait_until(lambda d=deployment, n=replicas: serving_replicas(d) == n, 600,
                                f"{replicas} serving replica(s)", interval=0.5)
@@ -129,8 +134,10 @@ def main() -> None:
                             print(f"  rollout to {version}: {seconds} s", file=sys.stderr)
                 finally:
                     deployment.stop()
+                    cluster.stop()  # idle Ray processes would take CPU from the next run
         finally:
-            cluster.stop()
+            for cluster in clusters:
+                cluster.stop()
             moto.stop()
     result["notes"] = (
         "rollout_seconds: from the last object of version N+1 uploaded to the watcher routing "
