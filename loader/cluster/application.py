@@ -32,7 +32,7 @@ HOLD_SLACK_SECONDS = 5.0  # a replica holds a request this much longer than the 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000,
                   ray_actor_options={"num_cpus": 0})
 class WatcherDeployment:
-    """One watcher for the application: sources, policies, rollouts (no TensorFlow)."""
+    """One watcher for the application: sources, policies, rollouts (it loads no model)."""
 
     def __init__(self, config: Config, bounds: Bounds) -> None:
         self._watcher = Watcher(config, bounds)
