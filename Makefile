@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 BENCH_STAMP := $(VENV)/.bench-stamp
+RAY_STAMP := $(VENV)/.ray-stamp
 
 .PHONY: serve test lint browser install bench-install clean
 
@@ -20,8 +21,13 @@ serve: $(STAMP)
 	$(PY) -m loader prepare-demo models
 	$(PY) -m loader serve --config config.yaml
 
+# The tests also need Ray Serve (the optional `ray` extra); `make serve` stays light.
+$(RAY_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,ray]'
+	touch $(RAY_STAMP)
+
 # Static checks first (seconds), then the suite.
-lint: $(STAMP)
+lint: $(RAY_STAMP)
 	$(VENV)/bin/ruff check loader policies tests bench
 	$(VENV)/bin/mypy
 

@@ -38,6 +38,10 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "loader.base", "loader.sources", "loader.manager", "loader.servables",
         "loader.serving", "loader.config", "policies",
     ),
+    "loader.cluster": (
+        "loader.base", "loader.sources", "loader.manager", "loader.servables", "loader.serving",
+        "loader.config", "loader.cluster", "loader.app.parts", "policies",
+    ),
     "loader.app": ("loader", "policies"),
     "loader.__main__": ("loader.app",),
     "loader": (),
@@ -63,6 +67,7 @@ HEAVY: dict[str, set[str]] = {
     "grpc": {
         "loader.serving.grpc.profiler", "loader.serving.grpc.server", "loader.serving.grpc.services",
     },
+    "ray": {"loader.cluster.application"},
 }
 
 

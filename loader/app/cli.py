@@ -193,17 +193,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _status(args: argparse.Namespace) -> int:
+def _get_json(url: str, path: str, what: str) -> Any:
+    """GET `url` + `path` as JSON; None (and one line on stderr) if it cannot be read."""
     import httpx
 
     try:
-        response = httpx.get(f"{args.url.rstrip('/')}/modelwatch/models", timeout=10)
+        response = httpx.get(f"{url.rstrip('/')}{path}", timeout=10)
         response.raise_for_status()
     except httpx.HTTPError as exc:
-        print(f"modelwatch: error: cannot read the status from {args.url}: {exc}", file=sys.stderr)
+        print(f"modelwatch: error: cannot read {what} from {url}: {exc}", file=sys.stderr)
+        return None
+    return response.json()
+
+
+def _status(args: argparse.Namespace) -> int:
+    document = _get_json(args.url, "/modelwatch/models", "the status")
+    if document is None:
         return 1
     rows = [("MODEL", "VERSION", "STATE", "LABELS", "ERROR")]
-    for model in response.json()["models"]:
+    for model in document["models"]:
         by_version: dict[str, list[str]] = {}
         for label, version in model["labels"].items():
             by_version.setdefault(str(version), []).append(label)
@@ -214,6 +222,30 @@ def _status(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[4])
+    return 0
+
+
+def _ray(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    try:
+        from loader.cluster.application import serve_forever
+        from loader.cluster.rollout import Bounds
+    except ImportError as exc:
+        raise ConfigError(f"Ray Serve is not installed ({exc}): pip install 'modelwatch[ray]'") from None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    bounds = Bounds(args.hold_seconds, args.retry_seconds, args.replica_timeout_seconds)
+    serve_forever(config, address=args.address, replicas=args.replicas, http_host=args.http_host,
+                  http_port=args.http_port, node_ip=args.node_ip, bounds=bounds, stop=stop)
+    return 0
+
+
+def _replicas(args: argparse.Namespace) -> int:
+    document = _get_json(args.url, "/modelwatch/replicas", "the replicas")
+    if document is None:
+        return 1
+    print(json.dumps(document, indent=2))
     return 0
 
 
@@ -264,6 +296,25 @@ def parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="a running daemon's models, versions and states")
     status.add_argument("--url", default="http://127.0.0.1:8501", help="the daemon's REST address")
     status.set_defaults(run=_status)
+    ray = commands.add_parser(
+        "ray", help="serve on a Ray cluster with Ray Serve (needs modelwatch[ray])"
+    )
+    ray.add_argument("--config", default="config.yaml", help="path to config.yaml")
+    ray.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
+    ray.add_argument("--replicas", type=int, default=2, help="Serve replicas (default: 2)")
+    ray.add_argument("--http-host", default="127.0.0.1", help="Serve's HTTP proxy address")
+    ray.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port")
+    ray.add_argument("--node-ip", help="this machine's Ray node address, if not the default")
+    ray.add_argument("--hold-seconds", type=float, default=5.0,
+                     help="every replica must hold requests within this, or a flip aborts")
+    ray.add_argument("--retry-seconds", type=float, default=5.0,
+                     help="the pause after an aborted flip")
+    ray.add_argument("--replica-timeout-seconds", type=float, default=15.0,
+                     help="a replica silent for this long is gone and no longer awaited")
+    ray.set_defaults(run=_ray)
+    replicas = commands.add_parser("replicas", help="a Ray Serve deployment's replicas and rollouts")
+    replicas.add_argument("--url", default="http://127.0.0.1:8000", help="Serve's HTTP address")
+    replicas.set_defaults(run=_replicas)
     demo = commands.add_parser("prepare-demo", help="build the demo model repository")
     demo.add_argument("models_dir", nargs="?", default="models")
     demo.set_defaults(run=_prepare_demo)

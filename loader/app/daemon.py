@@ -10,14 +10,20 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from tensorflow_serving.config import model_server_config_pb2
 
-from loader.base import Code, InvalidArgument, Servable, ServingError, VersionRef
-from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig
+from loader.app.parts import (
+    Storage,
+    locations,
+    make_manager,
+    make_source,
+    model_spec,
+    source_kind,
+)
+from loader.base import Code, InvalidArgument, ServingError
+from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
-from loader.manager.manager import Manager, ModelSpec
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
@@ -28,90 +34,12 @@ from loader.serving.operator_view import OperatorView
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
-from loader.sources.base import ModelLocation, Source
-from loader.sources.local import LocalSource
-from policies.base import SelectionPolicy
-from policies.selection import All, Latest, Specific
-from policies.transition import TRANSITIONS
+from loader.sources.base import Source
 
 log = logging.getLogger("modelwatch.daemon")
 
-EVENT_SETTLE_SECONDS = 1.0
 # How long a stop lets the requests in flight finish (a pod's grace period must cover it).
 DRAIN_SECONDS = 30
-
-
-def selection_policy(model: ModelConfig) -> SelectionPolicy:
-    policy = model.version_policy
-    if policy.all is not None:
-        return All()
-    if policy.specific is not None:
-        return Specific.of(policy.specific.versions)
-    return Latest(policy.latest.num_versions if policy.latest else 1)
-
-
-def model_spec(model: ModelConfig) -> ModelSpec:
-    return ModelSpec(
-        model.name, selection_policy(model), TRANSITIONS[model.transition],
-        dict(model.version_labels),
-    )
-
-
-class _Storage:
-    """Turns a reported version into a loaded servable, and releases its files after."""
-
-    def __init__(self, config: Config, metrics: Metrics) -> None:
-        self._config = config
-        self._metrics = metrics
-        self._s3_client: Any = None
-        self._s3_fetcher: Any = None
-        self.batching: dict[str, BatchingConfig | None] = {}
-
-    def s3_client(self) -> Any:
-        """The S3 client, made (and the cache cleaned of a crash's leftovers) on first use."""
-        if self._s3_client is None:
-            from loader.sources.s3_client import make_s3_client
-            from loader.sources.s3_fetch import S3Fetcher
-
-            s3 = self._config.storage.s3
-            self._s3_client = make_s3_client(s3.endpoint_url, s3.region)
-            self._s3_fetcher = S3Fetcher(self._s3_client, self._config.storage.cache_dir)
-            self._s3_fetcher.cleanup_stale()
-        return self._s3_client
-
-    def load(self, model: str, version: int, ref: VersionRef) -> Servable:
-        from loader.servables.formats import load_version
-        from loader.servables.warmup import warm_up  # TensorFlow loads on first use
-
-        path = ref.uri
-        if ref.uri.startswith("s3://"):
-            self.s3_client()
-            path = self._s3_fetcher.fetch(model, version, ref)
-        options = self._config.tensorflow
-        servable = load_version(
-            path, prefer_tflite_model=options.prefer_tflite_model,
-            num_tflite_interpreters=options.num_tflite_interpreters,
-        )
-        batching = self.batching.get(model)
-        try:
-            # On the bare servable, before batching wraps it: warmup is not traffic. Only
-            # the configured batch sizes are warmed; without them sizes vary freely.
-            warm_up(servable, path, batch_sizes=batching.allowed_batch_sizes if batching else ())
-        except BaseException:
-            servable.unload()
-            raise
-        if batching is not None:
-            from loader.servables.batching import BatchingServable
-
-            servable = BatchingServable(
-                servable, batching, name=f"{model}-{version}",
-                on_batch=self._metrics.batch_size.labels(model).observe,
-            )
-        return servable
-
-    def release(self, model: str, version: int, ref: VersionRef) -> None:
-        if ref.uri.startswith("s3://") and self._s3_fetcher is not None:
-            self._s3_fetcher.release(model, version, ref)
 
 
 class Daemon:
@@ -122,18 +50,8 @@ class Daemon:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
-        self._storage = _Storage(config, self.metrics)
-        loading = config.loading
-        self.manager = Manager(
-            self._storage.load,
-            release=self._storage.release,
-            num_load_threads=loading.num_load_threads,
-            load_retries=loading.max_retries,
-            retry_backoff_seconds=loading.retry_backoff_seconds,
-            load_timeout_seconds=loading.load_timeout_seconds,
-        )
-        self.metrics.known_model = self.manager.has_model
-        self.manager.add_observer(self.metrics.observe_transition)
+        self._storage = Storage(config, self.metrics)
+        self.manager = make_manager(config, self._storage, self.metrics)
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()
         self._started = False
@@ -190,9 +108,9 @@ class Daemon:
             # The manager first: it ignores reports for models it no longer serves.
             self.manager.set_models([model_spec(m) for m in models])
             for kind, source in self._sources.items():
-                source.set_models(_locations(m for m in models if _kind(m) == kind))
-            for kind in {_kind(m) for m in models} - set(self._sources):
-                source = self._make_source(kind, [m for m in models if _kind(m) == kind])
+                source.set_models(locations(m for m in models if source_kind(m) == kind))
+            for kind in {source_kind(m) for m in models} - set(self._sources):
+                source = self._make_source(kind, [m for m in models if source_kind(m) == kind])
                 self._sources[kind] = source
                 if self._started:
                     source.start()
@@ -231,52 +149,15 @@ class Daemon:
         log.info("reloaded the config: %d model(s)", len(models))
 
     def _make_source(self, kind: str, models: list[ModelConfig]) -> Source:
-        watch = self.config.watch
-        if kind == "local":
-            return LocalSource(
-                _locations(models),
-                self.manager.on_versions,
-                poll_interval_seconds=watch.poll_interval_seconds,
-                settle_seconds=watch.settle_seconds,
-                ready_marker=watch.ready_marker,
-                debounce_seconds=watch.debounce_seconds,
-                on_poll=self._observe_poll,
-            )
-        from loader.sources.s3 import S3Source
-
-        settle = watch.settle_seconds
-        if settle is None and watch.s3_events is not None and watch.ready_marker is None:
-            # Events trigger listings at once: settle on time, not on the (slower) poll.
-            settle = EVENT_SETTLE_SECONDS
-        source = S3Source(
-            _locations(models),
-            self.manager.on_versions,
-            self._storage.s3_client(),
-            poll_interval_seconds=watch.poll_interval_seconds,
-            settle_seconds=settle,
-            ready_marker=watch.ready_marker,
+        return make_source(
+            kind, models, self.config, self.manager.on_versions, self._storage.s3_client,
             on_poll=self._observe_poll,
         )
-        if watch.s3_events is None:
-            return source
-        return _WithEvents(source, self._event_listener(source, settle or 0.0))
 
     def _observe_poll(self, model: str, seconds: float, ok: bool) -> None:
         self.metrics.observe_poll(model, seconds, ok)
         if self.operator_view is not None:
             self.operator_view.polls.observe(model, seconds, ok)
-
-    def _event_listener(self, source: Any, settle: float) -> Any:
-        from loader.sources.s3_client import make_sqs_client
-        from loader.sources.s3_events import S3EventListener
-
-        events, s3 = self.config.watch.s3_events, self.config.storage.s3
-        assert events is not None
-        sqs = make_sqs_client(events.endpoint_url or s3.endpoint_url, s3.region)
-        return S3EventListener(
-            sqs, events.sqs_queue_url, source,
-            settle_seconds=settle, wait_time_seconds=events.wait_time_seconds,
-        )
 
     def start(self, interrupted: threading.Event | None = None) -> None:
         """Load the initial models, then open the ports (TF Serving's order); returns
@@ -346,34 +227,3 @@ class Daemon:
             source.join(10)
         self.manager.stop()
         self.manager.join()
-
-
-class _WithEvents:
-    """An S3 source and the event listener that nudges it, started and stopped together."""
-
-    def __init__(self, source: Any, listener: Any) -> None:
-        self._source = source
-        self._listener = listener
-
-    def set_models(self, models: Sequence[ModelLocation]) -> None:
-        self._source.set_models(models)
-
-    def start(self) -> None:
-        self._source.start()
-        self._listener.start()
-
-    def stop(self) -> None:
-        self._listener.stop()
-        self._source.stop()
-
-    def join(self, timeout: float | None = None) -> None:
-        self._listener.join(timeout)
-        self._source.join(timeout)
-
-
-def _kind(model: ModelConfig) -> str:
-    return "s3" if model.is_s3 else "local"
-
-
-def _locations(models: Any) -> list[ModelLocation]:
-    return [ModelLocation(m.name, m.base_path) for m in models]

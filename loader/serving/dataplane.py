@@ -44,7 +44,7 @@ class DataPlane:
         listed = []
         for model in self._manager.models():
             try:
-                statuses = self._manager.status(model)
+                statuses = self.status(model)
             except NotFound:
                 statuses = []
             listed.append((model, self._manager.labels(model), statuses))
@@ -55,7 +55,7 @@ class DataPlane:
         ready = {}
         for model in self._manager.models():
             try:
-                ready[model] = any(s.state == "AVAILABLE" for s in self._manager.status(model))
+                ready[model] = any(s.state == "AVAILABLE" for s in self.status(model))
             except NotFound:
                 ready[model] = False
         return ready

@@ -88,7 +88,7 @@ def _json(document: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(document), status, media_type="application/json")
 
 
-def _error_answer(error: ServingError) -> tuple[int, bytes]:
+def error_answer(error: ServingError) -> tuple[int, bytes]:
     """`{"error": message}` and TF Serving's HTTP status for it."""
     if isinstance(error, _TooLarge):
         status = 413
@@ -106,7 +106,7 @@ class ErrorResponse(Response):
     """An error as Starlette's response; keeps the code for metrics."""
 
     def __init__(self, error: ServingError) -> None:
-        status, body = _error_answer(error)
+        status, body = error_answer(error)
         super().__init__(body, status, media_type="application/json")
         self.code = error.code
 
@@ -224,12 +224,12 @@ class RestApi:
                 return
             except ServingError as error:
                 outcome.code = error.code
-                status, answer = _error_answer(error)
+                status, answer = error_answer(error)
             except Exception as exc:  # a bug: answer like TF Serving would, and log it whole
                 log.exception("%s of model %s failed", api, model)
                 internal = Internal(f"Internal error: {type(exc).__name__}: {exc}")
                 outcome.code = internal.code
-                status, answer = _error_answer(internal)
+                status, answer = error_answer(internal)
             headers = [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(answer)).encode()),

@@ -28,7 +28,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from loader.app.daemon import selection_policy
+from loader.app.parts import selection_policy
 from loader.base import Code, InvalidArgument, ServingError, VersionRef
 from loader.config.schema import ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config

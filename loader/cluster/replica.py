@@ -1,0 +1,255 @@
+"""A replica: its own manager, servables, batching and REST app, loading what it is told.
+
+The replica long-polls the watcher for orders and applies them: the versions to keep
+loaded go to its manager (as a source's report would), the routed versions to its data
+plane, a hold to its gate. It reports its state on every poll and at once whenever a
+version moves or a hold starts, so the watcher hears of a finished load or an ack without
+waiting for the next poll. It does not start serving before its routed versions are loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from loader.app.parts import Storage, make_manager
+from loader.base import Code
+from loader.cluster.messages import ModelState, Orders, Report
+from loader.cluster.routing import Gate, RoutedDataPlane
+from loader.config.schema import Config
+from loader.manager.harness import Transition
+from loader.manager.manager import ModelSpec
+from loader.serving.metrics import Metrics
+from loader.serving.rest.app import RestApi
+from policies.selection import All
+from policies.transition import availability_preserving
+
+log = logging.getLogger("modelwatch.cluster.replica")
+
+RETRY_SECONDS = 0.5  # after a poll that failed (the watcher restarting, say)
+HEARTBEAT_SECONDS = 1.0
+
+
+class Replica:
+    """One replica's parts; `app` is its ASGI app (the gate in front of TF Serving's API)."""
+
+    def __init__(
+        self,
+        config: Config,
+        replica: str,
+        node: str,
+        *,
+        hold_limit_seconds: float,
+        replicas: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        from loader.servables.quiet_tf import (
+            import_tensorflow,
+            prefer_plain_allocator,
+            set_thread_pools,
+        )
+        from loader.servables.runtime import prepare_runtime
+
+        # What `modelwatch serve` does before TensorFlow's import, in this Ray worker.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        prefer_plain_allocator()
+        set_thread_pools(config.tensorflow.intra_op_parallelism,
+                         config.tensorflow.inter_op_parallelism)
+        import_tensorflow()
+        prepare_runtime()  # before any load, as the daemon does
+        self.name, self.node = replica, node
+        self.metrics = Metrics()
+        self._storage = Storage(config, self.metrics)
+        self._storage.batching = {m.name: m.batching for m in config.models}
+        self.manager = make_manager(config, self._storage, self.metrics)
+        self.manager.add_observer(self._moved)
+        # The watcher's policies decide; here every version it names is kept, and the
+        # old one leaves only once it names the new one alone (after the flip).
+        self.manager.set_models(
+            [ModelSpec(m.name, All(), availability_preserving, dict(m.version_labels))
+             for m in config.models]
+        )
+        self._models = [m.name for m in config.models]
+        self.dataplane = RoutedDataPlane(self.manager)
+        rest = RestApi(
+            self.dataplane, self.metrics, max_request_bytes=config.server.max_request_bytes,
+            body_timeout_seconds=config.server.body_timeout_seconds,
+        )
+        self.gate = Gate(rest.app, hold_limit_seconds, replicas)
+        self._orders = Orders("", -1)
+        self.metrics.registry.register(_RolloutMetrics(lambda: self._orders))
+        self._sequence = 0
+        self._serving = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+
+    @property
+    def app(self) -> Gate:
+        return self.gate
+
+    def stop(self) -> None:
+        self.manager.stop()
+        self.manager.join()
+
+    # -- orders and reports ----------------------------------------------------------
+
+    def apply(self, orders: Orders) -> None:
+        """Do what the watcher says (on the event loop, so requests see it at once)."""
+        self._orders = orders
+        for model, order in orders.models.items():
+            if order.versions:
+                self.manager.on_versions(model, order.versions)
+            self.dataplane.route(model, order.routed, order.status)
+        self._refresh_gate()
+
+    def _refresh_gate(self) -> None:
+        """Hold a model while the watcher holds it, or while a routed version of it is not
+        loaded here (a replica the cluster moved on without); release it otherwise."""
+        for model, order in self._orders.models.items():
+            missing = order.routed - self._available(model)
+            if order.hold is not None or missing:
+                self.gate.hold(model, order.hold)
+            else:
+                self.gate.release(model)
+
+    def report(self) -> Report:
+        self._sequence += 1
+        held = self.gate.held()
+        models = {}
+        for model in self._models:
+            try:
+                statuses = self.manager.status(model)
+            except Exception:  # no version known yet
+                statuses = []
+            models[model] = ModelState(
+                frozenset(s.version for s in statuses if s.state == "AVAILABLE"),
+                {s.version: s.error_message for s in statuses if s.error_code is not Code.OK},
+                self.dataplane.routed(model),
+                held.get(model),
+            )
+        applied = (self._orders.watcher, self._orders.revision)
+        return Report(self.name, self.node, self._sequence, self._serving, models, applied)
+
+    def ready(self) -> bool:
+        """Every model's routed versions are loaded here (or the model has none yet)."""
+        if self._orders.revision < 0:
+            return False
+        for model in self._models:
+            order = self._orders.models.get(model)
+            if order is None:
+                return False  # the watcher has not decided on it yet
+            if order.versions and not order.routed:
+                return False  # its first flip is still to come
+            if order.routed - self._available(model) - self._failed(model):
+                return False
+        return True
+
+    def _available(self, model: str) -> frozenset[int]:
+        try:
+            return frozenset(s.version for s in self.manager.status(model)
+                             if s.state == "AVAILABLE")
+        except Exception:
+            return frozenset()
+
+    def _failed(self, model: str) -> frozenset[int]:
+        try:
+            return frozenset(s.version for s in self.manager.status(model)
+                             if s.error_code is not Code.OK)
+        except Exception:
+            return frozenset()
+
+    # -- the loops -------------------------------------------------------------------
+
+    async def run(
+        self,
+        poll: Callable[[Report], Awaitable[Orders]],
+        send: Callable[[Report], Awaitable[None]],
+    ) -> None:
+        """Poll for orders and report changes until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        reporter = asyncio.create_task(self._report_changes(send))
+        try:
+            while True:
+                try:
+                    orders = await poll(self.report())
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the watcher is restarting, or the network hiccups
+                    log.warning("replica %s: polling the watcher failed: %s", self.name, exc)
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                self.apply(orders)
+                self._changed.set()  # a new hold is acked at once, not on the next poll
+        finally:
+            reporter.cancel()
+
+    async def started(self, timeout: float) -> bool:
+        """Wait until the replica can serve its routed versions; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.05)
+        self._serving = True
+        return True
+
+    async def _report_changes(self, send: Callable[[Report], Awaitable[None]]) -> None:
+        assert self._changed is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._changed.wait(), HEARTBEAT_SECONDS)
+            except TimeoutError:
+                pass
+            self._changed.clear()
+            self._refresh_gate()
+            try:
+                await send(self.report())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("replica %s: reporting to the watcher failed: %s", self.name, exc)
+
+    def _moved(self, transition: Transition) -> None:
+        """A manager observer (any thread): report the move soon."""
+        loop, changed = self._loop, self._changed
+        if loop is not None and changed is not None:
+            try:
+                loop.call_soon_threadsafe(changed.set)
+            except RuntimeError:  # the loop closed: the replica is going away
+                pass
+
+
+class _RolloutMetrics:
+    """The cluster's rollouts as every replica last heard of them, in its Prometheus
+    output: how many flips and aborted flips, whether a flip is pending, who holds it up."""
+
+    def __init__(self, orders: Callable[[], Orders]) -> None:
+        self._orders = orders
+
+    def collect(self) -> Iterator[Metric]:
+        families = {
+            "flips": GaugeMetricFamily("modelwatch_rollout_flips",
+                                       "Flips of routing to new versions, everywhere at once.",
+                                       labels=["model"]),
+            "aborts": GaugeMetricFamily("modelwatch_rollout_aborts",
+                                        "Flips aborted because a replica did not hold in time.",
+                                        labels=["model"]),
+            "pending": GaugeMetricFamily("modelwatch_rollout_pending",
+                                         "1 while new versions wait to be routed.",
+                                         labels=["model"]),
+            "blocked": GaugeMetricFamily("modelwatch_rollout_blocked_replicas",
+                                         "Replicas a pending rollout waits for.",
+                                         labels=["model"]),
+        }
+        for model, order in self._orders().models.items():
+            families["flips"].add_metric([model], order.flips)
+            families["aborts"].add_metric([model], order.aborts)
+            families["pending"].add_metric([model], 0 if order.stage == "steady" else 1)
+            families["blocked"].add_metric([model], len(order.blocked))
+        yield from families.values()

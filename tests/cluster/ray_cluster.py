@@ -1,0 +1,153 @@
+"""A real local Ray cluster for the tests (and `modelwatch ray` deployed on it): a head and a second node, each a `ray start
+--block` process in its own session, so stopping them (and whatever they started) never
+touches another test run's Ray, as `ray stop` would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.daemon_process import free_port
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# Ray rewrites 127.0.0.1 (and "localhost") into the machine's interface address, so the
+# nodes take other loopback addresses, which it leaves alone. A driver on this machine
+# passes `_node_ip_address=HEAD_IP` to `ray.init`.
+HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
+OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+class LocalRayCluster:
+    """`ray start` twice on 127.0.0.1: a head with `head_cpus` and a node with `node_cpus`."""
+
+    def __init__(self, log_dir: Path, *, head_cpus: int = 1, node_cpus: int = 1,
+                 env: Mapping[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.address = f"{HEAD_IP}:{self.port}"
+        self._log_dir = log_dir
+        self._cpus = (head_cpus, node_cpus)
+        self._env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
+        # Short: Ray puts its sockets under this folder, and socket paths are limited.
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        self._processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, timeout: float = 120) -> LocalRayCluster:
+        common = ["--block", "--disable-usage-stats", f"--object-store-memory={OBJECT_STORE_BYTES}"]
+        head = [RAY, "start", "--head", f"--node-ip-address={HEAD_IP}", f"--port={self.port}",
+                "--include-dashboard=false", f"--num-cpus={self._cpus[0]}",
+                f"--temp-dir={self.temp_dir}", *common]
+        self._spawn(head, "head")
+        self._wait_for_nodes(1, timeout)
+        node = [RAY, "start", f"--address={self.address}", f"--node-ip-address={NODE_IP}",
+                f"--num-cpus={self._cpus[1]}", *common]
+        self._spawn(node, "node")
+        self._wait_for_nodes(2, timeout)
+        return self
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop both nodes and everything they started; idempotent."""
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in reversed(self._processes):
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in self._processes:  # whatever is left of each session
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(10)
+        self._processes.clear()
+
+    def log(self) -> str:
+        return "\n".join(
+            f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
+            for path in sorted(self._log_dir.glob("ray-*.log"))
+        )
+
+    def _spawn(self, argv: list[str], name: str, env: Mapping[str, str] | None = None) -> None:
+        out = open(self._log_dir / f"ray-{name}.log", "wb")
+        self._processes.append(subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, env={**self._env, **(env or {})},
+            start_new_session=True,
+        ))
+
+    def _wait_for_nodes(self, count: int, timeout: float) -> None:
+        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR', "
+                 f"_node_ip_address='{HEAD_IP}'); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for process in self._processes:
+                if process.poll() is not None:
+                    raise AssertionError(f"ray start exited {process.returncode}:\n{self.log()}")
+            result = subprocess.run([sys.executable, "-c", probe, self.address],
+                                    capture_output=True, text=True, timeout=60, env=self._env)
+            if result.returncode == 0 and result.stdout.strip().splitlines()[-1:] == [str(count)]:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{count} Ray node(s) did not come up in {timeout}s:\n{self.log()}")
+
+
+class Deployment:
+    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be)."""
+
+    def __init__(self, tmp_path: Path, cluster: LocalRayCluster, env: Mapping[str, str],
+                 config: dict[str, Any], replicas: int = 2) -> None:
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._log = tmp_path / "modelwatch-ray.log"
+        argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
+                "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", str(replicas),
+                "--http-port", str(self.port), "--hold-seconds", "5"]
+        self._process = subprocess.Popen(
+            argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
+            env={**os.environ, **env}, start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self._log.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._process.pid, signal.SIGKILL)
+                self._process.wait(10)
+
+    def replicas(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/modelwatch/replicas", timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def answer(self, client: httpx.Client | None = None) -> float:
+        post = (client or httpx).post  # type: ignore[attr-defined]
+        response = post(f"{self.url}/v1/models/m:predict", json={"instances": [[2.0]]},
+                        timeout=30)
+        assert response.status_code == 200, response.text
+        return float(response.json()["predictions"][0][0])
+
+    def serves(self, value: float) -> bool:
+        assert self._process.poll() is None, self.log()
+        try:
+            return self.answer() == value
+        except (httpx.HTTPError, AssertionError):
+            return False
