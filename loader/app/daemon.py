@@ -172,6 +172,12 @@ class Daemon:
                 source.start()
         if not self._await_initial_loads(interrupted or threading.Event()):
             return
+        # gRPC first, as TF Serving: once REST answers, gRPC listens too.
+        if self.grpc is not None:
+            self.grpc.start()
+            log.info("serving gRPC on %s:%d", self.config.server.host, self.grpc.port)
+            if self.grpc.socket_path:
+                log.info("serving gRPC on unix:%s", self.grpc.socket_path)
         if self.rest is not None:
             self.rest.start()
             if not self.rest.wait_started(30):
@@ -180,11 +186,6 @@ class Daemon:
                 "serving REST on http://%s:%d with %d model(s)",
                 self.config.server.host, self.rest.port, len(self.config.models),
             )
-        if self.grpc is not None:
-            self.grpc.start()
-            log.info("serving gRPC on %s:%d", self.config.server.host, self.grpc.port)
-            if self.grpc.socket_path:
-                log.info("serving gRPC on unix:%s", self.grpc.socket_path)
 
     def _await_initial_loads(self, interrupted: threading.Event) -> bool:
         """Wait until every model's storage has answered and its versions have had their
