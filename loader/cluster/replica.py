@@ -225,6 +225,15 @@ class Replica:
                 pass
 
 
+# (key, metric name after modelwatch_rollout_, help) of each rollout gauge.
+_ROLLOUT_GAUGES = (
+    ("flips", "flips", "Flips of routing to new versions, everywhere at once."),
+    ("aborts", "aborts", "Flips aborted because a replica did not hold in time."),
+    ("pending", "pending", "1 while new versions wait to be routed."),
+    ("blocked", "blocked_replicas", "Replicas a pending rollout waits for."),
+)
+
+
 class _RolloutMetrics:
     """The cluster's rollouts as every replica last heard of them, in its Prometheus
     output: how many flips and aborted flips, whether a flip is pending, who holds it up."""
@@ -234,18 +243,8 @@ class _RolloutMetrics:
 
     def collect(self) -> Iterator[Metric]:
         families = {
-            "flips": GaugeMetricFamily("modelwatch_rollout_flips",
-                                       "Flips of routing to new versions, everywhere at once.",
-                                       labels=["model"]),
-            "aborts": GaugeMetricFamily("modelwatch_rollout_aborts",
-                                        "Flips aborted because a replica did not hold in time.",
-                                        labels=["model"]),
-            "pending": GaugeMetricFamily("modelwatch_rollout_pending",
-                                         "1 while new versions wait to be routed.",
-                                         labels=["model"]),
-            "blocked": GaugeMetricFamily("modelwatch_rollout_blocked_replicas",
-                                         "Replicas a pending rollout waits for.",
-                                         labels=["model"]),
+            key: GaugeMetricFamily(f"modelwatch_rollout_{name}", help_text, labels=["model"])
+            for key, name, help_text in _ROLLOUT_GAUGES
         }
         for model, order in self._orders().models.items():
             families["flips"].add_metric([model], order.flips)
