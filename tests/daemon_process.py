@@ -49,7 +49,10 @@ class DaemonProcess:
         self.config_path.write_text(yaml.safe_dump(dict(config)))
         self._ports_file = workdir / "ports.json"
         self._log_path = workdir / "daemon.log"
-        self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+        # PYTHONFAULTHANDLER: a daemon that will not stop is sent SIGABRT, and every
+        # thread's stack goes to its log for the failure message.
+        self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONFAULTHANDLER": "1",
+                     **(env or {})}
         self._process: subprocess.Popen[bytes] | None = None
         self.client: httpx.Client | None = None
 
@@ -119,6 +122,10 @@ class DaemonProcess:
         try:
             return self._process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
-            raise AssertionError(f"the daemon did not stop on SIGTERM:\n{self.log()[-4000:]}") from None
+            self._process.send_signal(signal.SIGABRT)  # the stacks, then the end
+            try:
+                self._process.wait(10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            raise AssertionError(f"the daemon did not stop on SIGTERM:\n{self.log()[-12000:]}") from None

@@ -111,7 +111,12 @@ def _run_daemon(
         ports_json = {"rest_port": daemon.rest.port if daemon.rest else 0,
                       "grpc_port": daemon.grpc.port if daemon.grpc else 0}
         _write_atomically(ports_file, json.dumps(ports_json))
-    stop.wait()
+    # A wait with a timeout, not stop.wait(): a process-directed signal may land on any
+    # thread that does not block it (TensorFlow's, gRPC's), and then nothing wakes the main
+    # thread from a wait without one to run the Python handler. Seen once in CI: SIGTERM
+    # never reached the handler in 60 s.
+    while not stop.wait(0.5):
+        pass
     log.info("stopping: answering requests in flight, then unloading")
     if reloader is not None:
         reloader.stop()

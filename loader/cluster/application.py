@@ -133,7 +133,8 @@ def serve_forever(
                     proxy_location="HeadOnly")
         serve.run(application(config, replicas, bounds), name=APP_NAME, route_prefix="/")
         log.info("serving %d replica(s) on http://%s:%d", replicas, http_host, http_port)
-        stop.wait()
+        while not stop.wait(0.5):  # with a timeout, as `modelwatch serve` (app/cli.py) says why
+            pass
         serve.delete(APP_NAME)
     finally:
         ray.shutdown()
