@@ -1,0 +1,69 @@
+"""PyTriton peer of bench/peers.py: the MLP behind Triton Inference Server's C++ front.
+
+Written as PyTriton's docs recommend: `Triton().bind(...)` of an `@batch`-decorated infer
+function, with Triton's dynamic batcher (`ModelConfig(max_batch_size=32,
+batcher=DynamicBatcher(max_queue_delay_microseconds=2000))`, "Binding Configuration" /
+"Batching") and two model instances, one a core (a list of infer functions, "Multi-instance
+models"). Each instance loads the SavedModel with `tf.saved_model.load` and calls
+`serving_default`. Triton's own server (shipped in the wheel) runs as a child process.
+
+    python server.py --model DIR --port P
+
+Request: KServe v2, POST /v2/models/mlp/infer `{"inputs": [{"name": "x", "shape": [1, 64],
+"datatype": "FP32", "data": [...]}]}`; the answer's `outputs[0].data` holds y.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+
+import numpy as np
+from pytriton.decorators import batch
+from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+from pytriton.triton import Triton, TritonConfig
+
+
+def infer_function(model_dir: str):  # type: ignore[no-untyped-def]
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(model_dir).signatures["serving_default"]
+
+    @batch
+    def infer(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"y": signature(x=tf.constant(x))["y"].numpy()}
+
+    return infer
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    config = TritonConfig(http_address="127.0.0.1", http_port=args.port,
+                          grpc_address="127.0.0.1", grpc_port=free_port(),
+                          metrics_port=free_port())
+    with Triton(config=config) as triton:
+        triton.bind(
+            model_name="mlp",
+            infer_func=[infer_function(args.model) for _ in range(2)],
+            inputs=[Tensor(name="x", dtype=np.float32, shape=(64,))],
+            outputs=[Tensor(name="y", dtype=np.float32, shape=(10,))],
+            config=ModelConfig(max_batch_size=32,
+                               batcher=DynamicBatcher(max_queue_delay_microseconds=2000)),
+            strict=True,
+        )
+        triton.serve()
+
+
+if __name__ == "__main__":
+    main()
