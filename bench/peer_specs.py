@@ -267,11 +267,13 @@ class PeerServer:
             time.sleep(0.25)
 
     def stop(self, timeout_s: float = 30) -> None:
-        """SIGTERM to the server's session, then SIGKILL to whatever is left of it and of
+        """SIGTERM to the server, then SIGKILL to whatever is left of it and of
         anything else below this process (orphans re-parented here); idempotent."""
         if self._process is not None:
             if self._process.poll() is None:
-                _signal_group(self._process.pid, signal.SIGTERM)
+                # The main process only: it shuts its own children down in order (Ray's
+                # driver tells the cluster, gunicorn its workers); the group is killed after.
+                self._process.send_signal(signal.SIGTERM)
                 try:
                     self._process.wait(timeout_s)
                 except subprocess.TimeoutExpired:

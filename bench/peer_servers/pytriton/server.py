@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import sysconfig
 
 import numpy as np
 from pytriton.decorators import batch
@@ -49,6 +50,14 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    # Triton runs the infer functions' proxies in its Python backend stub, which links
+    # libpython3.11.so by name: without this it may load another 3.11 build (Debian's
+    # 3.11.2) beside this interpreter's standard library, and fail on the mismatch
+    # ("'_thread.RLock' object has no attribute '_recursion_count'", PyTriton issue 51).
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if sysconfig.get_config_var("Py_ENABLE_SHARED") and libdir:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
+            [libdir, *filter(None, [os.environ.get("LD_LIBRARY_PATH")])])
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port,
                           grpc_address="127.0.0.1", grpc_port=free_port(),
                           metrics_port=free_port())

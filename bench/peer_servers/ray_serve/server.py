@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -70,8 +71,11 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     print("ready", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    try:
+        serve.shutdown()
+        ray.shutdown()
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
