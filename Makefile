@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 RAY_STAMP := $(VENV)/.ray-stamp
 
-.PHONY: serve test lint browser install bench-install clean
+.PHONY: serve test lint browser install bench-install load-generators clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,27 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench-install: $(BENCH_STAMP)
+# bench/peers.py compares modelwatch with other model servers: each of those is installed
+# into a venv of its own (bench/.venvs/<peer>, from bench/peer_servers/<peer>/requirements.txt;
+# rebuilt only when that file changes), so their pins do not fight ours. A peer that cannot
+# be installed is reported by the run with the reason. The load generators come from
+# Debian: hey (HTTP) and nghttp2-client's h2load (gRPC), installed as root when missing.
+H2LOAD ?= /usr/bin/h2load
+HEY ?= /usr/bin/hey
+bench-install: $(BENCH_STAMP) load-generators
+	$(PY) bench/peers.py --install
+
+load-generators:
+	@if [ ! -x $(H2LOAD) ] || [ ! -x $(HEY) ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing hey and nghttp2-client (h2load) for the benchmarks (apt-get)"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	        --no-install-recommends hey nghttp2-client; } >/dev/null 2>&1 \
+	      || echo "warning: apt-get could not install hey and nghttp2-client"; \
+	  else \
+	    echo "note: install hey and nghttp2-client (h2load) for the benchmarks"; \
+	  fi; \
+	fi
 
 clean:
-	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis
+	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis bench/.venvs

@@ -141,13 +141,18 @@ def table(document: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render(result_path: Path, docs: Path) -> str:
-    """Print the table and put it between the markers in `docs`."""
+def render(result_path: Path, docs: Path, image: str | None = None) -> str:
+    """Print the table and put it (and the figure `image`, a path relative to `docs`)
+    between the markers in `docs`."""
     document = json.loads(result_path.read_text())
-    text = (f"`bench/results/peers.json`, {document['date']}, commit "
+    shown = (f"bench/results/{result_path.name}" if result_path.parent.name == "results"
+             else str(result_path))
+    text = (f"`{shown}`, {document['date']}, commit "
             f"{document['machine'].get('git_commit')}, {document['parameters']['rounds']} "
             f"rounds of {document['parameters']['duration_s']:g} s windows:\n\n"
             + table(document))
+    if image:
+        text += f"\n\n![answers/s and server CPU per request, each server]({image})"
     print(text)
     page = docs.read_text()
     if TABLE_START in page and TABLE_END in page:

@@ -194,8 +194,24 @@ def run_peer(peer: Peer, round_number: int, levels: list[int], work: Path, fixtu
         result["error"] = f"{type(error).__name__}: {error}"[-3000:]
         log(f"  {peer.name} failed: {result['error'][:500]}")
     finally:
+        stopping = time.monotonic()
         server.stop()
+        result["stop_s"] = round(time.monotonic() - stopping, 1)
     return result
+
+
+def render(result: Path) -> None:
+    """The docs table and figure from a recorded result."""
+    import matplotlib
+
+    from bench.plots import plot_peers
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "modelwatch"  # the same figure, the same file
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    figure = plot_peers(json.loads(result.read_text()), ROOT / "docs" / "img")
+    peer_report.render(result, ROOT / "docs" / "benchmarks.md",
+                       str(figure.relative_to(ROOT / "docs")))
 
 
 def main() -> None:
@@ -225,7 +241,7 @@ def main() -> None:
             log(f"{name} could not be installed (the run will report it):\n{reason[-800:]}")
         return
     if args.render:
-        peer_report.render(Path(args.out), ROOT / "docs" / "benchmarks.md")
+        render(Path(args.out))
         return
     ensure_hey()
     ensure_h2load()

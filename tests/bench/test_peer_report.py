@@ -92,13 +92,15 @@ def test_the_table_has_a_row_per_peer_and_says_why_a_peer_has_no_numbers() -> No
 def test_render_replaces_only_the_text_between_the_markers(tmp_path: Path) -> None:
     import json
 
-    result = tmp_path / "peers.json"
+    result = tmp_path / "results" / "peers.json"
+    result.parent.mkdir()
     result.write_text(json.dumps(document()))
     docs = tmp_path / "benchmarks.md"
     docs.write_text(f"# B\n\nbefore\n{TABLE_START}\npending the run\n{TABLE_END}\nafter\n")
-    render(result, docs)
+    render(result, docs, "img/peers.svg")
     page = docs.read_text()
     assert page.startswith("# B\n\nbefore\n" + TABLE_START + "\n`bench/results/peers.json`")
     assert "pending the run" not in page and page.endswith(TABLE_END + "\nafter\n")
-    render(result, docs)
+    assert "](img/peers.svg)\n" + TABLE_END in page
+    render(result, docs, "img/peers.svg")
     assert docs.read_text() == page
