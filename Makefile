@@ -37,16 +37,23 @@ lint: $(RAY_STAMP)
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 browser:
-	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	$(call apt-install,$(CHROMIUM) $(CHROMEDRIVER),chromium chromium-driver,the browser tests will skip)
+
+# $(call apt-install,FILES,PACKAGES,CONSEQUENCE): when one of FILES is missing, install
+# the Debian PACKAGES as root; without root or apt-get, or if that fails, say so and go on.
+define apt-install
+	@missing=; for f in $(1); do [ -x "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium and chromium-driver for the browser tests (apt-get)"; \
+	    echo "installing $(2) (apt-get)"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        --no-install-recommends chromium chromium-driver; } >/dev/null 2>&1 \
-	      || echo "warning: apt-get could not install chromium; the browser tests will skip"; \
+	        --no-install-recommends $(2); } >/dev/null 2>&1 \
+	      || echo "warning: apt-get could not install $(2); $(3)"; \
 	  else \
-	    echo "note: no $(CHROMIUM) or $(CHROMEDRIVER), and no root apt-get: the browser tests will skip"; \
+	    echo "note: no$$missing, and no root apt-get: $(3)"; \
 	  fi; \
 	fi
+endef
 
 test: lint browser
 	$(PY) -m pytest
@@ -68,16 +75,7 @@ bench-install: $(BENCH_STAMP) load-generators
 	$(PY) bench/peers.py --install
 
 load-generators:
-	@if [ ! -x $(H2LOAD) ] || [ ! -x $(HEY) ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing hey and nghttp2-client (h2load) for the benchmarks (apt-get)"; \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        --no-install-recommends hey nghttp2-client; } >/dev/null 2>&1 \
-	      || echo "warning: apt-get could not install hey and nghttp2-client"; \
-	  else \
-	    echo "note: install hey and nghttp2-client (h2load) for the benchmarks"; \
-	  fi; \
-	fi
+	$(call apt-install,$(HEY) $(H2LOAD),hey nghttp2-client,install them for the benchmarks)
 
 clean:
 	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis bench/.venvs

@@ -66,6 +66,7 @@ class Peer:
     distributions: tuple[str, ...]  # whose versions the result records
     venv: str | None = None  # bench/.venvs/<venv>; None: the project's .venv
     grpc: bool = False  # load over gRPC (h2load) instead of REST (hey)
+    side_ports: bool = False  # its server.py also takes --grpc-port and --metrics-port
 
     @property
     def python(self) -> Path:
@@ -86,7 +87,7 @@ PEERS: tuple[Peer, ...] = (
          tf_serving_answer, ("ray", "tensorflow"), venv="ray_serve"),
     Peer("mlserver", "MLServer", "custom runtime, parallel_workers 2, adaptive batching "
          "max_batch_size 32, max_batch_time 0.002 s, V2 REST", f"/v2/models/{MODEL}/infer",
-         v2_body, v2_answer, ("mlserver", "tensorflow"), venv="mlserver"),
+         v2_body, v2_answer, ("mlserver", "tensorflow"), venv="mlserver", side_ports=True),
     Peer("litserve", "LitServe", "workers_per_device 2 (CPU), max_batch_size 32, "
          "batch_timeout 0.002 s", "/predict", tf_serving_body, tf_serving_answer,
          ("litserve", "tensorflow"), venv="litserve"),
@@ -96,7 +97,7 @@ PEERS: tuple[Peer, ...] = (
     Peer("pytriton", "PyTriton (Triton's C++ server)", "2 model instances, dynamic batcher "
          "max_batch_size 32, max_queue_delay 2,000 us, KServe v2 REST",
          f"/v2/models/{MODEL}/infer", v2_body, v2_answer, ("nvidia-pytriton", "tensorflow"),
-         venv="pytriton"),
+         venv="pytriton", side_ports=True),
     Peer("modelwatch_rest", "modelwatch, REST", "", f"/v1/models/{MODEL}:predict",
          tf_serving_body, tf_serving_answer, ("modelwatch", "tensorflow")),
     Peer("modelwatch_grpc", "modelwatch, gRPC", "", f"/v1/models/{MODEL}:predict",
@@ -182,13 +183,15 @@ def versions(peer: Peer) -> dict[str, str | None]:
 
 @dataclass
 class PeerServer:
-    """One peer serving `model` on 127.0.0.1:`port` (and `grpc_port` for modelwatch)."""
+    """One peer serving `model` on 127.0.0.1:`port` (and `grpc_port`, `metrics_port` for
+    the servers that open them)."""
 
     peer: Peer
     work: Path
     model: Path
     port: int
     grpc_port: int
+    metrics_port: int
     modelwatch: dict[str, Any] = field(default_factory=dict)  # batching/tensorflow blocks
     _process: subprocess.Popen[bytes] | None = None
     _log: Any = None
@@ -226,7 +229,10 @@ class PeerServer:
             bentoml = str(peer.python.with_name("bentoml"))
             return ([bentoml, "serve", "server:MLP", "--host", "127.0.0.1", "--port", port],
                     {"MODEL_DIR": model, "BENTOML_DO_NOT_TRACK": "true"}, folder)
-        return [str(peer.python), "server.py", "--model", model, "--port", port], {}, folder
+        argv = [str(peer.python), "server.py", "--model", model, "--port", port]
+        if peer.side_ports:
+            argv += ["--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
+        return argv, {}, folder
 
     def start(self) -> PeerServer:
         argv, env, cwd = self.command()

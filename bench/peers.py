@@ -172,7 +172,7 @@ def run_peer(peer: Peer, round_number: int, levels: list[int], work: Path, fixtu
 
     result: dict[str, Any] = {"round": round_number}
     server = PeerServer(peer, work / f"{peer.name}-{round_number}", fixture.model, free_port(),
-                        free_port(), args.modelwatch)
+                        free_port(), free_port(), args.modelwatch)
     try:
         server.start()
         payload = peer.body(fixture.instance)

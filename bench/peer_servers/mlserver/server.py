@@ -7,7 +7,7 @@ Written as MLServer's docs recommend: a custom runtime (`MLModel` with `load` an
 Inference"). Each worker loads the SavedModel with `tf.saved_model.load` and calls
 `serving_default`.
 
-    python server.py --model DIR --port P
+    python server.py --model DIR --port P --grpc-port G --metrics-port M
 
 writes settings.json and model-settings.json into a temporary folder and becomes
 `mlserver start` on it (this file is also the runtime: `server.MLPRuntime`).
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -49,21 +48,19 @@ class MLPRuntime(MLModel):
                                  outputs=[NumpyCodec.encode_output("y", y)])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
+    # Its gRPC and metrics ports, also on 127.0.0.1 (unused by the bench; given by it).
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="mlserver-"))
     (folder / "settings.json").write_text(json.dumps({
-        "host": "127.0.0.1", "http_port": args.port, "grpc_port": free_port(),
-        "metrics_port": free_port(), "parallel_workers": 2, "debug": False,
+        "host": "127.0.0.1", "http_port": args.port, "grpc_port": args.grpc_port,
+        "metrics_port": args.metrics_port, "parallel_workers": 2, "debug": False,
     }))
     (folder / "model-settings.json").write_text(json.dumps({
         "name": "mlp", "implementation": "server.MLPRuntime",

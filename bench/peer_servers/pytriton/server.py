@@ -7,7 +7,7 @@ batcher=DynamicBatcher(max_queue_delay_microseconds=2000))`, "Binding Configurat
 models"). Each instance loads the SavedModel with `tf.saved_model.load` and calls
 `serving_default`. Triton's own server (shipped in the wheel) runs as a child process.
 
-    python server.py --model DIR --port P
+    python server.py --model DIR --port P --grpc-port G --metrics-port M
 
 Request: KServe v2, POST /v2/models/mlp/infer `{"inputs": [{"name": "x", "shape": [1, 64],
 "datatype": "FP32", "data": [...]}]}`; the answer's `outputs[0].data` holds y.
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sysconfig
 
 import numpy as np
@@ -39,16 +38,14 @@ def infer_function(model_dir: str):  # type: ignore[no-untyped-def]
     return infer
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True)
     parser.add_argument("--port", type=int, required=True)
+    # Its gRPC and metrics ports, also on 127.0.0.1 (unused by the bench; given by it).
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--metrics-port", type=int, required=True)
     args = parser.parse_args()
     # Triton runs the infer functions' proxies in its Python backend stub, which links
     # libpython3.11.so by name: without this it may load another 3.11 build (Debian's
@@ -59,8 +56,8 @@ def main() -> None:
         os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(
             [libdir, *filter(None, [os.environ.get("LD_LIBRARY_PATH")])])
     config = TritonConfig(http_address="127.0.0.1", http_port=args.port,
-                          grpc_address="127.0.0.1", grpc_port=free_port(),
-                          metrics_port=free_port())
+                          grpc_address="127.0.0.1", grpc_port=args.grpc_port,
+                          metrics_address="127.0.0.1", metrics_port=args.metrics_port)
     with Triton(config=config) as triton:
         triton.bind(
             model_name="mlp",
