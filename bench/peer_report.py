@@ -1,7 +1,7 @@
 """bench/peers.py's rounds turned into its result and its docs table.
 
 `aggregate` takes every round of every peer and gives, per peer and concurrency, the
-median round (by answers/s; bench/common.py's `median_round`), every round's answers/s and
+median round (by answers/s; bench/rounds.py), every round's answers/s and
 CPU per 1,000 requests, their spread, the median CPU, the non-200 total, and the ratios
 over the Flask baseline per round and of the medians. `render` writes the markdown table
 into docs/benchmarks.md between its two markers, so the table always comes from the json.
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import median_round, ratios_over
+from bench.rounds import median_round, ratios_over
 
 BASELINE = "flask"
 TABLE_START, TABLE_END = "<!-- peers-table:start -->", "<!-- peers-table:end -->"

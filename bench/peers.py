@@ -264,6 +264,12 @@ def main() -> None:
         runnable = [p for p in peers if p.name not in skipped]
         rounds: dict[str, list[dict[str, Any]]] = {p.name: [] for p in runnable}
         top = max(args.concurrency)
+        lower = [c for c in args.concurrency if c != top]
+        log(f"{len(runnable)} servers x {args.rounds} interleaved rounds; c={top} in every "
+            f"round" + (f", c={','.join(map(str, lower))} in the first "
+                        f"{min(args.low_rounds, args.rounds)} only" if lower else "")
+            + "".join(f"\nnot run: {name}: {reason.splitlines()[0]}"
+                      for name, reason in skipped.items()))
         for number in range(1, args.rounds + 1):
             levels = args.concurrency if number <= args.low_rounds else [top]
             for peer in runnable:

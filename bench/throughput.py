@@ -67,15 +67,14 @@ from bench.common import (  # noqa: E402
     hey_version,
     instances_body,
     latency_summary,
-    median_round,
     metric_sum,
     parse_list,
     prometheus,
-    ratios_over,
     run_hey,
     write_mlp,
     write_result,
 )
+from bench.rounds import median_round, ratios_over  # noqa: E402
 from tests.daemon_process import DaemonProcess, free_port  # noqa: E402  (the repo's daemon harness)
 
 SIZES = (64, 512, 512, 10)
