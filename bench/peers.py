@@ -15,7 +15,7 @@ per-request rows, answers/s, non-200 count, and the server's CPU-seconds (utime 
 + reaped children's, over its whole process tree, from /proc; bench/proc_cpu.py) before
 and after the window, per 1,000 requests. Rounds are interleaved (A B C ..., repeated);
 the highest concurrency is measured in every round, the others in the first
---low-rounds rounds only (to fit the run in ~25 minutes). Per peer and concurrency the
+--low-rounds rounds only (to fit the run in ~20 minutes). Per peer and concurrency the
 median round (by answers/s), all rounds, the spread, the median CPU per 1,000 requests,
 and ratios over Flask per round and of the medians.
 
