@@ -55,7 +55,8 @@ def _peer_result(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "rounds_run": len(runs),
         "errors": errors,
         "answers_equal": all(c["equal"] for c in checks) if checks else None,
-        "max_abs_difference": max((c["max_abs_difference"] for c in checks), default=None),
+        "max_abs_difference": max((c["max_abs_difference"] for c in checks
+                                   if c["max_abs_difference"] is not None), default=None),
         "start_s": [run["start_s"] for run in runs if "start_s" in run],
     }
     if not measured:

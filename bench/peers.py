@@ -25,7 +25,8 @@ and ratios over Flask per round and of the medians.
     .venv/bin/python bench/peers.py --render   # the docs table from bench/results/peers.json
 
 A peer that is not installed, does not start or answers wrongly is reported with the
-reason. Writes bench/results/peers.json.
+reason (one that does not start is not tried again in later rounds). Writes
+bench/results/peers.json.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ from bench.grpc_load import (  # noqa: E402
 )
 from bench.peer_specs import (  # noqa: E402
     BY_NAME,
+    MODEL,
     PEERS,
     Peer,
     PeerServer,
@@ -79,7 +81,7 @@ from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW, SIZES  # noqa
 from tests.daemon_process import free_port  # noqa: E402
 
 TOLERANCE = 1e-5
-START_TIMEOUT_S = 240.0
+START_TIMEOUT_S = 180.0
 
 
 def log(text: str) -> None:
@@ -113,15 +115,17 @@ def check_answer(peer: Peer, server: PeerServer, instance: list[float],
     import httpx
 
     if peer.grpc:
-        got = grpc_predict(server.grpc_port, "mlp", instance)
+        got = grpc_predict(server.grpc_port, MODEL, instance)
         via = "tensorflow-serving-api PredictionService stub"
     else:
         response = httpx.post(server.url, json=peer.body(instance), timeout=30)
         response.raise_for_status()
         got = peer.answer(response.json())
         via = f"POST {peer.path}"
-    difference = max((abs(a - b) for a, b in zip(got, expected, strict=True)), default=0.0) \
-        if len(got) == len(expected) else float("inf")
+    if len(got) != len(expected):
+        return {"equal": False, "max_abs_difference": None, "via": via,
+                "got_length": len(got), "expected_length": len(expected)}
+    difference = max((abs(a - b) for a, b in zip(got, expected, strict=True)), default=0.0)
     return {"equal": difference <= TOLERANCE, "max_abs_difference": difference, "via": via,
             "tolerance": TOLERANCE}
 
@@ -244,7 +248,8 @@ def main() -> None:
         render(Path(args.out))
         return
     ensure_hey()
-    ensure_h2load()
+    if any(p.grpc for p in peers):
+        ensure_h2load()
     become_subreaper()
     args.modelwatch = {"model": {"batching": DEFAULT_BATCHING},
                        "daemon": {"tensorflow": DEFAULT_TENSORFLOW}}
@@ -259,7 +264,7 @@ def main() -> None:
         expected = tf.saved_model.load(str(model)).signatures["serving_default"](
             x=tf.constant(np.asarray([instance], np.float32)))["y"].numpy()[0].tolist()
         fixture = Fixture(model, instance, expected,
-                          grpc_frame(predict_request_bytes("mlp", instance)))
+                          grpc_frame(predict_request_bytes(MODEL, instance)))
         skipped = {p.name: reason for p in peers if (reason := not_installed_reason(p))}
         runnable = [p for p in peers if p.name not in skipped]
         rounds: dict[str, list[dict[str, Any]]] = {p.name: [] for p in runnable}
@@ -270,12 +275,16 @@ def main() -> None:
                         f"{min(args.low_rounds, args.rounds)} only" if lower else "")
             + "".join(f"\nnot run: {name}: {reason.splitlines()[0]}"
                       for name, reason in skipped.items()))
+        gave_up: set[str] = set()  # did not start once: not tried again (a hang costs minutes)
         for number in range(1, args.rounds + 1):
             levels = args.concurrency if number <= args.low_rounds else [top]
-            for peer in runnable:
+            for peer in (p for p in runnable if p.name not in gave_up):
                 log(f"{peer.name} (round {number} of {args.rounds}, c={levels}):")
-                rounds[peer.name].append(
-                    run_peer(peer, number, levels, work, fixture, args))
+                outcome = run_peer(peer, number, levels, work, fixture, args)
+                rounds[peer.name].append(outcome)
+                if "start_s" not in outcome:
+                    gave_up.add(peer.name)
+                    log(f"  {peer.name} did not start: not tried in the later rounds")
     write_result(args.out, {
         "benchmark": "peers",
         "parameters": {"rounds": args.rounds, "duration_s": args.duration,
@@ -284,7 +293,8 @@ def main() -> None:
                        "wall_s": round(time.monotonic() - started, 1)},
         "method": peer_report.METHOD,
         "model": {"sizes": list(SIZES), "dtype": "float32", "seed": 0},
-        "load_generators": {"hey": hey_version(), "h2load": h2load_version()},
+        "load_generators": {"hey": hey_version(),
+                            "h2load": h2load_version() if any(p.grpc for p in peers) else None},
         "peers": {p.name: {"label": p.label, "configuration": p.configuration or
                            peer_report.modelwatch_configuration(args.modelwatch, p.grpc),
                            "versions": versions(p)} for p in peers},
