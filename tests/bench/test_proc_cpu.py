@@ -80,6 +80,7 @@ BURNER = textwrap.dedent("""
         start = time.process_time()
         while time.process_time() - start < seconds:
             pass
+    sys.stdin.readline()  # the test's first snapshot is taken
     # A grandchild that burns 0.3 s and is reaped here: its CPU lands in our cutime.
     subprocess.run([sys.executable, "-c",
                     "import time\\nstart = time.process_time()\\n"
@@ -95,7 +96,10 @@ def test_a_real_tree_counts_its_own_and_its_reaped_childrens_cpu() -> None:
                              stdout=subprocess.PIPE, text=True)
     try:
         before = {key: stat for key, stat in descendants_cpu().items() if key[0] == child.pid}
-        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
         after = {key: stat for key, stat in descendants_cpu().items() if key[0] == child.pid}
         assert window_cpu_s(before, after) >= 0.45
         assert sum(s.children_s for s in after.values()) >= 0.29
