@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 RAY_STAMP := $(VENV)/.ray-stamp
 
-.PHONY: serve test lint browser install bench-install clean
+.PHONY: serve test lint browser install bench-install load-generators clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,16 +37,23 @@ lint: $(RAY_STAMP)
 CHROMIUM ?= /usr/bin/chromium
 CHROMEDRIVER ?= /usr/bin/chromedriver
 browser:
-	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+	$(call apt-install,$(CHROMIUM) $(CHROMEDRIVER),chromium chromium-driver,the browser tests will skip)
+
+# $(call apt-install,FILES,PACKAGES,CONSEQUENCE): when one of FILES is missing, install
+# the Debian PACKAGES as root; without root or apt-get, or if that fails, say so and go on.
+define apt-install
+	@missing=; for f in $(1); do [ -x "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium and chromium-driver for the browser tests (apt-get)"; \
+	    echo "installing $(2) (apt-get)"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	        --no-install-recommends chromium chromium-driver; } >/dev/null 2>&1 \
-	      || echo "warning: apt-get could not install chromium; the browser tests will skip"; \
+	        --no-install-recommends $(2); } >/dev/null 2>&1 \
+	      || echo "warning: apt-get could not install $(2); $(3)"; \
 	  else \
-	    echo "note: no $(CHROMIUM) or $(CHROMEDRIVER), and no root apt-get: the browser tests will skip"; \
+	    echo "note: no$$missing, and no root apt-get: $(3)"; \
 	  fi; \
 	fi
+endef
 
 test: lint browser
 	$(PY) -m pytest
@@ -57,7 +64,18 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-bench-install: $(BENCH_STAMP)
+# bench/peers.py compares modelwatch with other model servers: each of those is installed
+# into a venv of its own (bench/.venvs/<peer>, from bench/peer_servers/<peer>/requirements.txt;
+# rebuilt only when that file changes), so their pins do not fight ours. A peer that cannot
+# be installed is reported by the run with the reason. The load generators come from
+# Debian: hey (HTTP) and nghttp2-client's h2load (gRPC), installed as root when missing.
+H2LOAD ?= /usr/bin/h2load
+HEY ?= /usr/bin/hey
+bench-install: $(BENCH_STAMP) load-generators
+	$(PY) bench/peers.py --install
+
+load-generators:
+	$(call apt-install,$(HEY) $(H2LOAD),hey nghttp2-client,install them for the benchmarks)
 
 clean:
-	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis
+	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis bench/.venvs

@@ -2,14 +2,16 @@
 
     .venv/bin/python bench/plots.py [--results bench/results] [--out docs/img]
 
-Reads `throughput.json` and `memory.json` (written by bench/throughput.py and
-bench/memory.py) and writes, as SVG:
+Reads `throughput.json`, `memory.json` and `peers.json` (written by bench/throughput.py,
+bench/memory.py and bench/peers.py) and writes, as SVG:
 
 - `throughput.svg`: requests/s against concurrency for each server (each point is the
   round with the median throughput; the rounds' spread as an error bar when the run had
   several), with the in-process ceiling as a note;
 - `memory.svg`: the daemon's RSS after each of the 200 swaps, against one copy of the
-  model above the RSS with no model loaded: a leak would be a rising line.
+  model above the RSS with no model loaded: a leak would be a rising line;
+- `peers.svg` (from `peers.json`, bench/peers.py): each server's answers/s at the highest
+  concurrency and its CPU-seconds per 1,000 requests, with the rounds' spread.
 
 Needs matplotlib (`make bench-install`); nothing is measured here.
 """
@@ -98,6 +100,42 @@ def plot_memory(result: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def plot_peers(result: dict[str, Any], out: Path) -> Path:
+    """bench/peers.py: answers/s at the highest concurrency and server CPU per 1,000
+    requests, one bar per server (the median round; the rounds' spread as an error bar)."""
+    import matplotlib.pyplot as plt
+
+    top = str(max(result["parameters"]["concurrency"]))
+    rows = [(result["peers"].get(name, {}).get("label", name), r["by_concurrency"][top])
+            for name, r in result["results"].items() if top in r.get("by_concurrency", {})]
+    rows.sort(key=lambda row: row[1]["throughput_rps"] or 0)
+    labels = [label for label, _ in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 0.45 * len(rows) + 1.6), sharey=True)
+    for ax, key, spread, title in (
+            (left, "throughput_rps", "spread_throughput_rps", f"answers per second, c={top}"),
+            (right, "median_cpu_s_per_1000", "spread_cpu_s_per_1000",
+             "server CPU-seconds per 1,000 requests")):
+        values = [s[key] or 0 for _, s in rows]
+        low = [v - (s[spread] or [v, v])[0] for v, (_, s) in zip(values, rows)]
+        high = [(s[spread] or [v, v])[1] - v for v, (_, s) in zip(values, rows)]
+        colours = ["tab:blue" if label.startswith("modelwatch") else "tab:grey"
+                   for label in labels]
+        ax.barh(labels, values, xerr=[low, high], capsize=3, color=colours)
+        for y, v in enumerate(values):
+            ax.annotate(f"{v:,.0f}" if key == "throughput_rps" else f"{v:.2f}", (v, y),
+                        textcoords="offset points", xytext=(8, -3), fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, axis="x", alpha=0.3)
+    rounds = result["parameters"]["rounds"]
+    fig.suptitle(f"MLP 64-512-512-10, one instance a request, {rounds} interleaved "
+                 f"round{'s' if rounds != 1 else ''} ({result['date'][:10]})", fontsize=10)
+    fig.tight_layout()
+    path = out / "peers.svg"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
@@ -110,7 +148,8 @@ def main() -> None:
     matplotlib.rcParams["svg.fonttype"] = "none"
     results, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, plot in (("throughput", plot_throughput), ("memory", plot_memory)):
+    for name, plot in (("throughput", plot_throughput), ("memory", plot_memory),
+                       ("peers", plot_peers)):
         source = results / f"{name}.json"
         if not source.exists():
             print(f"skipped {name}: no {source}", file=sys.stderr)

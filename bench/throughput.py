@@ -49,7 +49,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -75,7 +74,8 @@ from bench.common import (  # noqa: E402
     write_mlp,
     write_result,
 )
-from tests.daemon_process import DaemonProcess  # noqa: E402  (the repo's daemon harness)
+from bench.rounds import median_round, ratios_over  # noqa: E402
+from tests.daemon_process import DaemonProcess, free_port  # noqa: E402  (the repo's daemon harness)
 
 SIZES = (64, 512, 512, 10)
 VARIANTS = ("modelwatch", "modelwatch_batching", "flask_gunicorn", "in_process")
@@ -140,12 +140,6 @@ def bench_modelwatch(work: Path, model: Path, body: str, expected: list[float],
                 "by_concurrency": measure(url, body, args, d)}
     finally:
         d.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def bench_flask(work: Path, model: Path, body: str, expected: list[float],
@@ -229,23 +223,6 @@ def run_variant(variant: str, work: Path, model: Path, body: str, expected: list
     return bench_in_process(model, args.ceiling_batches, args.ceiling_seconds)
 
 
-def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One server's result: per concurrency, the round with the median throughput, and
-    every round's throughput beside it."""
-    if len(runs) == 1 or "by_concurrency" not in runs[0]:
-        return runs[0]
-    merged = dict(runs[0])
-    merged["by_concurrency"] = {}
-    for c in runs[0]["by_concurrency"]:
-        ranked = sorted((run["by_concurrency"][c] for run in runs),
-                        key=lambda summary: summary["throughput_rps"])
-        chosen = dict(ranked[(len(ranked) - 1) // 2])
-        chosen["rounds_throughput_rps"] = [run["by_concurrency"][c]["throughput_rps"]
-                                           for run in runs]
-        merged["by_concurrency"][c] = chosen
-    return merged
-
-
 def ratios(rounds: dict[str, list[dict[str, Any]]], concurrency: list[int]) -> dict[str, Any]:
     """modelwatch with batching over the Flask baseline: per round, and of the medians."""
     ours, theirs = rounds.get("modelwatch_batching"), rounds.get("flask_gunicorn")
@@ -253,13 +230,7 @@ def ratios(rounds: dict[str, list[dict[str, Any]]], concurrency: list[int]) -> d
         return {}
     found: dict[str, Any] = {}
     for c in map(str, concurrency):
-        per_round = [round(a["by_concurrency"][c]["throughput_rps"]
-                           / b["by_concurrency"][c]["throughput_rps"], 2)
-                     for a, b in zip(ours, theirs, strict=True)]
-        a = median_round(ours)["by_concurrency"][c]["throughput_rps"]
-        b = median_round(theirs)["by_concurrency"][c]["throughput_rps"]
-        found[f"batching_over_flask_c{c}"] = {"per_round": per_round,
-                                              "of_medians": round(a / b, 2)}
+        found[f"batching_over_flask_c{c}"] = ratios_over(ours, theirs, c)
     return found
 
 
