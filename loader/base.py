@@ -24,6 +24,7 @@ class VersionRef:
 
     uri: str
     fingerprint: str
+    size_bytes: int = 0  # the files' total size, for memory estimates; 0: not known
 
 
 @dataclass(frozen=True)
