@@ -24,6 +24,7 @@ from loader.app.parts import (
 from loader.base import Code, InvalidArgument, ServingError
 from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
+from loader.manager.memory import mib
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
@@ -55,7 +56,9 @@ class Daemon:
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()
         self._started = False
-        self.dataplane = DataPlane(self.manager)
+        self.dataplane = DataPlane(
+            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds
+        )
         server = config.server
         self.operator_view: OperatorView | None = None
         if serve_rest and server.operator_page:
@@ -136,7 +139,7 @@ class Daemon:
                 statuses = self.dataplane.status(name)
             except ServingError:
                 return False
-            return any(s.state == "AVAILABLE" for s in statuses) or all(
+            return bool(self.dataplane.readiness().get(name)) or all(
                 s.state == "END" for s in statuses
             )
 
@@ -162,9 +165,17 @@ class Daemon:
     def start(self, interrupted: threading.Event | None = None) -> None:
         """Load the initial models, then open the ports (TF Serving's order); returns
         early, with the ports closed, if `interrupted` is set meanwhile."""
+        from loader.servables import savedmodel  # noqa: F401  TensorFlow, before any load
         from loader.servables.runtime import prepare_runtime
 
+        # TensorFlow's import (hundreds of MB) is the process's, not the first load's:
+        # done first, it is in the resident figure every load decision starts from.
         prepare_runtime()  # before any load: see its docstring
+        limit = self.manager.memory.limit_bytes
+        log.info(
+            "memory: %s resident at start, limit %s (loading.memory_limit_bytes)",
+            mib(self.manager.memory.resident_bytes()), "none" if limit is None else mib(limit),
+        )
         self.manager.start()
         with self._reload_lock:
             self._started = True

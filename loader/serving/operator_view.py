@@ -291,7 +291,7 @@ class OperatorView:
         total: int | None = None
         for version in versions:
             try:
-                lease = self._dataplane.hold(model, version)
+                lease = self._dataplane.hold_loaded(model, version)
             except ServingError:  # unloaded since the status was read
                 continue
             with lease:
