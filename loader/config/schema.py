@@ -119,12 +119,21 @@ class LoadingConfig(_Strict):
     initial_load_timeout_seconds: Annotated[float, Field(ge=0)] | None = 300.0
     # The process's resident memory that loads may not pass (README: "Memory"): bytes,
     # "auto" (a share of the machine's or the cgroup's memory) or None (no limit).
-    memory_limit_bytes: Annotated[int, Field(ge=MIN_MEMORY_LIMIT_BYTES)] | Literal["auto"] | None = (
-        "auto"
-    )
+    memory_limit_bytes: int | Literal["auto"] | None = "auto"
     # How long a request for an on-demand model that is not loaded waits for its load
     # before it gets 503 UNAVAILABLE with a Retry-After.
     on_demand_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @field_validator("memory_limit_bytes", mode="before")
+    @classmethod
+    def _memory_limit(cls, value: object) -> object:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError('must be a number of bytes, "auto" or null')
+        if value < MIN_MEMORY_LIMIT_BYTES:
+            raise ValueError(f"must be at least {MIN_MEMORY_LIMIT_BYTES} bytes (64 MiB)")
+        return value
 
 
 class TensorFlowConfig(_Strict):

@@ -97,9 +97,10 @@ class Harness:
 
     def refuse(self, error_code: Code, error_message: str) -> bool:
         """A load that may not start yet (no memory for it): the version stays START with
-        this status until it can. True if the status changed (worth a log line)."""
+        this status until it can (the figures in the message are kept current). True if
+        it was not refused before (worth a log line and a count)."""
         assert self.phase is Phase.NEW
-        changed = (self.error_code, self.error_message) != (error_code, error_message)
+        changed = self.error_code is not error_code
         self.error_code, self.error_message = error_code, error_message
         if changed and error_code is not Code.OK:
             log.warning(

@@ -22,7 +22,8 @@ prior estimate) is learned, averaged with earlier ones, and applies to its next 
 recently used first, until it would fit; a model with requests in flight or loaded
 always is never a candidate (the manager hands only idle on-demand models in). While
 unloads already under way would free enough, the load waits for them instead of evicting
-more; when even evicting every candidate would not make room, the load is refused.
+more; when even evicting every candidate would not make room, the load waits for the loads
+and unloads in motion to end, and is refused if there are none.
 """
 
 from __future__ import annotations
@@ -185,6 +186,10 @@ class MemoryBudget:
             freed += candidate.resident_bytes
         if freed >= need:
             return Evict(tuple(victims), freed - freeing_bytes)
+        if self._reserved or freeing_bytes:
+            # Loads and unloads in motion change the figures: refuse only once they end
+            # (as TF Serving's BasicManager does), so a refusal is never a passing state.
+            return Wait(freeing_bytes)
         return Refuse(
             f"Insufficient memory to load servable {what}: it needs an estimated "
             f"{mib(estimate)}, and {mib(resident_bytes)} is resident with "

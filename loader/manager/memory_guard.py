@@ -13,6 +13,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from loader.base import Code
 from loader.manager import process_memory
@@ -30,6 +31,16 @@ from loader.manager.model_state import ModelState
 from policies.base import Phase
 
 log = logging.getLogger("modelwatch.manager")
+
+
+class ProcessMemory(Protocol):
+    """Where the figures come from: `process_memory` (a module) in the server."""
+
+    def resident_bytes(self) -> int | None: ...
+
+    def peak_resident_bytes(self) -> int | None: ...
+
+    def reset_peak(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -57,10 +68,10 @@ class MemoryGuard:
     def __init__(
         self,
         limit_bytes: int | None,
-        resident: Callable[[], int | None] = process_memory.resident_bytes,
+        process: ProcessMemory = process_memory,
     ) -> None:
         self.budget = MemoryBudget(limit_bytes)
-        self._resident = resident
+        self._process = process
         self._events = 0
         self._unloads_running = 0
         self.evictions: Counter[str] = Counter()
@@ -71,7 +82,7 @@ class MemoryGuard:
         return self.budget.limit_bytes
 
     def resident_bytes(self) -> int:
-        return self._resident() or 0
+        return self._process.resident_bytes() or 0
 
     def estimate(self, harness: Harness) -> int:
         """Record and return the peak a load of this version is expected to add."""
@@ -83,18 +94,18 @@ class MemoryGuard:
         harness: Harness,
         models: Mapping[str, ModelState],
         last_used: Mapping[str, float],
-        freeing_extra: int = 0,
+        freed: int = 0,
     ) -> Decision:
-        """May the load of `harness` start now? `freeing_extra`: bytes the caller could
-        free itself (a swap's old version) to count as if already being unloaded."""
+        """May the load of `harness` start now? `freed`: bytes to count as already given
+        back (a swap's old version, to ask whether the new one fits without it)."""
         estimate = self.estimate(harness)
         if self.budget.limit_bytes is None:
             return Admit()
         return self.budget.decide(
             f"{{name: {harness.model} version: {harness.version}}}",
             estimate,
-            self.resident_bytes(),
-            freeing_bytes=freeing(models.values()) + freeing_extra,
+            self.resident_bytes() - freed,
+            freeing_bytes=freeing(models.values()),
             candidates=eviction_candidates(models, last_used, exclude=harness.model),
         )
 
@@ -123,7 +134,7 @@ class MemoryGuard:
             if h.phase is Phase.AVAILABLE and h.version not in aspired
         ]
         freed = sum(map(charge, leaving))
-        if leaving and not isinstance(self.decide(harness, models, last_used, freed), Refuse):
+        if leaving and isinstance(self.decide(harness, models, last_used, freed), Admit | Evict):
             log.warning(
                 "model=%s versions %s and %d do not both fit under loading.memory_limit_bytes: "
                 "this swap is resource-preserving (the old version unloads first)",
@@ -163,8 +174,8 @@ class MemoryGuard:
         """On the load's thread, just before it runs."""
         alone = self.budget.loads_running == 1 and self._unloads_running == 0
         if alone:
-            process_memory.reset_peak()
-        return LoadProbe(self._resident(), self._events, alone)
+            self._process.reset_peak()
+        return LoadProbe(self._process.resident_bytes(), self._events, alone)
 
     def load_ended(self, harness: Harness, probe: LoadProbe, loaded: bool) -> None:
         """Release the reservation; if the load ran on its own, learn what it took."""
@@ -172,7 +183,7 @@ class MemoryGuard:
         if not loaded:
             return
         harness.resident_bytes = harness.estimate_bytes
-        after, peak = self._resident(), process_memory.peak_resident_bytes()
+        after, peak = self._process.resident_bytes(), self._process.peak_resident_bytes()
         if not probe.alone or probe.events != self._events or probe.resident_bytes is None:
             return
         if after is not None:
