@@ -133,3 +133,24 @@ def publish_tflite(base: Path, version: int, model: bytes) -> Path:
     (tmp / "model.tflite").write_bytes(model)
     os.rename(tmp, base / str(version))
     return base / str(version)
+
+
+def write_sized_model(path: Path, floats: int, intercept: float = 2.0) -> Path:
+    """y = 0.5 * x + intercept, carrying a variable of `floats` float32s (4 bytes each) that
+    every call reads one element of: a model whose memory a test chooses."""
+    import numpy as np
+    import tensorflow as tf
+
+    class Sized(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # Random, so nothing (a filesystem, a checkpoint) can store it smaller.
+            self.weights = tf.Variable(np.random.default_rng(0).random(floats, np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": 0.5 * x + intercept + 0.0 * self.weights[0]}
+
+    module = Sized()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    return path

@@ -165,11 +165,11 @@ class Daemon:
     def start(self, interrupted: threading.Event | None = None) -> None:
         """Load the initial models, then open the ports (TF Serving's order); returns
         early, with the ports closed, if `interrupted` is set meanwhile."""
-        from loader.servables import savedmodel  # noqa: F401  TensorFlow, before any load
         from loader.servables.runtime import prepare_runtime
 
-        # TensorFlow's import (hundreds of MB) is the process's, not the first load's:
-        # done first, it is in the resident figure every load decision starts from.
+        # `modelwatch serve` has imported TensorFlow (hundreds of MB) by now, so the first
+        # load's figures are its own and every decision starts from a resident figure
+        # that holds it (cli.import_tensorflow).
         prepare_runtime()  # before any load: see its docstring
         limit = self.manager.memory.limit_bytes
         log.info(

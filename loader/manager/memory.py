@@ -16,7 +16,8 @@ the resident figure already holds part of them: conservative, never over.
 `VERSION_OVERHEAD_BYTES` (a session, its graph and thread pools) plus `DEFAULT_FACTOR`
 times the size of its files. After each load measured on its own (no other load or unload
 running, so the figures are that load's), the model's *scale* (measured peak over that
-prior estimate) is learned, averaged with earlier ones, and applies to its next versions.
+prior estimate) is learned, averaged with earlier ones, and applies to its next versions;
+a model not measured yet is expected to scale as the others do on average.
 
 **Eviction order.** When a load does not fit, idle on-demand models are unloaded, least
 recently used first, until it would fit; a model with requests in flight or loaded
@@ -118,8 +119,12 @@ class MemoryBudget:
         return VERSION_OVERHEAD_BYTES + int(DEFAULT_FACTOR * max(0, files_bytes))
 
     def estimate(self, model: str, files_bytes: int) -> int:
-        """The peak bytes a load of a version of `model` with these files should add."""
-        return int(self.prior_estimate(files_bytes) * self._scales.get(model, 1.0))
+        """The peak bytes a load of a version of `model` with these files should add; a
+        model not measured yet takes the mean of the others' scales (1 before any)."""
+        scale = self._scales.get(model)
+        if scale is None:
+            scale = sum(self._scales.values()) / len(self._scales) if self._scales else 1.0
+        return int(self.prior_estimate(files_bytes) * scale)
 
     def learn(self, model: str, files_bytes: int, measured_bytes: int) -> None:
         """A load of `model` measured on its own added `measured_bytes` at its peak."""

@@ -34,7 +34,10 @@ def test_a_measured_load_teaches_the_model_scale_and_only_that_model():
     budget.learn("m", 100 * MIB, prior // 2)  # it took half of what was expected
     assert budget.scale("m") == pytest.approx(0.5, rel=1e-6)
     assert budget.estimate("m", 100 * MIB) == pytest.approx(prior // 2, rel=1e-6)
-    assert budget.estimate("other", 100 * MIB) == prior
+    assert budget.estimate("other", 100 * MIB) == pytest.approx(prior // 2, rel=1e-6)  # the mean
+    budget.learn("big", 100 * MIB, prior * 2)
+    assert budget.estimate("other", 100 * MIB) == pytest.approx(prior * 1.25, rel=1e-6)
+    budget.forget("big")
     budget.learn("m", 100 * MIB, prior)  # then exactly as expected: the two are averaged
     assert budget.scale("m") == pytest.approx(0.75, rel=1e-6)
     budget.forget("m")
