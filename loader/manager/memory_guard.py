@@ -10,6 +10,7 @@ reads of /proc it makes there take microseconds.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -125,8 +126,11 @@ class MemoryGuard:
         if isinstance(decision, Admit):
             return True
         if isinstance(decision, Evict):
+            now = time.monotonic()
             for name in decision.models:
-                self._evict(models[name], harness, start_unload)
+                used = last_used.get(name)
+                when = "never" if used is None else f"{now - used:.1f}s ago"
+                self._evict(models[name], harness, start_unload, when)
         if not isinstance(decision, Refuse):
             return False
         leaving = [
@@ -148,7 +152,8 @@ class MemoryGuard:
         return False
 
     def _evict(
-        self, state: ModelState, needed_by: Harness, start_unload: Callable[[Harness], None]
+        self, state: ModelState, needed_by: Harness, start_unload: Callable[[Harness], None],
+        used_when: str,
     ) -> None:
         """Unload an idle on-demand model (it loads again on its next request)."""
         available = [h for h in state.harnesses.values() if h.phase is Phase.AVAILABLE]
@@ -157,8 +162,9 @@ class MemoryGuard:
         state.demanded = False
         self.evictions[state.spec.name] += 1
         log.info(
-            "model=%s evicted (the least recently used idle on-demand model) to make room "
-            "for version %d of model %s", state.spec.name, needed_by.version, needed_by.model,
+            "model=%s evicted (the least recently used idle on-demand model, last used %s) "
+            "to make room for version %d of model %s", state.spec.name, used_when,
+            needed_by.version, needed_by.model,
         )
         for harness in available:
             start_unload(harness)

@@ -78,14 +78,15 @@ class ModelState:
         )
 
     def wanted(self, version: int | None, label: str | None) -> Harness | None:
-        """The version a request names (or the newest), if it is to load, loading or loaded."""
+        """The version a request names (or the newest), if it is to load, loading, loaded,
+        or being evicted (a request then waits for it to load again)."""
         if label is not None:
             version = self.spec.labels.get(label)
             if version is None:
                 return None
         live = {
             v: h for v, h in self.harnesses.items()
-            if h.phase in (Phase.NEW, Phase.LOADING, Phase.AVAILABLE)
+            if h.phase in (Phase.NEW, Phase.LOADING, Phase.AVAILABLE, Phase.UNLOADING)
         }
         if version is None:
             version = max(live, default=None)

@@ -82,7 +82,7 @@ class DataPlane:
         """
         try:
             return self._manager.acquire(model, version, label)
-        except NotFound:
+        except (NotFound, Unavailable):  # Unavailable: its handle closed, being evicted
             if not self._manager.is_on_demand(model):
                 raise
         deadline = time.monotonic() + self._on_demand_wait
@@ -90,7 +90,7 @@ class DataPlane:
             wanted = self._manager.demand(model, version, label)
             try:
                 return self._manager.acquire(model, version, label)
-            except NotFound:
+            except (NotFound, Unavailable):
                 if wanted is None:  # no such version, or its load failed: nothing to wait for
                     raise
             left = deadline - time.monotonic()
@@ -119,7 +119,7 @@ class DataPlane:
             return self.hold(model, version, label)
         try:
             return self._manager.acquire(model, version, label)
-        except NotFound:
+        except (NotFound, Unavailable):
             return await run_in_threadpool(self.hold, model, version, label)
 
     def signature(self, lease: Lease, name: str) -> SignatureInfo:
@@ -178,15 +178,15 @@ class DataPlane:
 
 
 def _still_loading(model: str, wanted: VersionStatus) -> Unavailable:
-    if wanted.state == "LOADING":
+    if wanted.error_message:  # refused for now: RESOURCE_EXHAUSTED, with the numbers
         return Unavailable(
-            f"version {wanted.version} of model {model} is loading on demand; try again",
-            retry_after_seconds=RETRY_LOADING_SECONDS,
+            f"version {wanted.version} of model {model} is waiting for memory to load: "
+            f"{wanted.error_message}",
+            retry_after_seconds=RETRY_NO_MEMORY_SECONDS,
         )
-    reason = f": {wanted.error_message}" if wanted.error_message else ""
     return Unavailable(
-        f"version {wanted.version} of model {model} is waiting for memory to load{reason}",
-        retry_after_seconds=RETRY_NO_MEMORY_SECONDS,
+        f"version {wanted.version} of model {model} is loading on demand; try again",
+        retry_after_seconds=RETRY_LOADING_SECONDS,
     )
 
 
