@@ -2,8 +2,9 @@
 size, real HTTP and gRPC, and the daemon's resident memory read from /proc/<pid>/statm.
 
 The limit is on the process's resident memory (README, "Memory"), so the test first starts
-the daemon without one to read its own baseline (nothing is loaded: every model is
-on-demand), then again with a limit that fits the baseline and two of the three models.
+the daemon without one and reads its resident memory with one model loaded and answered
+(TensorFlow, the server's threads, the model), then starts it again with a limit that fits
+that and one more model, not two.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import httpx
 import pytest
 
 from loader.manager.process_memory import resident_bytes
-from tests.daemon_process import DaemonProcess, free_port, wait_until
+from tests.daemon_process import DaemonProcess, ResidentSampler, free_port, wait_until
 from tests.savedmodels import write_sized_model
 
 pytestmark = [
@@ -58,29 +59,6 @@ def config(tmp_path: Path, limit: int | None, wait: float = 60.0, grpc: bool = F
             for m in MODELS
         ],
     }
-
-
-class RssSampler:
-    """Reads the daemon's resident memory from /proc every few milliseconds, on a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self._pid = pid
-        self._stop = threading.Event()
-        self.peak = 0
-        self._thread = threading.Thread(target=self._run, name="test-rss-sampler")
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, resident_bytes(self._pid) or 0)
-            self._stop.wait(0.005)
 
 
 def metric(daemon: DaemonProcess, name: str, **labels: str) -> float:
@@ -120,21 +98,20 @@ def test_a_limit_that_fits_two_of_three_models_serves_all_three_in_turn(
     probe = daemons(limit=None)
     for m in MODELS:
         probe.wait_for_states(m, {1: "START"})
-    baseline = resident_bytes(probe._process.pid)
-    assert baseline is not None
+    assert probe.answer("a") == 3.0
+    one_model = resident_bytes(probe.pid)
+    assert one_model is not None
     assert probe.stop() == 0
 
-    # Two models (about their files' size each, and some growth as requests arrive) fit;
-    # a third does not: 2.6 files over the baseline.
-    limit = baseline + int(2.6 * files)
+    # A second model (about its files' size) fits; a third does not.
+    limit = one_model + int(1.6 * files)
     daemon = daemons(limit=limit)
-    pid = daemon._process.pid
     for m in MODELS:
         daemon.wait_for_states(m, {1: "START"})  # listed, not loaded
     assert metric(daemon, "modelwatch_memory_limit_bytes") == limit
 
     answers: list[int] = []
-    with RssSampler(pid) as rss:
+    with ResidentSampler(daemon.pid) as rss:
         for _ in range(3):  # a, b, c, a, b, c, ...: every third request loads after an eviction
             for m in MODELS:
                 response = daemon.predict(m, {"instances": [[2.0]]})

@@ -24,7 +24,7 @@ from policies.transition import availability_preserving
 
 WAIT = 10.0
 BASELINE = 300 * MIB
-FILES = 100 * MIB  # each version's files; the prior estimate is 16 + 2 * 100 = 216 MiB
+FILES = 100 * MIB  # each version's files; the prior estimate is 16 + 2 * 100 = 208 MiB
 TAKES = 200 * MIB  # what a load really keeps resident
 PEAK = 220 * MIB  # and what it briefly holds while loading
 
@@ -104,7 +104,7 @@ def make_manager(process: FakeProcess, limit: int | None, threads: int = 1) -> M
 
 @pytest.fixture
 def room_for_two(process: FakeProcess) -> Iterator[Manager]:
-    # 300 baseline + 2 * 200 resident = 700; a third load's 216 estimate does not fit in 800.
+    # 300 baseline + 2 * 200 resident = 700; a third load's 208 estimate does not fit in 800.
     manager = make_manager(process, 800 * MIB)
     yield manager
     manager.stop()
@@ -227,7 +227,7 @@ def test_always_loaded_models_are_never_evicted_and_a_busy_cache_refuses(room_fo
 
 
 def test_a_swap_whose_two_copies_do_not_fit_is_resource_preserving_and_logged(process, caplog):
-    manager = make_manager(process, 600 * MIB)  # 300 + 200 + 216 > 600: one copy at a time
+    manager = make_manager(process, 600 * MIB)  # 300 + 200 + 208 > 600: one copy at a time
     try:
         manager.set_models([spec("m")])
         manager.on_versions("m", refs(1))
@@ -267,7 +267,7 @@ def test_a_load_measured_on_its_own_teaches_the_next_estimate(room_for_two):
     wait_states(manager, "m", {1: "AVAILABLE"})
     status = manager.status("m", 1)[0]
     assert status.memory_bytes == TAKES  # measured resident, not the estimate
-    assert manager.memory.budget.scale("m") == pytest.approx(PEAK / (216 * MIB), rel=1e-3)
+    assert manager.memory.budget.scale("m") == pytest.approx(PEAK / (208 * MIB), rel=1e-3)
     manager.on_versions("m", refs(1, 2))
     wait_states(manager, "m", {1: "END", 2: "AVAILABLE"})
     assert manager.memory_report().estimates == {("m", 2): TAKES}
