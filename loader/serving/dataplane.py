@@ -19,6 +19,7 @@ from loader.base import DEFAULT_SIGNATURE, InvalidArgument, NotFound, SignatureI
 from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
+from loader.manager.memory import Usage
 
 # While a request waits for an on-demand load, it asks the manager again this often: a
 # load refused for memory can start once a request in flight elsewhere ends (which makes
@@ -72,6 +73,10 @@ class DataPlane:
             except NotFound:
                 ready[model] = False
         return ready
+
+    def memory(self) -> Usage:
+        """The process's resident memory, the limit, and what loads running reserve."""
+        return self._manager.memory_report().usage
 
     def hold(self, model: str, version: int | None = None, label: str | None = None) -> Lease:
         """Hold the version a request names (or the latest) until the lease is released.

@@ -281,7 +281,9 @@ class RestApi:
         """Every model with its labels and versions (for `modelwatch status`; not TF Serving's)."""
         return _json({
             "models": [
-                {"name": name, "labels": labels, "versions": [_version_json(s) for s in statuses]}
+                {"name": name, "labels": labels, "versions": [
+                    {**_version_json(s), "memory_bytes": s.memory_bytes} for s in statuses
+                ]}
                 for name, labels, statuses in self._dataplane.overview()
             ]
         })
