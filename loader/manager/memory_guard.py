@@ -122,15 +122,19 @@ class MemoryGuard:
         """Whether the load of `harness` may start now; if not, make room (evict idle
         on-demand models, or swap resource-preserving), or record the refusal. Loads
         not started are tried again when a load or an unload ends."""
-        decision = self.decide(harness, models, last_used)
+        for _ in range(3):  # a candidate that took a request meanwhile is skipped: again
+            decision = self.decide(harness, models, last_used)
+            if not isinstance(decision, Evict):
+                break
+            now = time.monotonic()
+            evicted = [
+                self._evict(models[name], harness, start_unload, last_used.get(name), now)
+                for name in decision.models
+            ]
+            if any(evicted):  # room is being made: tried again when the unloads end
+                break
         if isinstance(decision, Admit):
             return True
-        if isinstance(decision, Evict):
-            now = time.monotonic()
-            for name in decision.models:
-                used = last_used.get(name)
-                when = "never" if used is None else f"{now - used:.1f}s ago"
-                self._evict(models[name], harness, start_unload, when)
         if not isinstance(decision, Refuse):
             return False
         leaving = [
@@ -153,21 +157,29 @@ class MemoryGuard:
 
     def _evict(
         self, state: ModelState, needed_by: Harness, start_unload: Callable[[Harness], None],
-        used_when: str,
-    ) -> None:
-        """Unload an idle on-demand model (it loads again on its next request)."""
-        available = [h for h in state.harnesses.values() if h.phase is Phase.AVAILABLE]
-        if not all(h.handle is not None and h.handle.close_if_idle() for h in available):
-            return  # a request took it meanwhile: not idle after all
+        used: float | None, now: float,
+    ) -> bool:
+        """Unload an idle on-demand model (it loads again on its next request); False if
+        a request took it meanwhile."""
+        # Each version closes only if no request holds it; one that took a request
+        # meanwhile stays (and the model with it, until a later eviction).
+        closed = [
+            h for h in state.harnesses.values()
+            if h.phase is Phase.AVAILABLE and h.handle is not None and h.handle.close_if_idle()
+        ]
+        if not closed:
+            return False
         state.demanded = False
         self.evictions[state.spec.name] += 1
         log.info(
             "model=%s evicted (the least recently used idle on-demand model, last used %s) "
-            "to make room for version %d of model %s", state.spec.name, used_when,
-            needed_by.version, needed_by.model,
+            "to make room for version %d of model %s", state.spec.name,
+            "never" if used is None else f"{now - used:.1f}s ago", needed_by.version,
+            needed_by.model,
         )
-        for harness in available:
+        for harness in closed:
             start_unload(harness)
+        return True
 
     # -- the life of a load and of an unload -------------------------------------------
 
