@@ -27,9 +27,7 @@ Writes bench/results/memory_limit.json.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -53,16 +51,9 @@ from bench.common import (  # noqa: E402
 )
 from loader.manager.process_memory import resident_bytes  # noqa: E402
 from tests.daemon_process import DaemonProcess, ResidentSampler  # noqa: E402  (the repo's daemon harness)
-from tests.savedmodels import write_sized_model  # noqa: E402
+from tests.savedmodels import publish_linked, write_sized_model  # noqa: E402
 
 BODY = {"instances": [[2.0]]}
-
-
-def publish(model: Path, base: Path) -> None:
-    base.mkdir(parents=True)
-    staging = base / f".tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(model, staging, copy_function=os.link)
-    os.rename(staging, base / "1")
 
 
 def start_daemon(work: Path, names: list[str], limit: int | None) -> DaemonProcess:
@@ -93,7 +84,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     files = folder_bytes(model)
     names = [f"m{i:02d}" for i in range(args.models)]
     for name in names:
-        publish(model, work / "repo" / name)
+        publish_linked(model, work / "repo" / name)
 
     probe = start_daemon(work, names, None)
     if probe.predict(names[0], BODY).status_code != 200:

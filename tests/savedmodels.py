@@ -34,6 +34,16 @@ class ModelBuilder:
         return target
 
 
+def publish_linked(model: Path, base: Path, version: int = 1) -> Path:
+    """Publish `model` as `base/version` by hard links (no copy of a large model's bytes),
+    renamed into place."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(model, staging, copy_function=os.link)
+    os.rename(staging, base / str(version))
+    return base / str(version)
+
+
 def write_slow_model(path: Path) -> None:
     """A SavedModel whose `serving_default` spins `n` loop iterations before answering
     y = x, so a test can keep a request in flight for as long as it needs."""

@@ -9,11 +9,8 @@ that and one more model, not two.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ import pytest
 
 from loader.manager.process_memory import resident_bytes
 from tests.daemon_process import DaemonProcess, ResidentSampler, free_port, wait_until
-from tests.savedmodels import write_sized_model
+from tests.savedmodels import publish_linked, write_sized_model
 
 pytestmark = [
     pytest.mark.e2e,
@@ -38,14 +35,6 @@ MODELS = ("a", "b", "c")
 @pytest.fixture(scope="module")
 def sized_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_sized_model(tmp_path_factory.mktemp("sized") / "model", FLOATS)
-
-
-def publish(model: Path, base: Path) -> None:
-    """Version 1 of a model, hard-linked (no 100 MB copy) and renamed into place."""
-    base.mkdir(parents=True)
-    staging = base / f".tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(model, staging, copy_function=os.link)
-    os.rename(staging, base / "1")
 
 
 def config(tmp_path: Path, limit: int | None, wait: float = 60.0, grpc: bool = False) -> dict[str, Any]:
@@ -92,7 +81,7 @@ def test_a_limit_that_fits_two_of_three_models_serves_all_three_in_turn(
     tmp_path, sized_model, daemons
 ):
     for m in MODELS:
-        publish(sized_model, tmp_path / "repo" / m)
+        publish_linked(sized_model, tmp_path / "repo" / m)
     files = sum(p.stat().st_size for p in sized_model.rglob("*") if p.is_file())
 
     probe = daemons(limit=None)
