@@ -139,8 +139,9 @@ class Daemon:
                 statuses = self.dataplane.status(name)
             except ServingError:
                 return False
+            # ready, or every version ended or refused for memory (its status says why)
             return bool(self.dataplane.readiness().get(name)) or all(
-                s.state == "END" for s in statuses
+                s.state == "END" or s.error_code is Code.RESOURCE_EXHAUSTED for s in statuses
             )
 
         self.manager.wait_until(lambda: all(settled(n) for n in added), 300)

@@ -308,6 +308,7 @@ class Manager:
         ):
             del self._models[model]
             self._routes.pop(model, None)
+            self._last_used.pop(model, None)
             self.memory.budget.forget(model)
 
     def _start_unload(self, harness: Harness) -> None:
