@@ -276,6 +276,7 @@ class Manager:
                 if harness is not None and harness.phase is Phase.ERROR:
                     self._moved(harness.move(Phase.END))
                 state.harnesses[version] = Harness(model, version, ref)
+                self.memory.estimate(state.harnesses[version])  # shown before any load
         for harness in state.harnesses.values():
             if harness.phase is Phase.NEW and harness.version not in aspired:
                 self._moved(harness.move(Phase.END))

@@ -175,7 +175,9 @@ def test_on_demand_models_load_on_demand_and_the_least_recently_used_idle_one_is
         manager.on_versions(name, refs(1))
     for name in "abc":
         wait_states(manager, name, {1: "START"})  # listed, tracked, not loaded
+        assert manager.status(name)[0].memory_bytes == 208 * MIB  # and estimated
     assert manager.loads_pending() == []
+    assert manager.memory_report().estimates == {(m, 1): 208 * MIB for m in "abc"}
     serve_on_demand(manager, "a")
     serve_on_demand(manager, "b")
     with manager.acquire("a"):  # a is now the more recently used
