@@ -24,6 +24,7 @@ class VersionRef:
 
     uri: str
     fingerprint: str
+    size_bytes: int = 0  # the files' total size, for memory estimates; 0: not known
 
 
 @dataclass(frozen=True)
@@ -103,12 +104,18 @@ class ServingError(Exception):
     """A failure with a status code and a message meant for the client or the operator."""
 
     code = Code.UNKNOWN
+    # When to try again, for a failure that will pass (REST sends it as Retry-After).
+    retry_after_seconds: int | None = None
 
-    def __init__(self, message: str, code: Code | None = None) -> None:
+    def __init__(
+        self, message: str, code: Code | None = None, *, retry_after_seconds: int | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if retry_after_seconds is not None:
+            self.retry_after_seconds = retry_after_seconds
 
 
 class InvalidArgument(ServingError):

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -38,6 +38,39 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         tick.wait(interval)
+
+
+class ResidentSampler:
+    """A process's resident memory, read from /proc/<pid>/statm every `interval` seconds on
+    a thread while the `with` block runs (`samples`, `peak`)."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self._pid, self._interval = pid, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="test-resident-sampler")
+        self.samples: list[int] = []
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples, default=0)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        from loader.manager.process_memory import resident_bytes
+
+        while True:
+            rss = resident_bytes(self._pid)
+            if rss is not None:
+                self.samples.append(rss)
+            if self._stop.wait(self._interval):
+                return
 
 
 class DaemonProcess:
@@ -70,6 +103,7 @@ class DaemonProcess:
         )
         if self._process.poll() is not None:
             raise AssertionError(f"the daemon exited early:\n{self.log()}")
+        self.pid = self._process.pid
         ports = json.loads(self._ports_file.read_text())
         self.grpc_port = int(ports.get("grpc_port", 0))
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{ports['rest_port']}", timeout=30.0)

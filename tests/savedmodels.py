@@ -34,6 +34,16 @@ class ModelBuilder:
         return target
 
 
+def publish_linked(model: Path, base: Path, version: int = 1) -> Path:
+    """Publish `model` as `base/version` by hard links (no copy of a large model's bytes),
+    renamed into place."""
+    base.mkdir(parents=True, exist_ok=True)
+    staging = base / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(model, staging, copy_function=os.link)
+    os.rename(staging, base / str(version))
+    return base / str(version)
+
+
 def write_slow_model(path: Path) -> None:
     """A SavedModel whose `serving_default` spins `n` loop iterations before answering
     y = x, so a test can keep a request in flight for as long as it needs."""
@@ -133,3 +143,24 @@ def publish_tflite(base: Path, version: int, model: bytes) -> Path:
     (tmp / "model.tflite").write_bytes(model)
     os.rename(tmp, base / str(version))
     return base / str(version)
+
+
+def write_sized_model(path: Path, floats: int, intercept: float = 2.0) -> Path:
+    """y = 0.5 * x + intercept, carrying a variable of `floats` float32s (4 bytes each) that
+    every call reads one element of: a model whose memory a test chooses."""
+    import numpy as np
+    import tensorflow as tf
+
+    class Sized(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            # Random, so nothing (a filesystem, a checkpoint) can store it smaller.
+            self.weights = tf.Variable(np.random.default_rng(0).random(floats, np.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": 0.5 * x + intercept + 0.0 * self.weights[0]}
+
+    module = Sized()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    return path

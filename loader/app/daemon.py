@@ -24,6 +24,7 @@ from loader.app.parts import (
 from loader.base import Code, InvalidArgument, ServingError
 from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
+from loader.manager.memory import mib
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
@@ -55,7 +56,9 @@ class Daemon:
         self._sources: dict[str, Source] = {}
         self._reload_lock = threading.Lock()
         self._started = False
-        self.dataplane = DataPlane(self.manager)
+        self.dataplane = DataPlane(
+            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds
+        )
         server = config.server
         self.operator_view: OperatorView | None = None
         if serve_rest and server.operator_page:
@@ -136,8 +139,9 @@ class Daemon:
                 statuses = self.dataplane.status(name)
             except ServingError:
                 return False
-            return any(s.state == "AVAILABLE" for s in statuses) or all(
-                s.state == "END" for s in statuses
+            # ready, or every version ended or refused for memory (its status says why)
+            return bool(self.dataplane.readiness().get(name)) or all(
+                s.state == "END" or s.error_code is Code.RESOURCE_EXHAUSTED for s in statuses
             )
 
         self.manager.wait_until(lambda: all(settled(n) for n in added), 300)
@@ -164,7 +168,15 @@ class Daemon:
         early, with the ports closed, if `interrupted` is set meanwhile."""
         from loader.servables.runtime import prepare_runtime
 
+        # `modelwatch serve` has imported TensorFlow (hundreds of MB) by now, so the first
+        # load's figures are its own and every decision starts from a resident figure
+        # that holds it (cli.import_tensorflow).
         prepare_runtime()  # before any load: see its docstring
+        limit = self.manager.memory.limit_bytes
+        log.info(
+            "memory: %s resident at start, limit %s (loading.memory_limit_bytes)",
+            mib(self.manager.memory.resident_bytes()), "none" if limit is None else mib(limit),
+        )
         self.manager.start()
         with self._reload_lock:
             self._started = True

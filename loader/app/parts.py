@@ -11,6 +11,8 @@ from typing import Any
 from loader.base import Servable, VersionRef
 from loader.config.schema import BatchingConfig, Config, ModelConfig
 from loader.manager.manager import Manager, ModelSpec
+from loader.manager.memory_guard import MemoryGuard
+from loader.manager.process_memory import default_limit_bytes
 from loader.serving.metrics import Metrics
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
@@ -33,8 +35,14 @@ def selection_policy(model: ModelConfig) -> SelectionPolicy:
 def model_spec(model: ModelConfig) -> ModelSpec:
     return ModelSpec(
         model.name, selection_policy(model), TRANSITIONS[model.transition],
-        dict(model.version_labels),
+        dict(model.version_labels), on_demand=model.load == "on_demand",
     )
+
+
+def memory_limit_bytes(config: Config) -> int | None:
+    """`loading.memory_limit_bytes`, with "auto" worked out for this machine or cgroup."""
+    limit = config.loading.memory_limit_bytes
+    return default_limit_bytes() if limit == "auto" else limit
 
 
 class Storage:
@@ -105,9 +113,11 @@ def make_manager(config: Config, storage: Storage, metrics: Metrics) -> Manager:
         load_retries=loading.max_retries,
         retry_backoff_seconds=loading.retry_backoff_seconds,
         load_timeout_seconds=loading.load_timeout_seconds,
+        memory=MemoryGuard(memory_limit_bytes(config)),
     )
     metrics.known_model = manager.has_model
     manager.add_observer(metrics.observe_transition)
+    metrics.watch_memory(manager.memory_report)
     return manager
 
 

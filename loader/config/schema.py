@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+MIN_MEMORY_LIMIT_BYTES = 64 * 1024 * 1024  # below this, not even the interpreter fits
 
 
 class ConfigError(Exception):
@@ -116,6 +117,23 @@ class LoadingConfig(_Strict):
     # How long the ports stay closed while the initial models have their first load
     # (TF Serving's order); None: as long as it takes, as TF Serving.
     initial_load_timeout_seconds: Annotated[float, Field(ge=0)] | None = 300.0
+    # The process's resident memory that loads may not pass (README: "Memory"): bytes,
+    # "auto" (a share of the machine's or the cgroup's memory) or None (no limit).
+    memory_limit_bytes: int | Literal["auto"] | None = "auto"
+    # How long a request for an on-demand model that is not loaded waits for its load
+    # before it gets 503 UNAVAILABLE with a Retry-After.
+    on_demand_wait_seconds: Annotated[float, Field(ge=0, le=3600)] = 30.0
+
+    @field_validator("memory_limit_bytes", mode="before")
+    @classmethod
+    def _memory_limit(cls, value: object) -> object:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError('must be a number of bytes, "auto" or null')
+        if value < MIN_MEMORY_LIMIT_BYTES:
+            raise ValueError(f"must be at least {MIN_MEMORY_LIMIT_BYTES} bytes (64 MiB)")
+        return value
 
 
 class TensorFlowConfig(_Strict):
@@ -200,6 +218,9 @@ class ModelConfig(_Strict):
         "availability_preserving"
     )
     batching: BatchingConfig | None = None  # off by default, like TF Serving
+    # "on_demand": listed and watched, loaded on its first request, evicted when idle and
+    # another load needs the room (README: "Memory").
+    load: Literal["always", "on_demand"] = "always"
 
     @property
     def is_s3(self) -> bool:

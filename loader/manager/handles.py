@@ -40,6 +40,14 @@ class Handle:
         with self._lock:
             return self._users
 
+    def close_if_idle(self) -> bool:
+        """Refuse new references, but only if none is held now (an eviction): False if one is."""
+        with self._lock:
+            if self._users:
+                return False
+            self._closed = True
+            return True
+
     def close_and_wait(self, timeout: float | None = None) -> bool:
         """Refuse new references, then wait until the last one is released.
 

@@ -36,6 +36,7 @@ class VersionStatus:
     state: str
     error_code: Code
     error_message: str
+    memory_bytes: int = 0  # expected (START, LOADING) or measured (AVAILABLE); 0: unknown
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Harness:
         self.error_code = Code.OK
         self.error_message = ""
         self.handle: Handle | None = None
+        self.estimate_bytes = 0  # the peak a load is expected to add (manager.memory)
+        self.resident_bytes: int | None = None  # what the load was seen to add and keep
         self._since = time.monotonic()
 
     def move(
@@ -75,7 +78,7 @@ class Harness:
         now = time.monotonic()
         seconds, self._since = now - self._since, now
         previous, self.phase = self.phase, phase
-        if phase is Phase.ERROR:
+        if phase is Phase.ERROR or previous is Phase.NEW:  # a load starting clears a refusal
             self.error_code, self.error_message = error_code, error_message
         transition = Transition(
             self.model, self.version, previous, phase, seconds, error_message or None
@@ -92,10 +95,26 @@ class Harness:
             )
         return transition
 
+    def refuse(self, error_code: Code, error_message: str) -> bool:
+        """A load that may not start yet (no memory for it): the version stays START with
+        this status until it can (the figures in the message are kept current). True if
+        it was not refused before (worth a log line and a count)."""
+        assert self.phase is Phase.NEW
+        changed = self.error_code is not error_code
+        self.error_code, self.error_message = error_code, error_message
+        if changed and error_code is not Code.OK:
+            log.warning(
+                "model=%s version=%d state=START error=%s",
+                self.model, self.version, error_message,
+            )
+        return changed
+
     def seconds_in_phase(self) -> float:
         return time.monotonic() - self._since
 
     def status(self) -> VersionStatus:
+        memory = self.resident_bytes if self.resident_bytes is not None else self.estimate_bytes
         return VersionStatus(
-            self.model, self.version, self.phase.state_name, self.error_code, self.error_message
+            self.model, self.version, self.phase.state_name, self.error_code, self.error_message,
+            memory,
         )

@@ -11,67 +11,22 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass, field
 
-from loader.base import Code, InvalidArgument, NotFound, Unavailable, VersionRef
+from loader.base import InvalidArgument, NotFound, Unavailable, VersionRef
 from loader.manager.handles import Handle, Lease
 from loader.manager.harness import Harness, Transition, VersionStatus
 from loader.manager.loading import LoadFn, Loading, ReleaseFn
-from policies.base import (
-    Load,
-    Phase,
-    SelectionPolicy,
-    TransitionPolicy,
-    Unload,
-    VersionSnapshot,
-)
+from loader.manager.memory_guard import MemoryGuard, MemoryReport
+from loader.manager.model_state import TRANSIENT_CODES, ModelSpec, ModelState, Route
+from policies.base import Load, Phase, Unload, VersionSnapshot
+
+__all__ = ["Manager", "ModelSpec", "Route"]
 
 log = logging.getLogger("modelwatch.manager")
-
-# Failures that say "not now" rather than "not this content": a version that failed with
-# one is tried again after a pause (doubling, up to RETRY_TRANSIENT_MAX_SECONDS) even if its
-# content never changes. A hung load (DEADLINE_EXCEEDED) is not among them: it would hang again.
-TRANSIENT_CODES = frozenset({Code.UNAVAILABLE, Code.ABORTED, Code.RESOURCE_EXHAUSTED})
-RETRY_TRANSIENT_SECONDS = 5.0
-RETRY_TRANSIENT_MAX_SECONDS = 300.0
-
-# Status keeps this many ended versions per model (newest first), so it stays bounded
-# however many versions a long-running server has swapped through.
-KEPT_ENDED_VERSIONS = 10
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How one model is served: its policies and its version labels."""
-
-    name: str
-    selection: SelectionPolicy
-    transition: TransitionPolicy
-    labels: Mapping[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Route:
-    """What requests for one model can reach right now; replaced whole, never mutated."""
-
-    handles: Mapping[int, Handle]
-    labels: Mapping[str, int]
-
-    @property
-    def latest(self) -> int | None:
-        return max(self.handles, default=None)
-
-
-@dataclass
-class _Model:
-    spec: ModelSpec
-    ready: dict[int, VersionRef] | None = None  # None until storage has answered once
-    harnesses: dict[int, Harness] = field(default_factory=dict)
-    retiring: bool = False
-    warned_empty: bool = False
-    transient_failures: dict[int, int] = field(default_factory=dict)  # version -> in a row
 
 
 class Manager:
@@ -89,6 +44,7 @@ class Manager:
         drain_timeout_seconds: float | None = None,
         load_timeout_seconds: float | None = None,
         stop_wait_seconds: float = 2.0,
+        memory: MemoryGuard | None = None,
     ) -> None:
         self._loading = Loading(
             load, release, load_retries, retry_backoff_seconds, load_timeout_seconds,
@@ -96,7 +52,7 @@ class Manager:
         )
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._models: dict[str, _Model] = {}
+        self._models: dict[str, ModelState] = {}
         self._routes: dict[str, Route] = {}
         self._observers: list[Callable[[Transition], None]] = []
         self._stopping = threading.Event()
@@ -104,6 +60,8 @@ class Manager:
         self._loads: set[Future[None]] = set()  # running or queued, for stop() to wait on
         self._stop_wait = stop_wait_seconds
         self._unloaders = ThreadPoolExecutor(num_unload_threads, "modelwatch-unload")
+        self.memory = memory or MemoryGuard(None)
+        self._last_used: dict[str, float] = {}  # model -> when a request last held it
 
     # -- configuration and storage -------------------------------------------------
 
@@ -122,9 +80,13 @@ class Manager:
             for name, spec in wanted.items():
                 existing = self._models.get(name)
                 if existing is None:
-                    self._models[name] = _Model(spec)
+                    self._models[name] = ModelState(spec)
                 else:
                     existing.spec, existing.retiring = spec, False
+                    # Made on-demand while loaded: it stays loaded until evicted.
+                    existing.demanded = existing.demanded or any(
+                        h.phase is Phase.AVAILABLE for h in existing.harnesses.values()
+                    )
                 self._publish(name)
                 self._reconcile(name)
 
@@ -134,7 +96,7 @@ class Manager:
             state = self._models.get(model)
             if state is None or state.retiring:
                 return
-            if not versions and self._holds_versions(state):
+            if not versions and state.holds_versions():
                 # An empty listing is more often an outage or a mistake than an intent
                 # to stop serving: keep what serves (invariant 3).
                 if not state.warned_empty:
@@ -169,8 +131,43 @@ class Manager:
             if handle is None:
                 raise NotFound(f"Servable not found for request: Specific({model}, {wanted})")
             if handle.try_acquire():
+                self._last_used[model] = time.monotonic()  # eviction order (LRU)
                 return Lease(handle, model, wanted)
         raise Unavailable(f"model {model} is changing versions too fast to serve; try again")
+
+    def is_on_demand(self, model: str) -> bool:
+        """Whether `model` loads on its first request (lock-free: for the request path)."""
+        state = self._models.get(model)
+        return state is not None and state.spec.on_demand
+
+    def demand(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> VersionStatus | None:
+        """A request wants this on-demand model: load it (if memory allows; once, however
+        many requests ask). The wanted version's status, or None if there is nothing to
+        wait for (no such version, or its load failed)."""
+        with self._lock:
+            state = self._models.get(model)
+            if state is None or not state.spec.on_demand or state.retiring:
+                return None
+            state.demanded = True
+            self._reconcile(model)  # also decides again for a load waiting for memory
+            return self.wanted_status(model, version, label)
+
+    def wanted_status(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> VersionStatus | None:
+        """The status of the version a request names (or of the newest one that is not
+        ended), if it is loading, loaded or to be loaded."""
+        with self._lock:
+            state = self._models.get(model)
+            harness = state.wanted(version, label) if state is not None else None
+            return harness.status() if harness is not None else None
+
+    def memory_report(self) -> MemoryReport:
+        """Memory in use, the limit, each version's figure, evictions and refusals."""
+        with self._lock:
+            return self.memory.report(self._models)
 
     def status(self, model: str, version: int | None = None) -> list[VersionStatus]:
         """Every known version of `model` (or just `version`), newest first."""
@@ -215,9 +212,7 @@ class Manager:
         with self._lock:
             return sorted(
                 name for name, m in self._models.items()
-                if not m.retiring and (m.ready is None or any(
-                    h.phase in (Phase.NEW, Phase.LOADING) for h in m.harnesses.values()
-                ))
+                if not m.retiring and (m.ready is None or m.loads_pending())
             )
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -261,12 +256,6 @@ class Manager:
 
     # -- the policy loop -----------------------------------------------------------
 
-    def _holds_versions(self, state: _Model) -> bool:
-        return any(
-            h.phase in (Phase.NEW, Phase.LOADING, Phase.AVAILABLE)
-            for h in state.harnesses.values()
-        )
-
     def _reconcile(self, model: str) -> None:
         """Apply the model's policies to its versions and start what they ask for."""
         state = self._models.get(model)
@@ -281,12 +270,13 @@ class Manager:
             ref = ready[version]
             if harness is None or harness.phase is Phase.END or (
                 harness.phase is Phase.ERROR and (
-                    harness.ref.fingerprint != ref.fingerprint or self._retry_due(state, harness)
+                    harness.ref.fingerprint != ref.fingerprint or state.retry_due(harness)
                 )
             ):
                 if harness is not None and harness.phase is Phase.ERROR:
                     self._moved(harness.move(Phase.END))
                 state.harnesses[version] = Harness(model, version, ref)
+                self.memory.estimate(state.harnesses[version])  # shown before any load
         for harness in state.harnesses.values():
             if harness.phase is Phase.NEW and harness.version not in aspired:
                 self._moved(harness.move(Phase.END))
@@ -303,38 +293,37 @@ class Manager:
         for action in actions:
             harness = state.harnesses[action.version]
             if isinstance(action, Load) and harness.phase is Phase.NEW:
-                self._moved(harness.move(Phase.LOADING))
-                future = self._loaders.submit(self._load_worker, harness)
-                self._loads.add(future)
-                future.add_done_callback(self._loads.discard)
+                if state.loads_wanted() and self.memory.admit(
+                    state, harness, aspired, self._models, self._last_used, self._start_unload
+                ):
+                    self._moved(harness.move(Phase.LOADING))
+                    self.memory.load_started(harness)
+                    future = self._loaders.submit(self._load_worker, harness)
+                    self._loads.add(future)
+                    future.add_done_callback(self._loads.discard)
             elif isinstance(action, Unload) and harness.phase is Phase.AVAILABLE:
-                self._moved(harness.move(Phase.UNLOADING))
-                self._publish(model)
-                self._unloaders.submit(self._unload_worker, harness)
-        self._forget_old_ended(state)
-        if state.retiring and not self._holds_versions(state) and not any(
+                self._start_unload(harness)
+        state.forget_old_ended()
+        if state.retiring and not state.holds_versions() and not any(
             h.phase is Phase.UNLOADING for h in state.harnesses.values()
         ):
             del self._models[model]
             self._routes.pop(model, None)
+            self._last_used.pop(model, None)
+            self.memory.budget.forget(model)
 
-    @staticmethod
-    def _retry_due(state: _Model, harness: Harness) -> bool:
-        if harness.error_code not in TRANSIENT_CODES:
-            return False
-        failures = state.transient_failures.get(harness.version, 1)
-        pause = min(RETRY_TRANSIENT_MAX_SECONDS, RETRY_TRANSIENT_SECONDS * 2 ** (failures - 1))
-        return bool(harness.seconds_in_phase() >= pause)
+    def _start_unload(self, harness: Harness) -> None:
+        self._moved(harness.move(Phase.UNLOADING))
+        self._publish(harness.model)
+        self._unloaders.submit(self._unload_worker, harness)
 
-    @staticmethod
-    def _forget_old_ended(state: _Model) -> None:
-        ready = state.ready or {}
-        ended = sorted(
-            v for v, h in state.harnesses.items()
-            if h.phase is Phase.END or (h.phase is Phase.ERROR and v not in ready)
-        )
-        for version in ended[: max(0, len(ended) - KEPT_ENDED_VERSIONS)]:
-            del state.harnesses[version]
+    def _retry_waiting(self) -> None:
+        """Memory was freed (a load or an unload ended): try the loads that wait for it."""
+        for name, state in list(self._models.items()):
+            if state.loads_wanted() and any(
+                h.phase is Phase.NEW for h in state.harnesses.values()
+            ):
+                self._reconcile(name)
 
     def _publish(self, model: str) -> None:
         """Swap in a new routing table for `model` (atomic: one dict assignment)."""
@@ -352,8 +341,11 @@ class Manager:
         self._changed.notify_all()
 
     def _load_worker(self, harness: Harness) -> None:
+        with self._lock:
+            probe = self.memory.measure_from()
         servable, code, message = self._loading.load(harness, self._stopping)
         with self._lock:
+            self.memory.load_ended(harness, probe, servable is not None)
             state = self._models.get(harness.model)
             failures = state.transient_failures if state is not None else {}
             if servable is not None:
@@ -367,14 +359,19 @@ class Manager:
                     failures[harness.version] = failures.get(harness.version, 0) + 1
                 self._moved(harness.move(Phase.ERROR, code, message))
             self._reconcile(harness.model)
+            self._retry_waiting()
 
     def _unload_worker(self, harness: Harness) -> None:
         self._unload(harness)
         with self._lock:
             self._reconcile(harness.model)
+            self._retry_waiting()
 
     def _unload(self, harness: Harness) -> None:
+        with self._lock:
+            self.memory.unload_started()
         self._loading.unload(harness)
         with self._lock:
+            self.memory.unload_ended()
             harness.handle = None
             self._moved(harness.move(Phase.END))

@@ -8,23 +8,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import DEFAULT_SIGNATURE, InvalidArgument, NotFound, SignatureInfo
+from loader.base import DEFAULT_SIGNATURE, InvalidArgument, NotFound, SignatureInfo, Unavailable
 from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
+from loader.manager.memory import Usage
+
+# While a request waits for an on-demand load, it asks the manager again this often: a
+# load refused for memory can start once a request in flight elsewhere ends (which makes
+# its model evictable, and sends no event).
+DEMAND_RECHECK_SECONDS = 0.25
+# The retry hint of a 503 for a model still loading, and for one waiting for memory.
+RETRY_LOADING_SECONDS, RETRY_NO_MEMORY_SECONDS = 1, 5
 
 
 class DataPlane:
     """What every transport asks of the server."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, *, on_demand_wait_seconds: float = 30.0) -> None:
         self._manager = manager
+        self._on_demand_wait = on_demand_wait_seconds
         # One per event loop that awaits batched runs (the REST server has one); weak, so
         # a test's loop that closed leaves nothing behind.
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
@@ -51,18 +61,71 @@ class DataPlane:
         return listed
 
     def readiness(self) -> dict[str, bool]:
-        """For every configured model, whether some version of it is available."""
+        """For every configured model, whether some version of it is available (for an
+        on-demand model: whether one is there to load on a request)."""
         ready = {}
         for model in self._manager.models():
+            wanted = {"AVAILABLE", "START", "LOADING"} if self._manager.is_on_demand(model) else {
+                "AVAILABLE"
+            }
             try:
-                ready[model] = any(s.state == "AVAILABLE" for s in self.status(model))
+                ready[model] = any(s.state in wanted for s in self.status(model))
             except NotFound:
                 ready[model] = False
         return ready
 
+    def memory(self) -> Usage:
+        """The process's resident memory, the limit, and what loads running reserve."""
+        return self._manager.memory_report().usage
+
     def hold(self, model: str, version: int | None = None, label: str | None = None) -> Lease:
-        """Hold the version a request names (or the latest) until the lease is released."""
-        return self._manager.acquire(model, version, label)
+        """Hold the version a request names (or the latest) until the lease is released.
+
+        An on-demand model that is not loaded is loaded now: the request waits for it up
+        to `loading.on_demand_wait_seconds`, then gets UNAVAILABLE with a retry hint.
+        Blocking: on the event loop, use `hold_async`.
+        """
+        try:
+            return self._manager.acquire(model, version, label)
+        except (NotFound, Unavailable):  # Unavailable: its handle closed, being evicted
+            if not self._manager.is_on_demand(model):
+                raise
+        deadline = time.monotonic() + self._on_demand_wait
+        while True:
+            wanted = self._manager.demand(model, version, label)
+            try:
+                return self._manager.acquire(model, version, label)
+            except (NotFound, Unavailable):
+                if wanted is None:  # no such version, or its load failed: nothing to wait for
+                    raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _still_loading(model, wanted)
+            self._wait_for_change(model, version, label, wanted, min(left, DEMAND_RECHECK_SECONDS))
+
+    def _wait_for_change(
+        self, model: str, version: int | None, label: str | None, seen: VersionStatus,
+        timeout: float,
+    ) -> None:
+        self._manager.wait_until(
+            lambda: self._manager.wanted_status(model, version, label) != seen, timeout
+        )
+
+    def hold_loaded(self, model: str, version: int | None = None) -> Lease:
+        """Hold a version only if it is loaded now (never loads one on demand)."""
+        return self._manager.acquire(model, version)
+
+    async def hold_async(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> Lease:
+        """`hold` for the event loop: waiting for an on-demand load happens on a worker
+        thread, never on the loop."""
+        if not self._manager.is_on_demand(model):
+            return self.hold(model, version, label)
+        try:
+            return self._manager.acquire(model, version, label)
+        except (NotFound, Unavailable):
+            return await run_in_threadpool(self.hold, model, version, label)
 
     def signature(self, lease: Lease, name: str) -> SignatureInfo:
         """The signature a request names; "" means the default one, as in TF Serving."""
@@ -117,6 +180,19 @@ class DataPlane:
         if mailbox is None:
             mailbox = self._mailboxes[loop] = _Mailbox(loop)
         return mailbox
+
+
+def _still_loading(model: str, wanted: VersionStatus) -> Unavailable:
+    if wanted.error_message:  # refused for now: RESOURCE_EXHAUSTED, with the numbers
+        return Unavailable(
+            f"version {wanted.version} of model {model} is waiting for memory to load: "
+            f"{wanted.error_message}",
+            retry_after_seconds=RETRY_NO_MEMORY_SECONDS,
+        )
+    return Unavailable(
+        f"version {wanted.version} of model {model} is loading on demand; try again",
+        retry_after_seconds=RETRY_LOADING_SECONDS,
+    )
 
 
 class _Mailbox:

@@ -1,4 +1,4 @@
-"""Prometheus metrics: requests, loads and unloads, versions, swaps, and source polls.
+"""Prometheus metrics: requests, loads and unloads, versions, swaps, source polls, memory.
 
 Each daemon has its own registry, so several servers in one process (tests) never share
 counters. The names are modelwatch's own; the REST server exposes them at TF Serving's
@@ -8,7 +8,7 @@ path, `/monitoring/prometheus/metrics`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 from prometheus_client import (
@@ -18,10 +18,13 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 from loader.base import Code
 from loader.manager.harness import Transition
+from loader.manager.memory_guard import MemoryReport
 from policies.base import Phase
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -144,6 +147,10 @@ class Metrics:
         self._available[model] = self._available.get(model, 0) + change
         self.available.labels(model).set(self._available[model])
 
+    def watch_memory(self, report: Callable[[], MemoryReport]) -> None:
+        """Export the manager's memory figures, read at each scrape."""
+        self.registry.register(_MemoryCollector(report))
+
     def observe_poll(self, model: str, seconds: float, ok: bool) -> None:
         """A source hook: one listing of one model."""
         self.polls.labels(model, "ok" if ok else "error").inc()
@@ -177,3 +184,51 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _MemoryCollector(Collector):
+    """The memory figures, read from the manager when Prometheus scrapes."""
+
+    def __init__(self, report: Callable[[], MemoryReport]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[Metric]:
+        report = self._report()
+        usage = report.usage
+        yield GaugeMetricFamily(
+            "modelwatch_memory_resident_bytes",
+            "The process's resident memory (RSS), which loading.memory_limit_bytes bounds.",
+            value=usage.resident_bytes,
+        )
+        if usage.limit_bytes is not None:
+            yield GaugeMetricFamily(
+                "modelwatch_memory_limit_bytes", "loading.memory_limit_bytes.",
+                value=usage.limit_bytes,
+            )
+        yield GaugeMetricFamily(
+            "modelwatch_memory_reserved_bytes",
+            "Bytes reserved by loads running (their estimates).", value=usage.reserved_bytes,
+        )
+        versions = GaugeMetricFamily(
+            "modelwatch_version_memory_bytes",
+            "Per version: the memory its load is expected to take (to load, loading) or "
+            "was seen to keep (loaded).", labels=["model", "version"],
+        )
+        for (model, version), value in sorted(report.estimates.items()):
+            versions.add_metric([model, str(version)], value)
+        yield versions
+        evictions = CounterMetricFamily(
+            "modelwatch_evictions", "On-demand models unloaded to make room for a load.",
+            labels=["model"],
+        )
+        for model, count in sorted(report.evictions.items()):
+            evictions.add_metric([model], count)
+        yield evictions
+        refusals = CounterMetricFamily(
+            "modelwatch_load_refusals",
+            "Loads not started because they would pass loading.memory_limit_bytes.",
+            labels=["model"],
+        )
+        for model, count in sorted(report.refusals.items()):
+            refusals.add_metric([model], count)
+        yield refusals

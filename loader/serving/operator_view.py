@@ -264,6 +264,7 @@ class OperatorView:
                         "state": s.state,
                         "error_code": s.error_code.name,
                         "error_message": s.error_message,
+                        "memory_bytes": s.memory_bytes,
                         "labels": labelled.get(s.version, []),
                         "since": since.get((name, s.version)),
                     }
@@ -279,6 +280,7 @@ class OperatorView:
             "in_flight": sum(
                 s.value for f in self._metrics.in_flight.collect() for s in f.samples
             ),
+            "memory": asdict(self._dataplane.memory()),
             "rate_window_seconds": self._rates.window_seconds,
             "models": models,
             "transitions": [asdict(r) for r in transitions],
@@ -291,7 +293,7 @@ class OperatorView:
         total: int | None = None
         for version in versions:
             try:
-                lease = self._dataplane.hold(model, version)
+                lease = self._dataplane.hold_loaded(model, version)
             except ServingError:  # unloaded since the status was read
                 continue
             with lease:

@@ -283,7 +283,7 @@ class LocalSource:
                 log.debug("model=%s version=%d not ready: %s", model, version, reason)
                 continue
             if settled or key in self._published:
-                ready[version] = VersionRef(path, digest)
+                ready[version] = VersionRef(path, digest, sum(e[1] for e in listing))
             else:
                 remaining = self._settle.remaining(key, now)
                 wake_in = remaining if wake_in is None else min(wake_in, remaining)

@@ -324,7 +324,9 @@ class S3Source:
         state.settled = settled and missing is None
         state.settling = missing is None and not settled
         if state.settled:
-            state.ready = VersionRef(f"s3://{bucket}/{folder}", fingerprint)
+            state.ready = VersionRef(
+                f"s3://{bucket}/{folder}", fingerprint, sum(o.size for o in objects)
+            )
         # Otherwise `ready` keeps the last ready listing: a settled version whose content is
         # being rewritten stays reported (and served) until the new content settles.
         return state

@@ -40,6 +40,21 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
     assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
     assert config.server.operator_page is True
+    assert config.loading.memory_limit_bytes == "auto"
+    assert config.loading.on_demand_wait_seconds == 30.0
+    assert model.load == "always"
+
+
+def test_memory_limit_and_on_demand_values(tmp_path):
+    config = load_config(write(tmp_path, (
+        "loading: {memory_limit_bytes: 2147483648, on_demand_wait_seconds: 5}\n"
+        "models:\n  - {name: m, base_path: x, load: on_demand}\n"
+    )))
+    assert config.loading.memory_limit_bytes == 2 << 30
+    assert config.loading.on_demand_wait_seconds == 5.0
+    assert config.models[0].load == "on_demand"
+    config = load_config(write(tmp_path, "loading: {memory_limit_bytes: null}\n"))
+    assert config.loading.memory_limit_bytes is None
 
 
 def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
@@ -84,6 +99,26 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ),
         ("models:\n  - {name: ../etc, base_path: x}\n", "models[0].name: string should match pattern"),
         ("models:\n  - {name: m}\n", "models[0].base_path: field required"),
+        (
+            "loading: {memory_limit_bytes: lots}\n",
+            'loading.memory_limit_bytes: must be a number of bytes, "auto" or null',
+        ),
+        (
+            "loading: {memory_limit_bytes: 1000}\n",
+            "loading.memory_limit_bytes: must be at least 67108864 bytes (64 MiB)",
+        ),
+        (
+            "loading: {memory_limit_bytes: true}\n",
+            'loading.memory_limit_bytes: must be a number of bytes, "auto" or null',
+        ),
+        (
+            "loading: {on_demand_wait_seconds: -1}\n",
+            "loading.on_demand_wait_seconds: input should be greater than or equal to 0",
+        ),
+        (
+            "models:\n  - {name: m, base_path: x, load: lazily}\n",
+            "models[0].load: input should be 'always' or 'on_demand'",
+        ),
         (
             "models:\n  - {name: m, base_path: x}\n  - {name: m, base_path: y}\n",
             "models: model names must be unique; repeated: m",

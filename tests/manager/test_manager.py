@@ -253,7 +253,7 @@ def test_a_load_that_hangs_times_out_and_a_late_result_is_unloaded(loader):
 
 
 def test_status_keeps_a_bounded_history_of_ended_versions(manager):
-    from loader.manager.manager import KEPT_ENDED_VERSIONS
+    from loader.manager.model_state import KEPT_ENDED_VERSIONS
 
     manager.set_models([spec()])
     last = KEPT_ENDED_VERSIONS + 6
@@ -267,7 +267,7 @@ def test_status_keeps_a_bounded_history_of_ended_versions(manager):
 
 
 def test_a_transient_failure_is_retried_without_new_content(loader, monkeypatch):
-    import loader.manager.manager as manager_module
+    import loader.manager.model_state as manager_module
     from loader.base import Unavailable
 
     monkeypatch.setattr(manager_module, "RETRY_TRANSIENT_SECONDS", 0.05)

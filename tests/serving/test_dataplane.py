@@ -150,3 +150,99 @@ def test_answers_keep_coming_after_a_delivery(dataplane) -> None:
             assert results == [{"y": (round_ * 4 + i) * 10} for i in range(4)]
 
     asyncio.run(main())
+
+
+# -- on-demand models: the first request loads, waits up to a bound, then 503 -----------
+
+
+def on_demand_plane(loader: FakeLoader, wait: float) -> tuple[Manager, DataPlane]:
+    from loader.manager.manager import ModelSpec
+    from policies.selection import Latest
+    from policies.transition import availability_preserving
+    from tests.fakes import refs
+
+    manager = Manager(loader, load_retries=0)
+    manager.set_models([
+        ModelSpec("lazy", Latest(1), availability_preserving, {"stable": 1}, on_demand=True),
+        ModelSpec("eager", Latest(1), availability_preserving),
+    ])
+    manager.on_versions("lazy", refs(1))
+    manager.on_versions("eager", refs(1))
+    return manager, DataPlane(manager, on_demand_wait_seconds=wait)
+
+
+def test_the_first_request_for_an_on_demand_model_loads_it_and_concurrent_ones_share_the_load():
+    loader = FakeLoader()
+    manager, plane = on_demand_plane(loader, wait=10)
+    try:
+        assert manager.wait_until(lambda: plane.readiness() == {"eager": True, "lazy": True}, 10)
+        assert [s.state for s in plane.status("lazy")] == ["START"]
+        gate = loader.hold(1)
+        served: list[int] = []
+
+        def request() -> None:
+            with plane.hold("lazy") as lease:
+                served.append(lease.servable.run("serving_default", {})["version"])
+
+        threads = [threading.Thread(target=request) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        assert manager.wait_until(lambda: plane.status("lazy")[0].state == "LOADING", 10)
+        gate.set()
+        for thread in threads:
+            thread.join(10)
+        assert served == [1] * 6
+        assert loader.calls[1] == 2  # one load for "eager", one for all six "lazy" requests
+        with plane.hold("lazy", label="stable") as lease:
+            assert lease.version == 1
+    finally:
+        manager.stop()
+
+
+def test_a_request_that_outwaits_the_bound_gets_unavailable_with_a_retry_hint():
+    from loader.base import NotFound, Unavailable
+
+    loader = FakeLoader()
+    manager, plane = on_demand_plane(loader, wait=0.2)
+    gate = loader.hold(1)
+    try:
+        with pytest.raises(Unavailable) as raised:
+            plane.hold("lazy")
+        assert raised.value.retry_after_seconds == 1
+        assert "version 1 of model lazy is loading on demand" in raised.value.message
+        with pytest.raises(NotFound):  # a version that is not there is not waited for
+            plane.hold("lazy", version=7)
+        gate.set()
+        assert manager.wait_until(lambda: plane.status("lazy")[0].state == "AVAILABLE", 10)
+        with plane.hold("lazy") as lease:
+            assert lease.version == 1
+        # the operator view's look never loads anything
+        with pytest.raises(NotFound):
+            plane.hold_loaded("lazy", 7)
+    finally:
+        gate.set()
+        manager.stop()
+
+
+def test_hold_async_waits_for_an_on_demand_load_off_the_event_loop():
+    loader = FakeLoader()
+    manager, plane = on_demand_plane(loader, wait=10)
+    gate = loader.hold(1)
+
+    async def main() -> int:
+        waiting = asyncio.ensure_future(plane.hold_async("lazy"))
+        ticks = 0
+        while not waiting.done():  # the loop keeps turning while the request waits
+            ticks += 1
+            if ticks == 5:
+                gate.set()
+            await asyncio.sleep(0.01)
+        with waiting.result() as lease:
+            assert lease.version == 1
+        return ticks
+
+    try:
+        assert asyncio.run(main()) >= 5
+    finally:
+        gate.set()
+        manager.stop()

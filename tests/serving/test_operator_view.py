@@ -205,6 +205,13 @@ def test_the_snapshot_shows_models_versions_labels_errors_and_storage(manager):
         (1, "AVAILABLE"), (2, "AVAILABLE"), (3, "ERROR"),
     }
     assert snapshot["kept_transitions"] == view.transitions.size
+    # memory: this process's resident size (a real figure), no limit here, and each
+    # version's figure as its status has it
+    assert snapshot["memory"]["resident_bytes"] > 1 << 20
+    assert snapshot["memory"]["limit_bytes"] is None
+    assert [v["memory_bytes"] for v in m["versions"]] == [
+        s.memory_bytes for s in manager.status("m")
+    ]
 
 
 def test_the_snapshot_counts_requests_waiting_for_a_batch():

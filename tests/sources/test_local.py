@@ -95,6 +95,9 @@ def test_renamed_version_is_ready_without_waiting_to_settle(base, reports, sourc
     publish(base, 1)
     reports.wait_for({1})  # well before the 60 s settle period and the 60 s rescan
     assert reports.latest["m"][1].uri == str(base / "1")
+    # the files' total size, what memory estimates start from
+    files = [f for f in (base / "1").rglob("*") if f.is_file()]
+    assert reports.latest["m"][1].size_bytes == sum(f.stat().st_size for f in files) > 0
 
 
 def test_version_written_in_place_waits_until_complete_and_settled(base, reports, source_factory):

@@ -200,8 +200,11 @@ def test_a_version_is_ready_only_after_its_listing_settles(s3: Any) -> None:
     assert "m" not in reports.last  # complete but settling: no answer yet
     clock.now = 8.0
     src.poll_once()
-    expected = listing_fingerprint(list_version_objects(s3, BUCKET, "m/1/"))
-    assert reports.last["m"] == {1: VersionRef("s3://models/m/1/", expected)}
+    objects = list_version_objects(s3, BUCKET, "m/1/")
+    expected = listing_fingerprint(objects)
+    size = sum(o.size for o in objects)  # what memory estimates start from
+    assert size == sum(map(len, COMPLETE.values())) + len(b"late file")
+    assert reports.last["m"] == {1: VersionRef("s3://models/m/1/", expected, size)}
 
 
 def test_by_default_two_polls_with_the_same_listing_settle_a_version(s3: Any) -> None:

@@ -107,7 +107,9 @@ class ErrorResponse(Response):
 
     def __init__(self, error: ServingError) -> None:
         status, body = error_answer(error)
-        super().__init__(body, status, media_type="application/json")
+        retry = error.retry_after_seconds
+        headers = {"retry-after": str(retry)} if retry is not None else None
+        super().__init__(body, status, headers, media_type="application/json")
         self.code = error.code
 
 
@@ -209,7 +211,7 @@ class RestApi:
         api = verb.lower()
         with self._metrics.request("rest", api) as outcome:
             outcome.model = model
-            status = 200
+            status, retry_after = 200, None
             try:
                 version = _version(version_text)
                 body = await self._body(scope, receive)
@@ -223,7 +225,7 @@ class RestApi:
                 outcome.code = Code.CANCELLED
                 return
             except ServingError as error:
-                outcome.code = error.code
+                outcome.code, retry_after = error.code, error.retry_after_seconds
                 status, answer = error_answer(error)
             except Exception as exc:  # a bug: answer like TF Serving would, and log it whole
                 log.exception("%s of model %s failed", api, model)
@@ -236,6 +238,8 @@ class RestApi:
             ]
             if status == 408:  # what is left of the body would be read as a next request
                 headers.append((b"connection", b"close"))
+            if retry_after is not None:  # an on-demand model still loading
+                headers.append((b"retry-after", str(retry_after).encode()))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": answer})
 
@@ -244,7 +248,7 @@ class RestApi:
     ) -> bytes:
         inline = len(body) <= INLINE_BODY_BYTES
         document = parse_body(body) if inline else await run_in_threadpool(parse_body, body)
-        with self._dataplane.hold(model, version, label) as lease:
+        with await self._dataplane.hold_async(model, version, label) as lease:
             name = signature_name_of(document)
             signature = self._dataplane.signature(lease, name)
             if inline:
@@ -277,7 +281,9 @@ class RestApi:
         """Every model with its labels and versions (for `modelwatch status`; not TF Serving's)."""
         return _json({
             "models": [
-                {"name": name, "labels": labels, "versions": [_version_json(s) for s in statuses]}
+                {"name": name, "labels": labels, "versions": [
+                    {**_version_json(s), "memory_bytes": s.memory_bytes} for s in statuses
+                ]}
                 for name, labels, statuses in self._dataplane.overview()
             ]
         })

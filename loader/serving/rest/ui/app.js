@@ -139,6 +139,19 @@
     return row;
   }
 
+  function mebibytes(bytes) {
+    return (bytes / 1048576).toFixed(0) + " MiB";
+  }
+
+  function memory(usage) {
+    const resident = mebibytes(usage.resident_bytes);
+    return usage.limit_bytes === null ? resident : resident + " of " + mebibytes(usage.limit_bytes);
+  }
+
+  function overLimit(usage) {  // within 5% of the limit: loads are about to be refused
+    return usage.limit_bytes !== null && usage.resident_bytes > 0.95 * usage.limit_bytes;
+  }
+
   function summary(snapshot) {
     const versions = snapshot.models.flatMap((m) => m.versions);
     const count = (test) => versions.filter(test).length;
@@ -151,6 +164,7 @@
       ["failed", failed, failed > 0],
       ["storage failing", failingSources.length, failingSources.length > 0],
       ["in flight", snapshot.in_flight],
+      ["memory", memory(snapshot.memory), overLimit(snapshot.memory)],
       ["up", duration(snapshot.time - snapshot.started)],
       ["updated", clock(snapshot.time).slice(0, 8)],
     ];
