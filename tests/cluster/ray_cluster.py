@@ -5,6 +5,7 @@ touches another test run's Ray, as `ray stop` would."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,9 +37,16 @@ class LocalRayCluster:
         self.address = f"{HEAD_IP}:{self.port}"
         self._log_dir = log_dir
         self._cpus = (head_cpus, node_cpus)
-        self._env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
         # Short: Ray puts its sockets under this folder, and socket paths are limited.
         self.temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+        # Token authentication, said explicitly, with a token of this cluster's own: left
+        # unset, Ray 2.60's `ray start --head` turns it on whenever ~/.ray/auth_token exists
+        # (any earlier local `ray.init()` writes one) while a driver connecting by address
+        # stays off and is refused. `env` is what every process of the cluster's needs.
+        token = Path(self.temp_dir) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+        self._env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", **self.env}
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, timeout: float = 120) -> LocalRayCluster:
@@ -118,7 +126,7 @@ class Deployment:
                 "--http-port", str(self.port), "--hold-seconds", "5"]
         self._process = subprocess.Popen(
             argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
-            env={**os.environ, **env}, start_new_session=True,
+            env={**os.environ, **env, **cluster.env}, start_new_session=True,
         )
 
     def log(self) -> str:
