@@ -141,7 +141,7 @@ class _FastCycle:
         chunks = self._chunks
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._chunks = []
-        self._call.run(self.version_text, self.label, body)
+        self._protocol.routes.run_soon(self._call, self.version_text, self.label, body)
 
     def _refuse(self, error: Exception) -> None:
         self._refusal = error
@@ -252,7 +252,7 @@ class FastPathProtocol(HttpToolsProtocol):
         cycle: object = self.cycle
         if isinstance(cycle, _FastCycle):
             cycle.lost()
-            self.cycle = None  # uvicorn's part: no cycle to tell
+            self.cycle = None  # type: ignore[assignment]  # uvicorn's part: no cycle to tell
         queued: object
         for queued, _ in self.pipeline:
             if isinstance(queued, _FastCycle) and queued is not cycle:

@@ -134,6 +134,26 @@ class PredictionRoutes:
         self.max_request_bytes = max_request_bytes
         self.body_timeout_seconds = body_timeout_seconds
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done
+        self._soon: list[tuple[PredictionCall, str | None, str | None, bytes]] = []
+
+    def run_soon(
+        self, call: PredictionCall, version_text: str | None, label: str | None, body: bytes
+    ) -> None:
+        """`call.run(...)` once the loop has read every connection that is ready, together
+        with the others queued meanwhile.
+
+        Between two reads the loop lets go of the interpreter lock, and a batch thread
+        woken by the first request queued would take it there and run a batch of one; run
+        from one callback, the requests of one turn of the loop join one batch.
+        """
+        if not self._soon:
+            asyncio.get_running_loop().call_soon(self._run_queued)
+        self._soon.append((call, version_text, label, body))
+
+    def _run_queued(self) -> None:
+        queued, self._soon = self._soon, []
+        for call, version_text, label, body in queued:
+            call.run(version_text, label, body)
 
     def call(self, api: str, model: str, reply: Reply) -> PredictionCall:
         """A request of `api` to `model`, counted as in flight from now."""
