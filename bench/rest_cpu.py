@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
+from bench.common import (
     daemon_config,
     daemon_pid,
     default_out,
@@ -34,15 +34,15 @@ from bench.common import (  # noqa: E402
     write_mlp,
     write_result,
 )
-from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW, MODEL, SIZES  # noqa: E402
-from tests.daemon_process import DaemonProcess  # noqa: E402
+from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW, MODEL, SIZES
+from tests.daemon_process import DaemonProcess
 
 TICK = os.sysconf("SC_CLK_TCK")
 PATHS = {"fast": True, "asgi": False}  # server.rest_fast_path
 
 
-def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
-    """Each thread's name and CPU-seconds (user + system) so far."""
+def thread_cpu(pid: int) -> dict[int, tuple[str, float, float]]:
+    """Each thread's name, CPU-seconds (user + system) and system CPU-seconds so far."""
     threads = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -51,7 +51,9 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
         except OSError:
             continue  # the thread ended meanwhile
         fields = stat[stat.rindex(")") + 2:].split()
-        threads[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / TICK)
+        threads[int(task.name)] = (
+            name, (int(fields[11]) + int(fields[12])) / TICK, int(fields[12]) / TICK
+        )
     return threads
 
 
@@ -77,8 +79,9 @@ def one_run(work: Path, model: Path, path: str, args: argparse.Namespace) -> dic
     finally:
         daemon.stop()
     answered = sum(1 for row in run.rows if row.status == 200)
-    spent = {tid: after[tid][1] - before.get(tid, ("", 0.0))[1] for tid in after}
+    spent = {tid: after[tid][1] - before.get(tid, ("", 0.0, 0.0))[1] for tid in after}
     loop_tid = max(spent, key=lambda tid: spent[tid])
+    loop_system = after[loop_tid][2] - before.get(loop_tid, ("", 0.0, 0.0))[2]
     total = sum(spent.values())
     batches, rows = (
         metric_sum(samples_after, name, model=MODEL) - metric_sum(samples_before, name, model=MODEL)
@@ -92,6 +95,7 @@ def one_run(work: Path, model: Path, path: str, args: argparse.Namespace) -> dic
         "mean_batch_rows": round(rows / batches, 1) if batches else None,
         "server_cpu_us_per_request": round(total / answered * 1e6, 1),
         "event_loop_cpu_us_per_request": round(spent[loop_tid] / answered * 1e6, 1),
+        "event_loop_system_cpu_us_per_request": round(loop_system / answered * 1e6, 1),
         "other_threads_cpu_us_per_request": round((total - spent[loop_tid]) / answered * 1e6, 1),
     }
 

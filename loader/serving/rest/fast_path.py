@@ -201,6 +201,13 @@ class FastPathProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.routes = routes
 
+    def on_message_begin(self) -> None:
+        # uvicorn builds the ASGI scope here; it is built in on_headers_complete instead,
+        # and only when the request turns out not to be a prediction.
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         cycle = self.cycle
@@ -213,6 +220,10 @@ class FastPathProtocol(HttpToolsProtocol):
         if parser.get_method() == b"POST" and not parser.should_upgrade() and self.url.isascii():
             match = FAST_TARGET.fullmatch(self.url)
         if match is None or self.limit_concurrency is not None:
+            url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
+            super().on_message_begin()
+            self.url, self.expect_100_continue = url, expect_100_continue
+            self.headers = self.scope["headers"] = headers
             super().on_headers_complete()
             return
         http_version = parser.get_http_version()
