@@ -40,6 +40,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
     assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
     assert config.server.operator_page is True
+    assert config.server.rest_fast_path is True
 
 
 def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
@@ -98,6 +99,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {inter_op_parallelism: -2}\n",
          "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
+        ("server: {rest_fast_path: sometimes}\n", "server.rest_fast_path: input should be a valid boolean"),
         ("tensorflow: {num_tflite_interpreters: 0}\n",
          "tensorflow.num_tflite_interpreters: input should be greater than or equal to 1"),
         ("tensorflow: {prefer_tflite_model: maybe}\n",

@@ -15,8 +15,14 @@ uvicorn's own `HttpToolsProtocol`, so the two paths cannot answer a request diff
 A `_FastCycle` stands where uvicorn keeps its `RequestResponseCycle` (`self.cycle`, the
 `pipeline` queue), with the attributes uvicorn's connection code reads there
 (`response_complete`, `keep_alive`, `disconnected`). This leans on uvicorn's protocol
-internals: pyproject.toml pins the uvicorn minor version it was written against, and
-tests/serving/rest/test_fast_path.py drives every behaviour above over real sockets.
+internals (written against uvicorn 0.55, pyproject.toml's lower bound);
+tests/serving/rest/test_fast_path.py drives every behaviour above over real sockets on
+both paths, so a release that changes them fails there, not in production.
+
+Predictions whose body is complete are not run inside the read that completed them but
+from one callback per loop turn (`PredictionRoutes.run_soon`): run inside the read, the
+first request woke a batch thread that took the interpreter lock between two reads, and
+batches at 32 clients shrank from 16 rows to 4.
 """
 
 from __future__ import annotations
@@ -188,7 +194,10 @@ class _FastCycle:
             transport.writelines((head, answer))
         if close:
             transport.close()
-        protocol.on_response_complete()
+        if protocol.flow.write_paused:  # the client reads slowly: no next request until it has
+            protocol.answer_next_once_drained()
+        else:
+            protocol.on_response_complete()
 
 
 class FastPathProtocol(HttpToolsProtocol):
@@ -200,6 +209,20 @@ class FastPathProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, routes: PredictionRoutes, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.routes = routes
+        self._next_once_drained = False
+
+    def answer_next_once_drained(self) -> None:
+        """A response filled the write buffer: read and answer the next request only once
+        the client has read it down, so that a client pipelining requests without reading
+        the answers holds no more than a buffer of them (uvicorn's ASGI path waits in
+        `send` for the same reason)."""
+        self._next_once_drained = True
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._next_once_drained:
+            self._next_once_drained = False
+            self.on_response_complete()
 
     def on_message_begin(self) -> None:
         # uvicorn builds the ASGI scope here; it is built in on_headers_complete instead,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import select
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from loader.serving.rest.app import RestApi
 from loader.serving.rest.server import RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
+from tests.daemon_process import wait_until as poll_until
 from tests.fakes import refs
 from tests.servables.test_batching import RecordingServable, wait_until
 
@@ -150,6 +152,46 @@ def test_pipelined_requests_are_answered_in_order(stack):
     assert orjson.loads(answers[2][2]) == {"predictions": [[7.0]]}  # one output: no name
     assert "nope" in orjson.loads(answers[3][2])["error"]
     assert orjson.loads(answers[4][2]) == ANSWER
+
+
+def test_a_client_that_pipelines_without_reading_is_held_back_then_answered_in_order(stack):
+    # 10,000 requests of ~3 kB, each answered with ~3 kB, sent by a client that reads
+    # nothing until its sending stalls: the server must stop reading requests once its
+    # writes back up (instead of buffering every answer), then answer all of them in order.
+    count = 10_000
+
+    def body(i: int) -> bytes:
+        return b'{"signature_name": "echo", "instances": [[%b]]}' % b",".join([b"%d.5" % i] * 400)
+
+    data = b"".join(request(PREDICT, body(i)) for i in range(count))
+    sent = [0]
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+        sock.settimeout(60)
+        sock.connect(("127.0.0.1", stack.server.port))
+
+        def send() -> None:
+            while sent[0] < len(data):
+                sent[0] += sock.send(data[sent[0]:sent[0] + 65536])
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        seen = [-1]
+
+        def stalled() -> bool:
+            before, seen[0] = seen[0], sent[0]
+            return before == seen[0] or not sender.is_alive()
+
+        # No progress over a fifth of a second (the sender is blocked), or done.
+        poll_until(stalled, 30, "the sender to stall or finish", interval=0.2)
+        assert sent[0] < len(data), "the server read every request without its answers being read"
+        reader = Reader(sock)
+        for i in range(count):
+            status, _, answer = reader.response()
+            assert status == 200, answer[:200]
+            assert orjson.loads(answer)["predictions"][0][:2] == [i + 0.5, i + 0.5]
+        sender.join(30)
 
 
 def test_a_request_in_pieces_is_answered_once_whole(stack):
