@@ -33,6 +33,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from loader.base import ServingError
 from loader.serving.rest.predictions import (
     BodyTimeout,
     PredictionCall,
@@ -85,7 +86,7 @@ class _FastCycle:
         self.reading = True  # the body is still arriving
         self._chunks: list[bytes] = []
         self._size = 0
-        self._refusal: Exception | None = None
+        self._refusal: ServingError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
 
@@ -149,7 +150,7 @@ class _FastCycle:
         self._chunks = []
         self._protocol.routes.run_soon(self._call, self.version_text, self.label, body)
 
-    def _refuse(self, error: Exception) -> None:
+    def _refuse(self, error: ServingError) -> None:
         self._refusal = error
         self._chunks = []
         if self.started:
@@ -157,9 +158,8 @@ class _FastCycle:
 
     def _answer_refusal(self) -> None:
         self._stop_timer()
-        error = self._refusal
-        assert isinstance(error, Exception)
-        self._call.refuse(error)  # type: ignore[arg-type]
+        if self._refusal is not None:
+            self._call.refuse(self._refusal)
 
     def _check_stalled(self) -> None:
         self._timer = None
