@@ -233,7 +233,7 @@ class FastPathProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        cycle = self.cycle
+        cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle and cycle.reading and not cycle.response_complete:
             cycle.watch_body()
 
@@ -269,14 +269,14 @@ class FastPathProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
-        cycle = self.cycle
+        cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle:
             cycle.feed(body)
         else:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        cycle = self.cycle
+        cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle:
             cycle.complete()
         else:
