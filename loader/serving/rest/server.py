@@ -52,6 +52,7 @@ class RestServer:
         *,
         drain_timeout_seconds: float = 30.0,
         fast_path: bool = True,
+        keep_alive_seconds: int = 5,
     ) -> None:
         self._sock = sock
         routes = getattr(getattr(app, "__self__", None), "predictions", None)
@@ -69,6 +70,7 @@ class RestServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(max(1, drain_timeout_seconds)),
+            timeout_keep_alive=keep_alive_seconds,  # an idle connection is closed after this
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="modelwatch-rest", daemon=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ class Stack:
         return socket.create_connection(("127.0.0.1", self.server.port), timeout=30)
 
 
-def _stack(path: str, **api_options: float) -> Iterator[Stack]:
+def _stack(path: str, keep_alive_seconds: int = 5, **api_options: float) -> Iterator[Stack]:
     fake = RecordingServable()
     servables: list[BatchingServable] = []
 
@@ -60,7 +61,8 @@ def _stack(path: str, **api_options: float) -> Iterator[Stack]:
     assert manager.wait_until(lambda: manager.status("m")[0].state == "AVAILABLE", 10)
     metrics = Metrics()
     api = RestApi(DataPlane(manager), metrics, max_request_bytes=LIMIT, **api_options)
-    server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast")
+    server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast",
+                        keep_alive_seconds=keep_alive_seconds)
     assert server.fast_path == (path == "fast")
     server.start()
     assert server.wait_started(10)
@@ -152,6 +154,24 @@ def test_pipelined_requests_are_answered_in_order(stack):
     assert orjson.loads(answers[2][2]) == {"predictions": [[7.0]]}  # one output: no name
     assert "nope" in orjson.loads(answers[3][2])["error"]
     assert orjson.loads(answers[4][2]) == ANSWER
+
+
+@pytest.mark.parametrize("path", ["fast", "asgi"])
+def test_an_idle_connection_is_closed_after_the_keep_alive_timeout_and_a_busy_one_is_not(path):
+    for stack in _stack(path, keep_alive_seconds=1):
+        with stack.connect() as idle:
+            idle.sendall(request(PREDICT, BODY))
+            idle_reader = Reader(idle)
+            assert idle_reader.response()[0] == 200
+            went_idle = time.monotonic()
+            assert idle_reader.closed()  # blocks until the server closes it
+            assert 0.9 < time.monotonic() - went_idle < 3.0
+        with stack.connect() as busy:
+            reader = Reader(busy)
+            started = time.monotonic()
+            while time.monotonic() < started + 2.5:  # busy for longer than the timeout
+                busy.sendall(request(PREDICT, BODY))
+                assert reader.response()[0] == 200
 
 
 def test_a_client_that_pipelines_without_reading_is_held_back_then_answered_in_order(stack):
