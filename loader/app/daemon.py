@@ -78,7 +78,7 @@ class Daemon:
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
-                drain_timeout_seconds=DRAIN_SECONDS,
+                drain_timeout_seconds=DRAIN_SECONDS, fast_path=server.rest_fast_path,
             )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None

@@ -21,7 +21,8 @@ from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
-from loader.serving.rest.app import MODEL_STATUS_API, PREDICTION_API, error_answer
+from loader.serving.rest.app import MODEL_STATUS_API, PREDICTION_API
+from loader.serving.rest.predictions import error_answer
 
 REPLICAS_PATH = "/modelwatch/replicas"
 

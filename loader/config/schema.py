@@ -41,6 +41,9 @@ class ServerConfig(_Strict):
     max_request_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024 * 1024
     # A REST body that stops arriving for this long gets 408 and its connection closed.
     body_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    # Prediction requests skip ASGI on uvicorn's connections (loader/serving/rest/fast_path.py);
+    # false: every request goes through the ASGI app, as before.
+    rest_fast_path: bool = True
     # Required by gRPC reloads when set; without it, reloads work on loopback only.
     reload_token: SecretStr | None = None
     # Threads answering gRPC calls (TF Serving's --grpc_max_threads). Each call holds one

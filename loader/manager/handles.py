@@ -77,3 +77,7 @@ class Lease:
         tb: TracebackType | None,
     ) -> None:
         self._handle.release()
+
+    def release(self) -> None:
+        """Let go of the version (for a holder that cannot use `with`: a callback chain)."""
+        self._handle.release()

@@ -7,10 +7,11 @@ resolve versions and labels, find signatures and report errors the same way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -27,6 +28,9 @@ from loader.manager.memory import Usage
 DEMAND_RECHECK_SECONDS = 0.25
 # The retry hint of a 503 for a model still loading, and for one waiting for memory.
 RETRY_LOADING_SECONDS, RETRY_NO_MEMORY_SECONDS = 1, 5
+
+# What a batched run calls on the event loop: (outputs, None) or (None, the error).
+Answer = Callable[[dict[str, Any] | None, BaseException | None], None]
 
 
 class DataPlane:
@@ -77,6 +81,10 @@ class DataPlane:
     def memory(self) -> Usage:
         """The process's resident memory, the limit, and what loads running reserve."""
         return self._manager.memory_report().usage
+
+    def is_on_demand(self, model: str) -> bool:
+        """Whether `model` loads on its first request (`models[].load: on_demand`)."""
+        return self._manager.is_on_demand(model)
 
     def hold(self, model: str, version: int | None = None, label: str | None = None) -> Lease:
         """Hold the version a request names (or the latest) until the lease is released.
@@ -150,6 +158,31 @@ class DataPlane:
         self.signature(lease, signature_name)
         return lease.servable.run(signature_name or DEFAULT_SIGNATURE, inputs, output_keys)
 
+    def submit(
+        self,
+        lease: Lease,
+        signature_name: str,
+        inputs: Mapping[str, Any],
+        done: Answer,
+        output_keys: Sequence[str] | None = None,
+    ) -> bool:
+        """Queue a run of a batching servable; `done(result, error)` is then called once, on
+        the running event loop. False (and `done` never called) when the held version does
+        not batch this request: run it with `run_async`.
+
+        No thread and no task waits for the batch, so a thousand requests in flight cost a
+        thousand callbacks.
+        """
+        self.signature(lease, signature_name)
+        submit = getattr(lease.servable, "submit", None)
+        if submit is None:
+            return False
+        post = self._mailbox(asyncio.get_running_loop()).post
+        return bool(submit(
+            signature_name or DEFAULT_SIGNATURE, inputs, output_keys,
+            lambda result, error: post(done, result, error),
+        ))
+
     async def run_async(
         self,
         lease: Lease,
@@ -157,23 +190,14 @@ class DataPlane:
         inputs: Mapping[str, Any],
         output_keys: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """`run` for the event loop, which it never blocks.
-
-        A batching servable queues the request and its batch thread answers a future: no
-        thread waits for the batch, so a thousand requests in flight cost a thousand
-        futures, not a thousand threads. Anything else runs on a worker thread.
-        """
-        self.signature(lease, signature_name)
+        """`run` for the event loop, which it never blocks: a batching servable answers a
+        future (see `submit`); anything else runs on a worker thread."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        if self.submit(lease, signature_name, inputs, functools.partial(_settle, future),
+                       output_keys):
+            return await future
         name = signature_name or DEFAULT_SIGNATURE
-        servable = lease.servable
-        submit = getattr(servable, "submit", None)
-        if submit is not None:
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[dict[str, Any]] = loop.create_future()
-            post = self._mailbox(loop).post
-            if submit(name, inputs, output_keys, lambda result, error: post(future, result, error)):
-                return await future
-        return await run_in_threadpool(servable.run, name, inputs, output_keys)
+        return await run_in_threadpool(lease.servable.run, name, inputs, output_keys)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         mailbox = self._mailboxes.get(loop)
@@ -206,17 +230,14 @@ class _Mailbox:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._answers: list[tuple[asyncio.Future[dict[str, Any]], Any, Any]] = []
+        self._answers: list[tuple[Answer, Any, Any]] = []
 
     def post(
-        self,
-        future: asyncio.Future[dict[str, Any]],
-        result: dict[str, Any] | None,
-        error: BaseException | None,
+        self, done: Answer, result: dict[str, Any] | None, error: BaseException | None
     ) -> None:
-        """Called on any thread: settle `future` on the loop soon."""
+        """Called on any thread: call `done(result, error)` on the loop soon."""
         with self._lock:
-            self._answers.append((future, result, error))
+            self._answers.append((done, result, error))
             first = len(self._answers) == 1
         if first:
             try:
@@ -228,8 +249,8 @@ class _Mailbox:
     def _deliver(self) -> None:
         with self._lock:
             answers, self._answers = self._answers, []
-        for future, result, error in answers:
-            _settle(future, result, error)
+        for done, result, error in answers:
+            done(result, error)
 
 
 def _settle(

@@ -43,6 +43,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.loading.memory_limit_bytes == "auto"
     assert config.loading.on_demand_wait_seconds == 30.0
     assert model.load == "always"
+    assert config.server.rest_fast_path is True
 
 
 def test_memory_limit_and_on_demand_values(tmp_path):
@@ -133,6 +134,7 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {inter_op_parallelism: -2}\n",
          "tensorflow.inter_op_parallelism: input should be greater than or equal to -1"),
         ("tensorflow: {threads: 2}\n", "tensorflow.threads is not a known key"),
+        ("server: {rest_fast_path: sometimes}\n", "server.rest_fast_path: input should be a valid boolean"),
         ("tensorflow: {num_tflite_interpreters: 0}\n",
          "tensorflow.num_tflite_interpreters: input should be greater than or equal to 1"),
         ("tensorflow: {prefer_tflite_model: maybe}\n",

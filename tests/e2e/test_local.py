@@ -70,6 +70,26 @@ def test_new_version_is_detected_served_and_replaces_the_old(tmp_path, daemon, m
     assert response.json() == {"error": "Servable not found for request: Specific(m, 1)"}
 
 
+def test_with_the_rest_fast_path_off_the_daemon_serves_and_swaps_alike(tmp_path, model_builder):
+    base = tmp_path / "repo" / "m"
+    model_builder.publish(base, 1)
+    settings = config(tmp_path, [{"name": "m", "base_path": str(base)}])
+    settings["server"]["rest_fast_path"] = False
+    d = DaemonProcess(tmp_path, settings).start()
+    try:
+        d.wait_for_states("m", {1: "AVAILABLE"})
+        assert d.answer("m") == y(1)
+        model_builder.publish(base, 2)
+        d.wait_for_states("m", {2: "AVAILABLE", 1: "END"})
+        assert d.answer("m") == y(2)
+        assert d.predict("m/versions/1", {"instances": [[2.0]]}).status_code == 404
+        assert d.client is not None
+        metrics = d.client.get("/monitoring/prometheus/metrics").text
+        assert 'api="predict",model="m",status="OK",transport="rest"} 2.0' in metrics
+    finally:
+        assert d.stop() == 0, d.log()[-4000:]
+
+
 def test_partial_upload_is_never_served_and_is_loaded_once_complete(tmp_path, daemon, model_builder):
     base = tmp_path / "repo" / "m"
     sentinel = tmp_path / "repo" / "sentinel"

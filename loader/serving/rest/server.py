@@ -1,12 +1,13 @@
 """The REST server: uvicorn running an ASGI app on its own thread, on a socket bound here.
 
 Kept apart from `loader.serving.rest.app` (what the app answers) so that the transport's settings
-(TCP_NODELAY, uvloop and httptools through uvicorn's defaults, graceful shutdown) are in
-one place.
+(TCP_NODELAY, uvloop and httptools through uvicorn's defaults, graceful shutdown, the fast
+path for a RestApi's prediction routes) are in one place.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import threading
 import time
@@ -14,6 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+
+from loader.serving.rest.fast_path import FastPathProtocol
+from loader.serving.rest.predictions import PredictionRoutes
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -35,7 +39,11 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class RestServer:
-    """Runs an ASGI app with uvicorn on its own thread, on an already-bound socket."""
+    """Runs an ASGI app with uvicorn on its own thread, on an already-bound socket.
+
+    When `app` is a `RestApi`'s and `fast_path` is on, its prediction requests take the
+    fast path (`loader.serving.rest.fast_path`); everything else is plain uvicorn.
+    """
 
     def __init__(
         self,
@@ -43,10 +51,18 @@ class RestServer:
         sock: socket.socket,
         *,
         drain_timeout_seconds: float = 30.0,
+        fast_path: bool = True,
+        keep_alive_seconds: int = 5,
     ) -> None:
         self._sock = sock
+        routes = getattr(getattr(app, "__self__", None), "predictions", None)
+        http: Any = "httptools"
+        if fast_path and isinstance(routes, PredictionRoutes):
+            http = functools.partial(FastPathProtocol, routes=routes)
+        self.fast_path = http != "httptools"
         config = uvicorn.Config(
             app,
+            http=http,
             interface="asgi3",
             proxy_headers=False,  # nothing here reads the client address
             server_header=False,  # as TF Serving, which sends none
@@ -54,6 +70,7 @@ class RestServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=int(max(1, drain_timeout_seconds)),
+            timeout_keep_alive=keep_alive_seconds,  # an idle connection is closed after this
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="modelwatch-rest", daemon=True)
