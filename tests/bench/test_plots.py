@@ -1,16 +1,14 @@
-"""bench/plots.py's peers figure, drawn from a result (needs matplotlib: the bench extra)."""
+"""bench/plots.py's peers figure, drawn from a result (matplotlib is in the test extra)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from tests.bench.test_peer_report import document
 
 
 def test_the_peers_figure_has_a_bar_per_server_with_numbers(tmp_path: Path) -> None:
-    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib
     matplotlib.use("Agg")
     matplotlib.rcParams["svg.fonttype"] = "none"
     from bench.plots import plot_peers
