@@ -34,7 +34,7 @@ import tensorflow as tf  # after the log level, which it reads at import
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
-from loader.base import Code, FailedPrecondition, InvalidArgument, ServingError, SignatureInfo
+from loader.base import Code, FailedPrecondition, InvalidArgument, ServingError
 from loader.servables import signature_io
 from loader.servables.runtime import read_through, return_freed_memory
 from loader.servables.saved_model_proto import (
@@ -177,7 +177,7 @@ def _lacks_trailing_one(rank: int, shape: tuple[int, ...] | None) -> bool:
 # ---- the servable ------------------------------------------------------------------
 
 
-class SavedModelServable:
+class SavedModelServable(signature_io.DescribedBySignatures):
     """A loaded SavedModel version; implements `loader.base.Servable`.
 
     `run` is safe to call from many threads at once. `unload` must not race with `run`
@@ -198,15 +198,6 @@ class SavedModelServable:
         )
         self.backend: str = used  # "tf2" or "session": the path this version runs on
         self._runner: _Runner | None = runner
-
-    @property
-    def signatures(self) -> Mapping[str, SignatureInfo]:
-        """Signature name -> its method, inputs and outputs, as the SignatureDefs say."""
-        return self._signatures.infos
-
-    def signature_def_json(self) -> dict[str, Any]:
-        """The `signature_def` object of TF Serving's REST model metadata."""
-        return self._signatures.json
 
     def run(
         self,

@@ -40,6 +40,22 @@ class Signatures:
         return sig
 
 
+class DescribedBySignatures:
+    """A servable's `signatures` and `signature_def_json` (the Servable Protocol's), from
+    the `Signatures` it sets as `_signatures` when it loads."""
+
+    _signatures: Signatures
+
+    @property
+    def signatures(self) -> Mapping[str, SignatureInfo]:
+        """Signature name -> its method, inputs and outputs, as the SignatureDefs say."""
+        return self._signatures.infos
+
+    def signature_def_json(self) -> dict[str, Any]:
+        """The `signature_def` object of TF Serving's REST model metadata."""
+        return self._signatures.json
+
+
 def feeds(
     sig: meta_graph_pb2.SignatureDef, defaults: Mapping[str, np.ndarray], inputs: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:

@@ -55,7 +55,6 @@ from loader.base import (
     InvalidArgument,
     NotFound,
     ServingError,
-    SignatureInfo,
 )
 from loader.servables import signature_io
 from loader.servables.runtime import read_through
@@ -119,7 +118,7 @@ class _InterpreterPool:
             self._changed.notify_all()
 
 
-class TfLiteServable:
+class TfLiteServable(signature_io.DescribedBySignatures):
     """A loaded `model.tflite`; implements `loader.base.Servable`.
 
     `run` is safe to call from many threads at once. `unload` must not race with `run`
@@ -139,15 +138,6 @@ class TfLiteServable:
         signature_defs, self._plans = _signatures(first, model, path)
         self._signatures = signature_io.Signatures(signature_defs)
         self._pool: _InterpreterPool | None = _InterpreterPool(make, num_interpreters, first)
-
-    @property
-    def signatures(self) -> Mapping[str, SignatureInfo]:
-        """Signature name -> its method, inputs and outputs."""
-        return self._signatures.infos
-
-    def signature_def_json(self) -> dict[str, Any]:
-        """The `signature_def` object of TF Serving's REST model metadata."""
-        return self._signatures.json
 
     def run(
         self,
