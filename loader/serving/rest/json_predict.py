@@ -56,13 +56,14 @@ def decode_predict_request(
     columnar `{"inputs": ...}` gives each tensor as is. Raises InvalidArgument with TF
     Serving's messages.
     """
-    doc = request if isinstance(request, Mapping) else parse_body(request)
+    # `type is dict` first: an ABC's isinstance costs each request ~0.4 us.
+    doc = request if type(request) is dict or isinstance(request, Mapping) else parse_body(request)
     name = signature_name_of(doc)
     if not signature.inputs:
         raise InvalidArgument(
             f"Failed to get input map for signature: {doc.get('signature_name') or 'DEFAULT'}"
         )
-    specs = {alias: dtype_spec(info.dtype) for alias, info in signature.inputs.items()}
+    specs = _input_specs(signature)
     if "instances" in doc:
         if "inputs" in doc:
             raise format_error(
@@ -83,6 +84,24 @@ def decode_predict_request(
     if "inputs" in doc:
         return PredictRequest(name, False, _decode_inputs(doc["inputs"], specs))
     raise InvalidArgument("Missing 'inputs' or 'instances' key")
+
+
+# The dtypes of the signatures met last, by identity: a loaded version's SignatureInfo is
+# made once and never changes, and building the map again costs each request ~0.5 us.
+# Each entry holds its signature, so its id cannot be reused while it is here.
+_SPECS: dict[int, tuple[SignatureInfo, dict[str, DType]]] = {}
+_MAX_SPECS = 256
+
+
+def _input_specs(signature: SignatureInfo) -> dict[str, DType]:
+    cached = _SPECS.get(id(signature))
+    if cached is not None and cached[0] is signature:
+        return cached[1]
+    specs = {alias: dtype_spec(info.dtype) for alias, info in signature.inputs.items()}
+    if len(_SPECS) >= _MAX_SPECS:  # versions come and go: forget the old ones now and then
+        _SPECS.clear()
+    _SPECS[id(signature)] = (signature, specs)
+    return specs
 
 
 def _decode_inputs(value: Any, specs: Mapping[str, DType]) -> dict[str, np.ndarray]:
@@ -140,16 +159,20 @@ def _fast_instances(
 def _fast_float_rows(instances: list[Any], spec: DType) -> np.ndarray | None:
     """The most common request, one float input sent as rows of numbers (or as numbers),
     in fewer steps than `fast_tensor`; None for anything else."""
-    if type(instances[0]) is list:
-        width = len(instances[0])
-        if not width or set(map(type, instances)) != {list} or set(map(len, instances)) != {width}:
-            return None
-        leaves = list(chain.from_iterable(instances))
-        shape: tuple[int, ...] = (len(instances), width)
+    first = instances[0]
+    if type(first) is not list:
+        return fast_floats(instances, set(map(type, instances)), spec)
+    width = len(first)
+    if not width:
+        return None
+    if len(instances) == 1:  # one instance, the usual request: nothing to flatten
+        leaves = first
+    elif set(map(type, instances)) != {list} or set(map(len, instances)) != {width}:
+        return None
     else:
-        leaves, shape = instances, (len(instances),)
+        leaves = list(chain.from_iterable(instances))
     array = fast_floats(leaves, set(map(type, leaves)), spec)
-    return None if array is None else array.reshape(shape)
+    return None if array is None else array.reshape(len(instances), width)
 
 
 def _exact_instances(

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import warnings
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -46,13 +45,6 @@ except ImportError:  # pragma: no cover - depends on the environment
     _BFLOAT16 = np.dtype(np.float32)
 
 MAX_RANK = 64  # numpy's limit; TensorFlow's own is 254
-
-# fast_floats' sum of squares overflows for values beyond ~1e154; that only sends them
-# the long way, which checks each value.
-warnings.filterwarnings(
-    "ignore", "overflow encountered in matmul", RuntimeWarning, module=__name__
-)
-
 
 # --- dtypes --------------------------------------------------------------------------------
 
@@ -165,9 +157,11 @@ def fast_floats(leaves: list[Any], types: set[type], spec: DType) -> np.ndarray 
     # The common case in one dot product: a sum of squares below limit**2 means every
     # value is finite, in range and, if some are integers, small enough to be exact (each
     # square is at most the sum, and rounding never takes a square above limit**2 below
-    # it). NaN, infinities, overflowing squares and values at the limit take the long way.
+    # it). NaN, infinities, overflowing squares (beyond ~1e154) and values at the limit
+    # take the long way. `vdot` (BLAS) neither warns on overflow, as matmul does, nor
+    # costs matmul's ufunc dispatch.
     limit = spec.max_int if int in types else spec.max_value
-    if not doubles.size or float(doubles @ doubles) < limit * limit:
+    if not doubles.size or np.vdot(doubles, doubles) < limit * limit:
         return doubles.astype(spec.numpy)
     with np.errstate(invalid="ignore"):
         magnitude = np.abs(doubles)
