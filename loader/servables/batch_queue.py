@@ -117,22 +117,31 @@ class BatchScheduler(Generic[K, T]):
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue()
+            # Threads to wake: one per batch this task makes ready (a closed one, a full
+            # one) or starts (even when nothing is schedulable yet, a waiting thread must
+            # learn the new open batch's deadline). A task that joins an open batch wakes
+            # nobody: a thread is already on its way to that batch, or busy and will look
+            # again when it is done; waking another one for it would cost a switch of
+            # threads and the interpreter lock per request, for a thread finding nothing.
+            wake = 0
             if queue.open_rows + rows > self._max_rows:
                 # The open batch counts: TF Serving's queue always holds it.
                 if len(queue.closed) + 1 >= self._max_batches:
                     raise QueueFull(QUEUE_FULL)
                 queue.close_open()
+                wake += 1
             if not queue.open:
                 queue.open_since = time.monotonic()
+                wake += 1
             queue.open.append(task)
             queue.open_rows += rows
+            if queue.open_rows >= self._max_rows:
+                wake += 1
             self._queued += 1
             if not self._threads:
                 self._start_threads()
-            if self._idle:
-                # Even when nothing is schedulable yet, a waiting thread must learn the
-                # new open batch's deadline. A busy thread looks again when it is done.
-                self._cond.notify()
+            if wake and self._idle:
+                self._cond.notify(wake)
 
     def stop(self) -> None:
         """Refuse new tasks; queued ones still run, then the threads exit. Idempotent."""
