@@ -44,10 +44,11 @@ class Route:
 
     handles: Mapping[int, Handle]
     labels: Mapping[str, int]
+    # The highest version: found once here, not on every request.
+    latest: int | None = field(init=False, repr=False, compare=False)
 
-    @property
-    def latest(self) -> int | None:
-        return max(self.handles, default=None)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "latest", max(self.handles, default=None))
 
 
 @dataclass

@@ -205,7 +205,7 @@ class BatchingServable:
                 f"batching for {self._scheduler.name or 'this model'} has stopped"
             )
         keys = tuple(output_keys) if output_keys else None
-        names = tuple(sorted(inputs))
+        names = tuple(inputs) if len(inputs) == 1 else tuple(sorted(inputs))
         request = self._request(signature_name, inputs, names, keys, done)
         if request is None:
             return False
@@ -269,8 +269,10 @@ class BatchingServable:
             return None
         if self._pad_lengths:
             shapes = tuple(shape_key_padded(a) for a in arrays.values())
-        else:
-            shapes = tuple([(a.dtype.str, a.shape[1:]) for a in arrays.values()])
+        elif len(arrays) == 1:  # the usual request, without a comprehension
+            shapes = ((value.dtype, value.shape[1:]),)
+        else:  # dtypes compare (and hash) as their `.str` would, without making one
+            shapes = tuple([(a.dtype, a.shape[1:]) for a in arrays.values()])
         return _Request(arrays, rows, shapes, done)
 
     def _fits(

@@ -44,17 +44,18 @@ class RequestOutcome:
     block counts as INTERNAL.
     """
 
-    __slots__ = ("_api", "_metrics", "_started", "_transport", "code", "model")
+    __slots__ = ("_api", "_in_flight", "_metrics", "_started", "_transport", "code", "model")
 
     def __init__(self, metrics: Metrics, transport: str, api: str) -> None:
         self._metrics = metrics
         self._transport = transport
         self._api = api
+        self._in_flight = metrics.in_flight_of(transport)
         self.model = ""
         self.code = Code.OK
 
     def __enter__(self) -> Self:
-        self._metrics.in_flight_of(self._transport).inc()
+        self._in_flight.inc()
         self._started = time.perf_counter()
         return self
 
@@ -62,7 +63,8 @@ class RequestOutcome:
         elapsed = time.perf_counter() - self._started
         if exc_type is not None:
             self.code = Code.INTERNAL
-        self._metrics.answered(self.model, self._api, self._transport, self.code, elapsed)
+        self._in_flight.dec()
+        self._metrics.counted(self.model, self._api, self._transport, self.code, elapsed)
 
 
 class Metrics:
@@ -167,13 +169,22 @@ class Metrics:
         return gauge
 
     def answered(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
-        """A request left: count it and record its latency. The labelled children are
-        looked up once and kept (`labels()` costs a lock and a tuple each call)."""
+        """A request left: no longer in flight; count it and record its latency."""
         self.in_flight_of(transport).dec()
-        if model and not self.known_model(model):
-            model = ""  # any name a client sends would otherwise become a labelled series
+        self.counted(model, api, transport, code, seconds)
+
+    def counted(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
+        """Count an answered request and record its latency. The labelled children are
+        looked up once and kept (`labels()` costs a lock and a tuple each call)."""
         key = (model, api, transport, code)
-        children = self._request_children.get(key)
+        # A name already counted as answered OK is a model's (only a configured one can
+        # answer OK), and asking again costs each request a call.
+        children = self._request_children.get(key) if code is Code.OK else None
+        if children is None:
+            if model and not self.known_model(model):
+                model = ""  # any name a client sends would otherwise become a labelled series
+                key = (model, api, transport, code)
+            children = self._request_children.get(key)
         if children is None:
             children = self._request_children[key] = (
                 self.requests.labels(model, api, transport, code.name),

@@ -52,6 +52,34 @@ FAST_TARGET = re.compile(
 )
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+
+# What a prediction's target names: the API, the model, the version's text, the label.
+Target = tuple[str, str, "str | None", "str | None"]
+
+# The targets met last, decoded: clients send the same few over and over, and matching
+# and decoding one costs ~1 us. Bounded, as clients choose them.
+_TARGETS: dict[bytes, Target] = {}
+_MAX_TARGETS = 1024
+
+
+def prediction_target(url: bytes) -> Target | None:
+    """What the raw target of a prediction names; None when it is not one (see FAST_TARGET)."""
+    target = _TARGETS.get(url)
+    if target is not None:
+        return target
+    match = FAST_TARGET.fullmatch(url) if url.isascii() else None
+    if match is None:
+        return None
+    model, version, label, verb = match.groups()
+    target = (
+        verb.decode().lower(), model.decode(), version.decode() if version else None,
+        label.decode() if label else None,
+    )
+    if len(_TARGETS) >= _MAX_TARGETS:
+        _TARGETS.clear()
+    _TARGETS[url] = target
+    return target
 
 
 class _FastCycle:
@@ -66,18 +94,13 @@ class _FastCycle:
     def __init__(
         self,
         protocol: FastPathProtocol,
-        match: re.Match[bytes],
+        target: Target,
         keep_alive: bool,
         expect_continue: bool,
     ) -> None:
-        model, version, label, verb = match.groups()
+        api, model, self.version_text, self.label = target
         self._protocol = protocol
-        routes = protocol.routes
-        self._call: PredictionCall = routes.call(
-            verb.decode().lower(), model.decode(), self._reply
-        )
-        self.version_text = version.decode() if version else None
-        self.label = label.decode() if label else None
+        self._call: PredictionCall = protocol.routes.call(api, model, self._reply)
         self.keep_alive = keep_alive
         self._expect_continue = expect_continue
         self.disconnected = False
@@ -185,10 +208,14 @@ class _FastCycle:
             return
         # After a body timeout what is left of the body would be read as a next request.
         close = not self.keep_alive or isinstance(self._refusal, BodyTimeout)
-        head = b"%bcontent-type: application/json\r\ncontent-length: %d\r\n%b%b\r\n" % (
-            STATUS_LINE[status], len(answer), b"connection: close\r\n" if close else b"",
-            b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after,
-        )
+        if close or retry_after is not None:
+            head = b"%b%b%d\r\n%b%b\r\n" % (
+                STATUS_LINE[status], _JSON_HEAD, len(answer),
+                b"connection: close\r\n" if close else b"",
+                b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after,
+            )
+        else:  # the usual answer, in fewer steps
+            head = b"".join((STATUS_LINE[status], _JSON_HEAD, b"%d\r\n\r\n" % len(answer)))
         if len(answer) < 65536:
             transport.write(head + answer)
         else:  # not worth a copy
@@ -272,10 +299,10 @@ class FastPathProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        match = None
-        if parser.get_method() == b"POST" and not parser.should_upgrade() and self.url.isascii():
-            match = FAST_TARGET.fullmatch(self.url)
-        if match is None or self.limit_concurrency is not None:
+        target = None
+        if parser.get_method() == b"POST" and not parser.should_upgrade():
+            target = prediction_target(self.url)
+        if target is None or self.limit_concurrency is not None:
             url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
             super().on_message_begin()
             self.url, self.expect_100_continue = url, expect_100_continue
@@ -284,7 +311,7 @@ class FastPathProtocol(HttpToolsProtocol):
             return
         http_version = parser.get_http_version()
         cycle = _FastCycle(
-            self, match, http_version != "1.0" and parser.should_keep_alive(),
+            self, target, http_version != "1.0" and parser.should_keep_alive(),
             self.expect_100_continue,
         )
         cycle.check_declared_length(self.headers)
