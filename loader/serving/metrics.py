@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Self
+from typing import Self
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from loader.base import Code
 from loader.manager.harness import Transition
 from loader.manager.memory_guard import MemoryReport
+from loader.serving.request_stats import AnsweredKey, Family, RequestStats
 from policies.base import Phase
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -44,18 +45,17 @@ class RequestOutcome:
     block counts as INTERNAL.
     """
 
-    __slots__ = ("_api", "_in_flight", "_metrics", "_started", "_transport", "code", "model")
+    __slots__ = ("_api", "_metrics", "_started", "_transport", "code", "model")
 
     def __init__(self, metrics: Metrics, transport: str, api: str) -> None:
         self._metrics = metrics
         self._transport = transport
         self._api = api
-        self._in_flight = metrics.in_flight_of(transport)
         self.model = ""
         self.code = Code.OK
 
     def __enter__(self) -> Self:
-        self._in_flight.inc()
+        self._metrics.stats.started(self._transport)
         self._started = time.perf_counter()
         return self
 
@@ -63,8 +63,7 @@ class RequestOutcome:
         elapsed = time.perf_counter() - self._started
         if exc_type is not None:
             self.code = Code.INTERNAL
-        self._in_flight.dec()
-        self._metrics.counted(self.model, self._api, self._transport, self.code, elapsed)
+        self._metrics.answered(self.model, self._api, self._transport, self.code, elapsed)
 
 
 class Metrics:
@@ -73,25 +72,20 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._available: dict[str, int] = {}  # the manager calls observers under its lock
-        # Labelled children on the request path; dict get and set are atomic, and two
-        # threads creating the same child get the same one from prometheus_client.
-        self._in_flight_children: dict[str, Any] = {}
-        self._request_children: dict[tuple[str, str, str, Code], tuple[Any, Any]] = {}
+        # The series key of each (model, api, transport, OK) answered; dict get and set
+        # are atomic, and two threads making the same key make equal ones.
+        self._answered_keys: dict[tuple[str, str, str, Code], AnsweredKey] = {}
         # Which model names requests are counted under; the daemon asks its manager.
         self.known_model: Callable[[str], bool] = lambda name: True
         r = self.registry
-        self.requests = Counter(
-            "modelwatch_requests", "Requests answered, by model, API, transport and status.",
-            ["model", "api", "transport", "status"], registry=r,
-        )
-        self.request_latency = Histogram(
-            "modelwatch_request_latency_seconds", "Time to answer a request.",
-            ["model", "api", "transport"], buckets=_BUCKETS, registry=r,
-        )
-        self.in_flight = Gauge(
-            "modelwatch_requests_in_flight", "Requests being answered now.",
-            ["transport"], registry=r,
-        )
+        # Requests answered, their latency and those in flight (request_stats.py: on every
+        # request, so not prometheus_client's own metric objects).
+        self.stats = RequestStats(_BUCKETS)
+        self.requests = Family(self.stats.requests_family)
+        self.request_latency = Family(self.stats.latency_family)
+        self.in_flight = Family(self.stats.in_flight_family)
+        for family in (self.requests, self.request_latency, self.in_flight):
+            r.register(family)
         self.loads = Counter(
             "modelwatch_loads", "Version loads that ended, by outcome (ok or error).",
             ["model", "outcome"], registry=r,
@@ -162,36 +156,19 @@ class Metrics:
         """Count and time one request: `with metrics.request("rest", "predict") as outcome`."""
         return RequestOutcome(self, transport, api)
 
-    def in_flight_of(self, transport: str) -> Any:
-        gauge = self._in_flight_children.get(transport)
-        if gauge is None:
-            gauge = self._in_flight_children[transport] = self.in_flight.labels(transport)
-        return gauge
-
     def answered(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
         """A request left: no longer in flight; count it and record its latency."""
-        self.in_flight_of(transport).dec()
-        self.counted(model, api, transport, code, seconds)
-
-    def counted(self, model: str, api: str, transport: str, code: Code, seconds: float) -> None:
-        """Count an answered request and record its latency. The labelled children are
-        looked up once and kept (`labels()` costs a lock and a tuple each call)."""
-        key = (model, api, transport, code)
+        found = (model, api, transport, code)
         # A name already counted as answered OK is a model's (only a configured one can
         # answer OK), and asking again costs each request a call.
-        children = self._request_children.get(key) if code is Code.OK else None
-        if children is None:
+        key = self._answered_keys.get(found) if code is Code.OK else None
+        if key is None:
             if model and not self.known_model(model):
                 model = ""  # any name a client sends would otherwise become a labelled series
-                key = (model, api, transport, code)
-            children = self._request_children.get(key)
-        if children is None:
-            children = self._request_children[key] = (
-                self.requests.labels(model, api, transport, code.name),
-                self.request_latency.labels(model, api, transport),
-            )
-        children[0].inc()
-        children[1].observe(seconds)
+            key = (model, api, transport, code.name)
+            if code is Code.OK:
+                self._answered_keys[found] = key
+        self.stats.answered(key, seconds, left=True)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

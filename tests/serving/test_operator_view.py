@@ -133,7 +133,7 @@ def test_quantiles_are_estimated_as_prometheus_does(q, buckets, expected):
 
 def answer(metrics: Metrics, model: str, count: int, seconds: float, code: Code = Code.OK) -> None:
     for _ in range(count):
-        metrics.in_flight_of("rest").inc()
+        metrics.stats.started("rest")
         metrics.answered(model, "predict", "rest", code, seconds)
 
 
