@@ -168,7 +168,7 @@ class Metrics:
             key = (model, api, transport, code.name)
             if code is Code.OK:
                 self._answered_keys[found] = key
-        self.stats.answered(key, seconds, left=True)
+        self.stats.answered(key, seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,19 +60,13 @@ class RequestStats:
         with self._lock:
             self._in_flight[transport] = self._in_flight.get(transport, 0) + 1
 
-    def left(self, transport: str) -> None:
-        """A request of `transport` is no longer in flight."""
-        with self._lock:
-            self._in_flight[transport] = self._in_flight.get(transport, 0) - 1
-
-    def answered(self, key: AnsweredKey, seconds: float, *, left: bool = False) -> None:
-        """Count a request answered under `key` in `seconds` (and, with `left`, take it
-        out of the requests in flight at the same time)."""
+    def answered(self, key: AnsweredKey, seconds: float) -> None:
+        """A request `started` before was answered under `key` in `seconds`: count it and
+        its latency, and take it out of the requests in flight."""
         bucket = bisect.bisect_left(self._bounds, seconds)  # the first bound >= seconds
         model, api, transport, _ = key
         with self._lock:
-            if left:
-                self._in_flight[transport] = self._in_flight.get(transport, 0) - 1
+            self._in_flight[transport] = self._in_flight.get(transport, 0) - 1
             counted = self._answered.get(key)
             if counted is None:
                 counted = self._answered[key] = [0, time.time()]

@@ -48,7 +48,7 @@ def test_the_exposition_is_prometheus_clients_own() -> None:
         in_flight.labels(transport).dec()
         requests.labels(model, api, transport, status).inc()
         latency.labels(model, api, transport).observe(seconds)
-        stats.answered((model, api, transport, status), seconds, left=True)
+        stats.answered((model, api, transport, status), seconds)
     in_flight.labels("rest").inc()
     stats.started("rest")
 
@@ -65,7 +65,7 @@ def test_no_count_is_lost_between_threads() -> None:
     def answer() -> None:
         for _ in range(per_thread):
             stats.started("grpc")
-            stats.answered(("m", "predict", "grpc", "OK"), 0.002, left=True)
+            stats.answered(("m", "predict", "grpc", "OK"), 0.002)
 
     threads = [threading.Thread(target=answer) for _ in range(4)]
     for thread in threads:
