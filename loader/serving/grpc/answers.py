@@ -4,19 +4,22 @@ bug) turned into the call's status with TF Serving's code and message (messages 
 
 `Answerer` does it for both kinds of handler the server runs: blocking ones on the
 server's worker threads (`__call__`) and coroutines on its event loop (`answer_async`).
+It also counts the calls in flight, and once `drain()` is called it answers every new
+call UNAVAILABLE at once (a client retries those elsewhere), while those in flight finish.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
 from google.protobuf import message
 
-from loader.base import Code, ServingError
+from loader.base import Code, ServingError, Unavailable
 from loader.serving.metrics import Metrics
 
 log = logging.getLogger("modelwatch.grpc")
@@ -48,6 +51,29 @@ class Answerer:
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._draining = False
+
+    def drain(self) -> None:
+        """From now on, answer every new call UNAVAILABLE."""
+        with self._lock:
+            self._draining = True
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being answered now."""
+        return self._in_flight
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._draining:
+                raise Unavailable("the server is shutting down")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def __call__(
         self,
@@ -60,7 +86,11 @@ class Answerer:
         with self._metrics.request("grpc", api) as outcome:
             outcome.model = model
             try:
-                return handler()
+                self._enter()
+                try:
+                    return handler()
+                finally:
+                    self._leave()
             except Exception as error:
                 outcome.code, text = _failure(api, error)
         context.abort(*grpc_status(outcome.code, text))
@@ -71,14 +101,18 @@ class Answerer:
         context: grpc.aio.ServicerContext,
         api: str,
         model: str,
-        work: Awaitable[Response],
+        handler: Callable[[], Awaitable[Response]],
     ) -> Response:
         """Answer a call on the event loop. A call the client cancelled (or the server's
         stop cut) is counted as CANCELLED."""
         with self._metrics.request("grpc", api) as outcome:
             outcome.model = model
             try:
-                return await work
+                self._enter()
+                try:
+                    return await handler()
+                finally:
+                    self._leave()
             except asyncio.CancelledError:
                 outcome.code = Code.CANCELLED
                 text = ""

@@ -30,6 +30,7 @@ from loader.serving.grpc.services import GrpcApi
 _MIB = 1024 * 1024
 _server_numbers = itertools.count(1)
 _REFUSE_SECONDS = 10.0  # how long stop() waits for the server to refuse new calls
+_DRAIN_POLL_SECONDS = 0.02
 
 
 ChannelArgument = tuple[str, int | str]
@@ -42,9 +43,10 @@ class GrpcServer:
     Nothing listens before `start()` (TF Serving opens its ports once the initial models
     have loaded): the constructor checks that the port and the socket path are free (port
     0 picks a free port then; see `port`), and `start()` binds them. `start()`, an
-    idempotent `stop(grace_seconds)` (new RPCs are refused at once; those in flight get
-    the grace period to finish) and `join(timeout)`, which waits for the server and its
-    worker threads to end, then removes the socket file it made. `channel_arguments` are
+    idempotent `stop(grace_seconds)` (new RPCs are answered UNAVAILABLE at once, those in
+    flight get the grace period to finish, then the ports close; `None`: cancel them and
+    close now) and `join(timeout)`, which waits for the server and its worker threads to
+    end, then removes the socket file it made. `channel_arguments` are
     passed to gRPC as they are (TF Serving's `--grpc_channel_arguments`); ours win where
     both set a key.
     """
@@ -156,10 +158,17 @@ class GrpcServer:
         await server.start()
         started.set_result(None)
         grace: float | None = await self._stop_wanted
+        if grace is not None:
+            # New calls are answered UNAVAILABLE from now on while the port stays open, so
+            # a client hears "go elsewhere" instead of racing the listener's close.
+            self._api.drain()
+            self._refusing.set()
+            deadline = time.monotonic() + grace
+            while self._api.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(_DRAIN_POLL_SECONDS)
+            grace = max(0.0, deadline - time.monotonic())
         stopping = asyncio.ensure_future(server.stop(grace))
-        # The stop's first step has refused new calls (grpc_server_shutdown_and_notify);
-        # from here, stop() may return.
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # its first step closes the listener and cancels (grace None)
         self._refusing.set()
         await stopping
 

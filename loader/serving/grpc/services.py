@@ -134,7 +134,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> predict_pb2.PredictResponse:
         """On the event loop: a batched Predict waits for its batch without a thread."""
         return await self._answer.answer_async(
-            context, "predict", request.model_spec.name, self._predict_async(request)
+            context, "predict", request.model_spec.name, lambda: self._predict_async(request)
         )
 
     def Classify(
@@ -369,11 +369,20 @@ class GrpcApi:
         tensor_content: bool = False,
         guard: ReloadGuard | None = None,
     ) -> None:
-        answer = Answerer(metrics or Metrics())
+        answer = self._answer = Answerer(metrics or Metrics())
         self.prediction = PredictionService(
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
+
+    def drain(self) -> None:
+        """Answer every new call UNAVAILABLE from now on; those in flight go on."""
+        self._answer.drain()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being answered now."""
+        return self._answer.in_flight
 
     def add_to(self, server: grpc.aio.Server) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
