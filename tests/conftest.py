@@ -17,13 +17,16 @@ TFSERVING_TESTDATA = ROOT.parent / "shared" / "testdata" / "tfserving"
 
 # Threads some libraries start once per process and keep by design.
 _PROCESS_THREADS = ("ThreadPoolExecutor", "pydevd", "asyncio_", "grpc", "Dummy-")
+_PROCESS_THREAD_TARGETS = ("(_poll_wrapper)",)  # grpc.aio's completion-queue poller
 
 
 def _own_threads() -> set[threading.Thread]:
     return {
         t
         for t in threading.enumerate()
-        if t is not threading.main_thread() and not t.name.startswith(_PROCESS_THREADS)
+        if t is not threading.main_thread()
+        and not t.name.startswith(_PROCESS_THREADS)
+        and not t.name.endswith(_PROCESS_THREAD_TARGETS)
     }
 
 

@@ -46,10 +46,9 @@ class ServerConfig(_Strict):
     rest_fast_path: bool = True
     # Required by gRPC reloads when set; without it, reloads work on loopback only.
     reload_token: SecretStr | None = None
-    # Threads answering gRPC calls (TF Serving's --grpc_max_threads). Each call holds one
-    # until it is answered, a batched Predict while it waits for its batch too, so this
-    # also bounds how many gRPC requests one batch can gather. None: 4 per core (TF
-    # Serving's default), at least 16.
+    # Threads answering the gRPC calls that block (TF Serving's --grpc_max_threads): all
+    # but a batched Predict, which waits for its batch on the server's event loop and
+    # holds no thread. None: 4 per core (TF Serving's default), at least 16.
     grpc_max_threads: Annotated[int, Field(ge=1, le=4096)] | None = None
     # The read-only operator page at /modelwatch/ui on the REST port (404 when off).
     operator_page: bool = True

@@ -1,12 +1,17 @@
-"""The gRPC server that runs a `GrpcApi`: its `grpc.server`, worker pool, TCP port and,
-optionally, a Unix domain socket (TF Serving's `--grpc_socket_path`).
+"""The gRPC server that runs a `GrpcApi`: its `grpc.aio` server on an event loop of its
+own, its worker pool, TCP port and, optionally, a Unix domain socket (TF Serving's
+`--grpc_socket_path`).
 
-The server is synchronous: model calls block, so each RPC gets a worker thread (named
-`modelwatch-grpc...`) from a bounded pool.
+Predict runs on the event loop: a batched Predict is decoded there and waits for its
+batch as a callback, holding no thread, so one batch gathers every call in flight. The
+calls that block (Classify, Regress, MultiInference, metadata, status, reload, a large
+Predict or one of a model without batching) run on a bounded pool of worker threads
+(named `modelwatch-grpc...`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
@@ -14,15 +19,18 @@ import stat
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import uvloop
 
 from loader.serving.grpc.services import GrpcApi
 
 _MIB = 1024 * 1024
 _server_numbers = itertools.count(1)
+_REFUSE_SECONDS = 10.0  # how long stop() waits for the server to refuse new calls
+_DRAIN_POLL_SECONDS = 0.02
 
 
 ChannelArgument = tuple[str, int | str]
@@ -35,9 +43,10 @@ class GrpcServer:
     Nothing listens before `start()` (TF Serving opens its ports once the initial models
     have loaded): the constructor checks that the port and the socket path are free (port
     0 picks a free port then; see `port`), and `start()` binds them. `start()`, an
-    idempotent `stop(grace_seconds)` (new RPCs are refused at once; those in flight get
-    the grace period to finish) and `join(timeout)`, which waits for the server and its
-    worker threads to end, then removes the socket file it made. `channel_arguments` are
+    idempotent `stop(grace_seconds)` (new RPCs are answered UNAVAILABLE at once, those in
+    flight get the grace period to finish, then the ports close; `None`: cancel them and
+    close now) and `join(timeout)`, which waits for the server and its worker threads to
+    end, then removes the socket file it made. `channel_arguments` are
     passed to gRPC as they are (TF Serving's `--grpc_channel_arguments`); ours win where
     both set a key.
     """
@@ -73,14 +82,14 @@ class GrpcServer:
         self._socket: tuple[Path, int, int] | None = None  # path, device, inode once bound
         self._thread_prefix = f"modelwatch-grpc-{next(_server_numbers)}"
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
-        self._server = grpc.server(
-            self._executor, handlers=list(extra_handlers),
-            options=list({**dict(channel_arguments), **ours}.items()),
-        )
-        api.add_to(self._server)
+        self._api = api
+        self._handlers = list(extra_handlers)
+        self._options = list({**dict(channel_arguments), **ours}.items())
         self._lock = threading.Lock()
-        self._started = False
-        self._stopped: threading.Event | None = None
+        self._thread: threading.Thread | None = None  # runs the event loop
+        self._stop_asked = False
+        self._stop_wanted: asyncio.Future[float | None]  # on the loop, once serving
+        self._refusing = threading.Event()  # the stop has begun: new calls are refused
 
     @property
     def port(self) -> int:
@@ -94,39 +103,97 @@ class GrpcServer:
     def start(self) -> None:
         """Bind the port (and the socket) and serve; OSError if one is taken meanwhile."""
         with self._lock:
-            if self._started or self._stopped is not None:
+            if self._thread is not None or self._stop_asked:
                 raise RuntimeError("a GrpcServer starts once")
-            host = f"[{self._host}]" if ":" in self._host else self._host
-            address = f"{host}:{self._port}"
+            started: Future[None] = Future()
+            self._thread = threading.Thread(
+                target=self._run, args=(started,), name=f"{self._thread_prefix}-loop", daemon=True
+            )
+            self._thread.start()
             try:
-                self._server.add_insecure_port(address)
-                if self._socket_path is not None:
-                    address = f"unix:{self._socket_path}"
-                    _check_socket_path(self._socket_path)
-                    self._server.add_insecure_port(address)  # replaces a stale socket file
-                    made = self._socket_path.lstat()
-                    self._socket = (self._socket_path, made.st_dev, made.st_ino)
-            except (RuntimeError, OSError) as exc:  # grpc says only "Failed to bind"
-                raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
-            self._server.start()
-            self._started = True
+                started.result()
+            except BaseException:
+                self._thread.join()
+                raise
+
+    def _run(self, started: Future[None]) -> None:
+        """The event loop's thread: serve until the server has stopped."""
+        loop = uvloop.new_event_loop()
+        loop.set_default_executor(self._executor)  # run_in_executor(None, ...) uses the pool
+        asyncio.set_event_loop(loop)  # grpc.aio asks for the thread's loop
+        try:
+            loop.run_until_complete(self._serve(started))
+            # What the server leaves behind (callbacks of cancelled calls) ends here.
+            left = asyncio.all_tasks(loop)
+            for task in left:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        except BaseException as error:  # a bug: whoever waits in start() hears of it
+            if not started.done():
+                started.set_exception(error)
+            raise
+        finally:
+            loop.close()
+
+    async def _serve(self, started: Future[None]) -> None:
+        server = grpc.aio.server(
+            migration_thread_pool=self._executor, handlers=self._handlers, options=self._options
+        )
+        self._api.add_to(server)
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        address = f"{host}:{self._port}"
+        try:
+            server.add_insecure_port(address)
+            if self._socket_path is not None:
+                address = f"unix:{self._socket_path}"
+                _check_socket_path(self._socket_path)
+                server.add_insecure_port(address)  # replaces a stale socket file
+                made = self._socket_path.lstat()
+                self._socket = (self._socket_path, made.st_dev, made.st_ino)
+        except (RuntimeError, OSError) as exc:  # grpc says only "Failed to bind"
+            started.set_exception(OSError(f"cannot listen for gRPC on {address}: {exc}"))
+            self._remove_socket()
+            return
+        self._stop_wanted = asyncio.get_running_loop().create_future()
+        await server.start()
+        started.set_result(None)
+        grace: float | None = await self._stop_wanted
+        if grace is not None:
+            # New calls are answered UNAVAILABLE from now on while the port stays open, so
+            # a client hears "go elsewhere" instead of racing the listener's close.
+            self._api.drain()
+            self._refusing.set()
+            deadline = time.monotonic() + grace
+            while self._api.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(_DRAIN_POLL_SECONDS)
+            grace = max(0.0, deadline - time.monotonic())
+        stopping = asyncio.ensure_future(server.stop(grace))
+        await asyncio.sleep(0)  # its first step closes the listener and cancels (grace None)
+        self._refusing.set()
+        await stopping
 
     def stop(self, grace_seconds: float | None = 30.0) -> None:
-        """Refuse new RPCs and give those in flight `grace_seconds`; returns at once."""
+        """Refuse new RPCs and give those in flight `grace_seconds`; returns once new RPCs
+        are refused."""
         with self._lock:
-            if self._stopped is None:
-                self._stopped = self._server.stop(grace_seconds)
+            if self._stop_asked:
+                return
+            self._stop_asked = True
+            serving = self._thread is not None and self._thread.is_alive()
+        if serving:
+            wanted = self._stop_wanted
+            wanted.get_loop().call_soon_threadsafe(wanted.set_result, grace_seconds)
+            self._refusing.wait(_REFUSE_SECONDS)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the server has stopped and its worker threads have ended."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
-            stopped, started = self._stopped, self._started
-        if stopped is not None:
-            if not stopped.wait(timeout):
-                return
-        elif started and self._server.wait_for_termination(timeout):
-            return  # still running after `timeout`
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return  # still running after `timeout`
         self._remove_socket()
         # Handlers can outlive a cancelled RPC; their threads end when they return.
         self._executor.shutdown(wait=False)

@@ -13,13 +13,12 @@ type `Expects arg[0] to be float but int32 is provided` (TensorFlow's session ch
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import grpc
-from google.protobuf import message
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -34,7 +33,15 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from loader.base import DEFAULT_SIGNATURE, Code, FailedPrecondition, InvalidArgument, ServingError
+from loader.base import (
+    DEFAULT_SIGNATURE,
+    Code,
+    FailedPrecondition,
+    InvalidArgument,
+    ServingError,
+    SignatureInfo,
+)
+from loader.manager.handles import Lease
 from loader.servables.inference import (
     CLASSIFY_METHOD,
     Classes,
@@ -48,53 +55,19 @@ from loader.servables.inference import (
 )
 from loader.servables.tensor_proto import decode_inputs, from_numpy
 from loader.serving.dataplane import DataPlane
+from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.metrics import Metrics
-
-log = logging.getLogger("modelwatch.grpc")
 
 ReloadFn = Callable[[model_server_config_pb2.ModelServerConfig], None]
 """Serve exactly the models of this ModelConfigList from now on (blocking until applied,
 raising `ServingError` if not: `InvalidArgument` for a config that does not validate)."""
 
 SIGNATURE_DEF = "signature_def"
-_MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
-_Response = TypeVar("_Response", bound=message.Message)
-
-
-def _abort(context: grpc.ServicerContext, code: Code, text: str) -> None:
-    if len(text) > _MESSAGE_LIMIT:
-        text = text[:_MESSAGE_LIMIT] + "...TRUNCATED"
-    context.abort(grpc.StatusCode[code.name], text)
-
-
-class _Answerer:
-    """Runs one RPC's handler, counts it, and turns a ServingError (or a bug) into the
-    RPC's status."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def __call__(
-        self,
-        context: grpc.ServicerContext,
-        api: str,
-        model: str,
-        handler: Callable[[], _Response],
-    ) -> _Response:
-        with self._metrics.request("grpc", api) as outcome:
-            outcome.model = model
-            try:
-                return handler()
-            except ServingError as error:
-                code, text = error.code, error.message
-                log.debug("%s failed: %s", api, text)
-            except Exception as exc:  # a bug: answer like the REST side does, and log it whole
-                log.exception("%s failed", api)
-                code, text = Code.INTERNAL, f"Internal error: {type(exc).__name__}: {exc}"
-            outcome.code = code
-        _abort(context, code, text)
-        raise AssertionError("context.abort returned")  # it raises; this keeps types honest
+# Predict requests up to this size are decoded, and answers of up to INLINE_OUTPUT_VALUES
+# values encoded, on the event loop (microseconds); larger ones on a worker thread.
+INLINE_REQUEST_BYTES = 64 * 1024
+INLINE_OUTPUT_VALUES = 16 * 1024
 
 
 def _requested(spec_holder: Any) -> tuple[str, int | None, str | None]:
@@ -118,6 +91,14 @@ def _set_spec(out: model_pb2.ModelSpec, name: str, version: int, signature_name:
     out.signature_name = signature_name or DEFAULT_SIGNATURE
 
 
+def _signature(lease: Lease, name: str) -> SignatureInfo:
+    """The signature a Predict names, with TF Serving's gRPC wording when it is not there."""
+    signature = lease.servable.signatures.get(name)
+    if signature is None:
+        raise FailedPrecondition(f'Serving signature key "{name}" not found.')
+    return signature
+
+
 def _fill_classifications(
     result: classification_pb2.ClassificationResult, classifications: list[Classes]
 ) -> None:
@@ -138,7 +119,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(
         self,
         dataplane: DataPlane,
-        answer: _Answerer,
+        answer: Answerer,
         *,
         check_method_name: bool,
         tensor_content: bool,
@@ -148,11 +129,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self._check_method_name = check_method_name
         self._tensor_content = tensor_content
 
-    def Predict(
-        self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext
+    async def Predict(
+        self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
-        return self._answer(
-            context, "predict", request.model_spec.name, lambda: self._predict(request)
+        """On the event loop: a batched Predict waits for its batch without a thread."""
+        return await self._answer.answer_async(
+            context, "predict", request.model_spec.name, lambda: self._predict_async(request)
         )
 
     def Classify(
@@ -187,17 +169,42 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
 
     def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+        """Predict, blocking (on a worker thread: a large request)."""
         model, version, label = _requested(request)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
         with self._dataplane.hold(model, version, label) as lease:
-            signature = lease.servable.signatures.get(signature_name)
-            if signature is None:
-                raise FailedPrecondition(f'Serving signature key "{signature_name}" not found.')
-            inputs = decode_inputs(request.inputs, signature)
+            inputs = decode_inputs(request.inputs, _signature(lease, signature_name))
             outputs = self._dataplane.run(
                 lease, signature_name, inputs, list(request.output_filter) or None
             )
             served = lease.version
+        return self._predict_response(model, served, signature_name, outputs)
+
+    async def _predict_async(
+        self, request: predict_pb2.PredictRequest
+    ) -> predict_pb2.PredictResponse:
+        """Predict on the event loop: a small request is decoded here and queued for its
+        batch (`DataPlane.run_async`); a large one runs whole on a worker thread."""
+        loop = asyncio.get_running_loop()
+        if request.ByteSize() > INLINE_REQUEST_BYTES:
+            return await loop.run_in_executor(None, self._predict, request)
+        model, version, label = _requested(request)
+        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        with await self._dataplane.hold_async(model, version, label) as lease:
+            inputs = decode_inputs(request.inputs, _signature(lease, signature_name))
+            outputs = await self._dataplane.run_async(
+                lease, signature_name, inputs, list(request.output_filter) or None
+            )
+            served = lease.version
+        if sum(value.size for value in outputs.values()) <= INLINE_OUTPUT_VALUES:
+            return self._predict_response(model, served, signature_name, outputs)
+        return await loop.run_in_executor(
+            None, self._predict_response, model, served, signature_name, outputs
+        )
+
+    def _predict_response(
+        self, model: str, served: int, signature_name: str, outputs: dict[str, Any]
+    ) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
         _set_spec(response.model_spec, model, served, signature_name)
         for alias, value in outputs.items():
@@ -285,7 +292,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus and HandleReloadConfigRequest."""
 
     def __init__(
-        self, dataplane: DataPlane, answer: _Answerer, reload: ReloadFn | None, guard: ReloadGuard
+        self, dataplane: DataPlane, answer: Answerer, reload: ReloadFn | None, guard: ReloadGuard
     ) -> None:
         self._dataplane = dataplane
         self._answer = answer
@@ -362,13 +369,22 @@ class GrpcApi:
         tensor_content: bool = False,
         guard: ReloadGuard | None = None,
     ) -> None:
-        answer = _Answerer(metrics or Metrics())
+        answer = self._answer = Answerer(metrics or Metrics())
         self.prediction = PredictionService(
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
 
-    def add_to(self, server: grpc.Server) -> None:
+    def drain(self) -> None:
+        """Answer every new call UNAVAILABLE from now on; those in flight go on."""
+        self._answer.drain()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being answered now."""
+        return self._answer.in_flight
+
+    def add_to(self, server: grpc.aio.Server) -> None:
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             self.prediction, server
         )

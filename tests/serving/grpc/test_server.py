@@ -15,7 +15,12 @@ from loader.serving.grpc.server import GrpcServer
 class NoServices:
     """An API with no services: these tests are about the transport, not the calls."""
 
-    def add_to(self, server: grpc.Server) -> None:
+    in_flight = 0
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        pass
+
+    def drain(self) -> None:
         pass
 
 

@@ -4,6 +4,7 @@ GrpcServer on 127.0.0.1, and TF Serving's own client stubs over a real channel."
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -530,9 +531,12 @@ def test_stop_lets_rpcs_in_flight_finish_and_refuses_new_ones(serving: Serving) 
         with pytest.raises(grpc.RpcError) as refused:
             models.GetModelStatus(status_request("default"), timeout=TIMEOUT)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.details() == "the server is shutting down"
         release.set()
         assert in_flight.result(TIMEOUT).status.error_code == 0
     server.join(TIMEOUT)
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", server.port)) != 0  # the port closed after
     assert not [t for t in threading.enumerate() if t.name.startswith("modelwatch-grpc")]
 
 

@@ -1,0 +1,124 @@
+"""How a gRPC call is answered: counted in the metrics, and every `ServingError` (or a
+bug) turned into the call's status with TF Serving's code and message (messages over
+1,024 characters cut the way TF Serving's ToGRPCStatus cuts them).
+
+`Answerer` does it for both kinds of handler the server runs: blocking ones on the
+server's worker threads (`__call__`) and coroutines on its event loop (`answer_async`).
+It also counts the calls in flight, and once `drain()` is called it answers every new
+call UNAVAILABLE at once (a client retries those elsewhere), while those in flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf import message
+
+from loader.base import Code, ServingError, Unavailable
+from loader.serving.metrics import Metrics
+
+log = logging.getLogger("modelwatch.grpc")
+
+MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
+Response = TypeVar("Response", bound=message.Message)
+
+
+def grpc_status(code: Code, text: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and the (cut) message for `code` and `text`."""
+    if len(text) > MESSAGE_LIMIT:
+        text = text[:MESSAGE_LIMIT] + "...TRUNCATED"
+    return grpc.StatusCode[code.name], text
+
+
+def _failure(api: str, error: Exception) -> tuple[Code, str]:
+    """The status for an exception a handler raised."""
+    if isinstance(error, ServingError):
+        log.debug("%s failed: %s", api, error.message)
+        return error.code, error.message
+    # A bug: answer like the REST side does, and log it whole.
+    log.error("%s failed", api, exc_info=error)
+    return Code.INTERNAL, f"Internal error: {type(error).__name__}: {error}"
+
+
+class Answerer:
+    """Runs one call's handler, counts it under its API and model, and answers its
+    failure as the call's status."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._draining = False
+
+    def drain(self) -> None:
+        """From now on, answer every new call UNAVAILABLE."""
+        with self._lock:
+            self._draining = True
+
+    @property
+    def in_flight(self) -> int:
+        """Calls being answered now."""
+        return self._in_flight
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._draining:
+                raise Unavailable("the server is shutting down")
+            self._in_flight += 1
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def __call__(
+        self,
+        context: grpc.ServicerContext,
+        api: str,
+        model: str,
+        handler: Callable[[], Response],
+    ) -> Response:
+        """Answer a blocking call (on a worker thread)."""
+        with self._metrics.request("grpc", api) as outcome:
+            outcome.model = model
+            try:
+                self._enter()
+                try:
+                    return handler()
+                finally:
+                    self._leave()
+            except Exception as error:
+                outcome.code, text = _failure(api, error)
+        context.abort(*grpc_status(outcome.code, text))
+        raise AssertionError("context.abort returned")  # it raises; this keeps types honest
+
+    async def answer_async(
+        self,
+        context: grpc.aio.ServicerContext,
+        api: str,
+        model: str,
+        handler: Callable[[], Awaitable[Response]],
+    ) -> Response:
+        """Answer a call on the event loop. A call the client cancelled (or the server's
+        stop cut) is counted as CANCELLED."""
+        with self._metrics.request("grpc", api) as outcome:
+            outcome.model = model
+            try:
+                self._enter()
+                try:
+                    return await handler()
+                finally:
+                    self._leave()
+            except asyncio.CancelledError:
+                outcome.code = Code.CANCELLED
+                text = ""
+            except Exception as error:
+                outcome.code, text = _failure(api, error)
+        if outcome.code is Code.CANCELLED:
+            raise asyncio.CancelledError
+        await context.abort(*grpc_status(outcome.code, text))
+        raise AssertionError("context.abort returned")
