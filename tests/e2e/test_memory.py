@@ -173,6 +173,8 @@ def test_a_first_request_past_the_wait_bound_gets_503_with_retry_after_and_the_l
         with pytest.raises(grpc.RpcError) as raised:
             stub.Predict(request, timeout=30)
         assert raised.value.code() is grpc.StatusCode.UNAVAILABLE
+        # gRPC's own retry hint, as REST's Retry-After (1 s while loading, 5 s for memory)
+        assert dict(raised.value.trailing_metadata())["grpc-retry-pushback-ms"] in ("1000", "5000")
         wait_until(lambda: daemon.states("b").get(1) == "AVAILABLE", 60, "b to load")
         answer = stub.Predict(request, timeout=30)
         assert tf.make_ndarray(answer.outputs["y"]).tolist() == [[2.0]]

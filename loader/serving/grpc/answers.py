@@ -4,7 +4,9 @@ bug) turned into the call's status with TF Serving's code and message (messages 
 
 `Answerer` does it for both kinds of handler the server runs: blocking ones on the
 server's worker threads (`__call__`) and coroutines on its event loop (`answer_async`).
-It also counts the calls in flight, and once `drain()` is called it answers every new
+A failure that will pass (an on-demand model still loading) carries gRPC's own retry hint,
+the trailer `grpc-retry-pushback-ms`, which clients with a retry policy honour. It also
+counts the calls in flight, and once `drain()` is called it answers every new
 call UNAVAILABLE at once (a client retries those elsewhere), while those in flight finish.
 """
 
@@ -25,6 +27,7 @@ from loader.serving.metrics import Metrics
 log = logging.getLogger("modelwatch.grpc")
 
 MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
+RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry design (gRFC A6)
 Response = TypeVar("Response", bound=message.Message)
 
 
@@ -35,10 +38,14 @@ def grpc_status(code: Code, text: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode[code.name], text
 
 
-def _failure(api: str, error: Exception) -> tuple[Code, str]:
-    """The status for an exception a handler raised."""
+def _failure(api: str, error: Exception, context: grpc.ServicerContext) -> tuple[Code, str]:
+    """The status for an exception a handler raised (and its retry hint, in `context`)."""
     if isinstance(error, ServingError):
         log.debug("%s failed: %s", api, error.message)
+        if error.retry_after_seconds is not None:
+            context.set_trailing_metadata(
+                ((RETRY_PUSHBACK, str(error.retry_after_seconds * 1000)),)
+            )
         return error.code, error.message
     # A bug: answer like the REST side does, and log it whole.
     log.error("%s failed", api, exc_info=error)
@@ -92,7 +99,7 @@ class Answerer:
                 finally:
                     self._leave()
             except Exception as error:
-                outcome.code, text = _failure(api, error)
+                outcome.code, text = _failure(api, error, context)
         context.abort(*grpc_status(outcome.code, text))
         raise AssertionError("context.abort returned")  # it raises; this keeps types honest
 
@@ -117,7 +124,7 @@ class Answerer:
                 outcome.code = Code.CANCELLED
                 text = ""
             except Exception as error:
-                outcome.code, text = _failure(api, error)
+                outcome.code, text = _failure(api, error, context)
         if outcome.code is Code.CANCELLED:
             raise asyncio.CancelledError
         await context.abort(*grpc_status(outcome.code, text))
