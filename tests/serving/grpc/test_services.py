@@ -38,7 +38,7 @@ from loader.servables.savedmodel import load_saved_model
 from loader.servables.tensor_proto import from_numpy, to_numpy
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.server import GrpcServer
-from loader.serving.grpc.services import GrpcApi
+from loader.serving.grpc.services import INLINE_REQUEST_BYTES, GrpcApi
 from loader.serving.metrics import Metrics
 from policies.transition import TRANSITIONS
 
@@ -203,6 +203,18 @@ def test_predict_latest_answers_with_typed_fields_and_the_model_spec(client: Cli
 def test_predict_takes_a_flat_batch_as_tf_serving_does(client: Client) -> None:
     response = client.predict.Predict(predict_request(x=[2.0, 3.0, 4.0]), timeout=TIMEOUT)
     assert to_numpy(response.outputs["y"]).tolist() == [3.0, 3.5, 4.0]
+
+
+@pytest.mark.parametrize("rows", [10_000, 40_000], ids=["on-the-loop", "on-a-thread"])
+def test_predict_of_a_large_tensor_answers_whole(client: Client, rows: int) -> None:
+    # 40,000 floats (160 KB) pass INLINE_REQUEST_BYTES: decoded, run and encoded on a
+    # worker thread; 10,000 stay on the event loop. Both answer the same way.
+    x = np.arange(rows, dtype=np.float32).reshape(rows, 1)
+    request = predict_request(x=x)
+    assert (request.ByteSize() > INLINE_REQUEST_BYTES) == (rows == 40_000)
+    response = client.predict.Predict(request, timeout=TIMEOUT)
+    assert np.array_equal(to_numpy(response.outputs["y"]), x / 2 + 2)
+    assert response.model_spec.version.value == 123
 
 
 @pytest.mark.parametrize(
