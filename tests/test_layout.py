@@ -65,7 +65,7 @@ HEAVY: dict[str, set[str]] = {
     "ai_edge_litert": {"loader.servables.tflite"},
     "boto3": {"loader.sources.s3_client"},
     "grpc": {
-        "loader.serving.grpc.answers", "loader.serving.grpc.profiler",
+        "loader.serving.grpc.answers", "loader.serving.grpc.health", "loader.serving.grpc.profiler",
         "loader.serving.grpc.server", "loader.serving.grpc.services",
     },
     "ray": {"loader.cluster.application"},

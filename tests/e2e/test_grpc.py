@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -98,6 +99,15 @@ def test_predict_classify_regress_status_and_metadata(served):
     with pytest.raises(grpc.RpcError) as caught:
         stub.Predict(missing, timeout=30)
     assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
+def test_the_daemon_answers_grpc_health_checks(served):
+    # What a Kubernetes gRPC probe asks: the server, and one model by name.
+    _, channel = served
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "half_plus_two"):
+        answer = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_reload_config_over_grpc(served, tmp_path, tfserving_testdata):

@@ -18,12 +18,18 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-import uvloop
+
+try:
+    import uvloop
+
+    new_event_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+except ImportError:  # no uvloop on Windows
+    new_event_loop = asyncio.new_event_loop
 
 from loader.serving.grpc.services import GrpcApi
 
@@ -118,7 +124,7 @@ class GrpcServer:
 
     def _run(self, started: Future[None]) -> None:
         """The event loop's thread: serve until the server has stopped."""
-        loop = uvloop.new_event_loop()
+        loop = new_event_loop()
         loop.set_default_executor(self._executor)  # run_in_executor(None, ...) uses the pool
         asyncio.set_event_loop(loop)  # grpc.aio asks for the thread's loop
         try:

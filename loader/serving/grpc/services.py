@@ -56,6 +56,7 @@ from loader.servables.inference import (
 from loader.servables.tensor_proto import decode_inputs, from_numpy
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.answers import Answerer
+from loader.serving.grpc.health import HealthService
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.metrics import Metrics
 
@@ -374,10 +375,13 @@ class GrpcApi:
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
+        self.health = HealthService(dataplane)
 
     def drain(self) -> None:
-        """Answer every new call UNAVAILABLE from now on; those in flight go on."""
+        """Answer every new call UNAVAILABLE (and health checks NOT_SERVING) from now on;
+        those in flight go on."""
         self._answer.drain()
+        self.health.drain()
 
     @property
     def in_flight(self) -> int:
@@ -389,3 +393,4 @@ class GrpcApi:
             self.prediction, server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.model, server)
+        self.health.add_to(server)
