@@ -60,13 +60,16 @@ class HealthService(health_pb2_grpc.HealthServicer):
     async def Watch(
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        """The status now, then each change, until the client leaves or the server stops."""
+        """The status now, then each change, until the client leaves; a draining server
+        sends NOT_SERVING and ends the stream (so a watcher never holds its stop up)."""
         sent = None
         while True:
             status = self.status(request.service)
             if status != sent:
                 yield health_pb2.HealthCheckResponse(status=status)
                 sent = status
+            if self._draining:
+                return
             await asyncio.sleep(WATCH_SECONDS)
 
     def add_to(self, server: grpc.aio.Server) -> None:

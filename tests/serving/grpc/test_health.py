@@ -115,3 +115,14 @@ def test_watch_sends_the_status_now_and_unknown_services_as_such(served: Any) ->
         stream = stub.Watch(health_pb2.HealthCheckRequest(service=service), timeout=TIMEOUT)
         assert next(stream).status == status
         stream.cancel()
+
+
+def test_a_watch_hears_the_drain_and_its_stream_ends(served: Any) -> None:
+    # A watcher must not hold the server's stop up for its whole grace period.
+    api, channel = served
+    stream = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=""), timeout=TIMEOUT
+    )
+    assert next(stream).status == Status.SERVING
+    api.drain()
+    assert [answer.status for answer in stream] == [Status.NOT_SERVING]  # then the end
