@@ -120,6 +120,18 @@ class Metrics:
             "modelwatch_source_poll_duration_seconds", "Time to list a model's versions.",
             ["model"], buckets=_BUCKETS, registry=r,
         )
+        # Requests and connections turned away before they reach a model (a header, body,
+        # tensor or connection over a server.* limit, a bad Host, a stream too many): the
+        # reason is a fixed word of the code's, never a client's text.
+        self.refused = Counter(
+            "modelwatch_refused",
+            "Requests, connections and streams refused for passing a server limit, by reason.",
+            ["transport", "reason"], registry=r,
+        )
+
+    def refuse(self, transport: str, reason: str) -> None:
+        """Count one refusal: `transport` is rest or grpc, `reason` a fixed snake_case word."""
+        self.refused.labels(transport, reason).inc()
 
     def observe_transition(self, transition: Transition) -> None:
         """A manager observer: count loads, unloads, swaps and available versions."""
