@@ -72,8 +72,9 @@ class Steady:
     """One call at a fixed rate on a thread of its own until stopped; every request kept
     as (when it was due, seconds from then to its answer, failure or None)."""
 
-    def __init__(self, name: str, call: Callable[[], str | None], rate: float) -> None:
-        self._call, self._rate = call, rate
+    def __init__(self, name: str, call: Callable[[], str | None], rate: float,
+                 timeout: float) -> None:
+        self._call, self._rate, self._timeout = call, rate, timeout
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"steady-{name}", daemon=True)
         self.requests: list[Request] = []
@@ -94,10 +95,13 @@ class Steady:
             due = begin + number / self._rate
             if self._stop.wait(max(0.0, due - time.monotonic())):
                 return
+            sent = time.monotonic()
             try:
                 failure = self._call()
             except Exception as error:  # what a client would see: counted, not raised
                 failure = type(error).__name__
+            if failure is None and time.monotonic() - sent > self._timeout:
+                failure = "timeout"  # httpx times each phase, not the whole request
             self.requests.append((due, time.monotonic() - due, failure))
 
 
@@ -187,7 +191,11 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
     """One attack against a fresh daemon: baseline window, attack window, aftermath."""
     row: dict[str, Any] = {"number": number, "name": ATTACKS[number]}
     context = multiprocessing.get_context("spawn")
-    daemon = start_daemon(work, base)
+    try:
+        daemon = start_daemon(work, base)
+    except (AssertionError, RuntimeError) as error:  # it did not start: say so, go on
+        return {**row, "error": f"the daemon did not start: {str(error).splitlines()[0]}",
+                "daemon_log": str(error)[-2000:]}
     child = None
     try:
         row["daemon_open_files_limit"] = open_files_limit(daemon.pid)
@@ -199,7 +207,7 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
         if not ready.wait(180):
             raise RuntimeError("the attacker did not get ready in 180 s")
         clients = [rest_call(target.rest_port, args.timeout), grpc_call(daemon.grpc_port, args.timeout)]
-        steady = [Steady(name, call, args.rate).start()
+        steady = [Steady(name, call, args.rate, args.timeout).start()
                   for name, (call, _) in zip(("rest", "grpc"), clients)]
         time.sleep(WARMUP_S)
         with ResidentSampler(daemon.pid, interval=0.01) as before:

@@ -156,9 +156,9 @@ def huge_headers(target: Target, deadline: float, total: int = 64 << 20, chunk: 
         runs.append({"header_mib_sent": round(sent / 2**20, 1), "sending": how,
                      "statuses": status_codes(data), "end": end,
                      "seconds": round(time.monotonic() - started, 2)})
-    sent_mib = [r["header_mib_sent"] for r in runs]
-    statuses = sorted({s for r in runs for s in r["statuses"]})
-    return {"tries": runs, "saw": f"{len(runs)} tries, MiB sent {sent_mib}, statuses {statuses}"}
+    saw = "; ".join(f"{r['header_mib_sent']:g} MiB sent ({r['sending']}), answer "
+                    f"{r['statuses'] or '-'} ({r['end']}) after {r['seconds']}s" for r in runs)
+    return {"tries": runs, "saw": saw}
 
 
 # ---- 3 -----------------------------------------------------------------------------

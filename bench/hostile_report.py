@@ -109,7 +109,8 @@ def render(result_path: Path, docs: Path) -> str:
             f"steady {parameters['rate']:g} req/s on each transport, baseline "
             f"{parameters['baseline_s']:g} s, attack window up to {parameters['duration_s']:g} s "
             f"+ {parameters['tail_s']:g} s after the attacker ends; targets: p99 <= "
-            f"{TARGETS['p99_ms']:g} ms, no failures, RSS <= +{TARGETS['rss_delta_mib']:g} MiB:"
+            f"{TARGETS['p99_ms']:g} ms, no failures, RSS <= +{TARGETS['rss_delta_mib']:g} MiB"
+            + (f" ({parameters['note']})" if parameters.get("note") else "") + ":"
             "\n\n" + table(document))
     print(text)
     page = docs.read_text()
