@@ -133,7 +133,7 @@ def huge_headers(target: Target, deadline: float, total: int = 64 << 20, chunk: 
     filler = b"a" * chunk
     runs = []
     while len(runs) < tries and time.monotonic() < deadline:
-        started, sent, how = time.monotonic(), 0, "sent"
+        started, sent, how = time.monotonic(), 0, "whole header"
         with _connect(target) as sock:
             try:
                 sock.sendall(b"POST /v1/models/" + target.model.encode() + b":predict HTTP/1.1"
@@ -148,7 +148,7 @@ def huge_headers(target: Target, deadline: float, total: int = 64 << 20, chunk: 
                         break
                     sock.sendall(filler)
                     sent += chunk
-                if how == "sent":
+                if how == "whole header":
                     sock.sendall(b"\r\nContent-Length: 2\r\n\r\n{}")
             except OSError as error:
                 how = type(error).__name__
@@ -223,13 +223,15 @@ def grpc_fillout(target: Target, deadline: float,
             if time.monotonic() >= deadline:
                 break
             started = time.monotonic()
+            code, details = "OK", ""
             try:
                 predict(message, timeout=max(1.0, deadline - started) + GRACE_S / 3)
-                code = "OK"
             except grpc.RpcError as error:
                 code = error.code().name if isinstance(error, grpc.Call) else type(error).__name__
+                # The client's own limits speak here too (4 MiB received, by default).
+                details = str(error.details())[:160] if isinstance(error, grpc.Call) else ""
             calls.append({"request": label, "bytes": len(message), "status": code,
-                          "seconds": round(time.monotonic() - started, 2)})
+                          "details": details, "seconds": round(time.monotonic() - started, 2)})
     return {"calls": calls,
             "saw": ", ".join(f"{c['request']}: {c['status']} in {c['seconds']}s" for c in calls)}
 
