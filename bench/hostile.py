@@ -186,6 +186,17 @@ def answers(daemon: DaemonProcess) -> bool:
         return False
 
 
+def stop_all(steady: list[Steady], clients: list[tuple[Any, Callable[[], None]]],
+             timeout: float) -> None:
+    """Stop the steady clients and close their connections (again is harmless)."""
+    for client in steady:
+        client.stop()
+    for client in steady:
+        client.join(timeout)
+    for _, close in clients:
+        close()
+
+
 def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
             payload: Any) -> dict[str, Any]:
     """One attack against a fresh daemon: baseline window, attack window, aftermath."""
@@ -197,6 +208,8 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
         return {**row, "error": f"the daemon did not start: {str(error).splitlines()[0]}",
                 "daemon_log": str(error)[-2000:]}
     child = None
+    clients: list[tuple[Callable[[], str | None], Callable[[], None]]] = []
+    steady: list[Steady] = []
     try:
         row["daemon_open_files_limit"] = open_files_limit(daemon.pid)
         ready, go, results = context.Event(), context.Event(), context.Queue()
@@ -206,9 +219,10 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
         child.start()
         if not ready.wait(180):
             raise RuntimeError("the attacker did not get ready in 180 s")
-        clients = [rest_call(target.rest_port, args.timeout), grpc_call(daemon.grpc_port, args.timeout)]
-        steady = [Steady(name, call, args.rate, args.timeout).start()
-                  for name, (call, _) in zip(("rest", "grpc"), clients)]
+        clients += [rest_call(target.rest_port, args.timeout),
+                    grpc_call(daemon.grpc_port, args.timeout)]
+        steady += [Steady(name, call, args.rate, args.timeout).start()
+                   for name, (call, _) in zip(("rest", "grpc"), clients)]
         time.sleep(WARMUP_S)
         with ResidentSampler(daemon.pid, interval=0.01) as before:
             baseline = (time.monotonic(), time.monotonic() + args.baseline)
@@ -223,12 +237,7 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
                 row["attacker"] = {"saw": "the attacker did not finish", "error": "timeout"}
             time.sleep(args.tail)
             window = (started, time.monotonic())
-        for client in steady:
-            client.stop()
-        for client in steady:
-            client.join(args.timeout + 5)
-        for _, close in clients:
-            close()
+        stop_all(steady, clients, args.timeout + 5)
         for name, client in zip(("rest", "grpc"), steady):
             row.setdefault("baseline", {})[name] = summarize(client.requests, baseline)
             row.setdefault("attack", {})[name] = summarize(client.requests, window)
@@ -245,6 +254,7 @@ def measure(number: int, work: Path, base: Path, args: argparse.Namespace,
     except Exception:
         row["error"] = traceback.format_exc()[-3000:]
     finally:
+        stop_all(steady, clients, args.timeout + 5)
         if child is not None:
             child.join(10)
             if child.is_alive():
