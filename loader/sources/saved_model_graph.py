@@ -44,13 +44,15 @@ def graph_restores_variables(name: str, size: int, read: RangeReader) -> bool | 
             return None
         return _TEXT_SAVER_DEF.search(read(0, size)) is not None
     window = _Window(read, size)
+    meta_graphs = 0
     try:
         for start, end in _fields(window, 0, size, _META_GRAPHS):
             if any(True for _ in _fields(window, start, end, _SAVER_DEF)):
                 return True
-        return False
+            meta_graphs += 1
     except _Unreadable:
         return None
+    return False if meta_graphs else None
 
 
 class _Window:
