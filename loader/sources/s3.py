@@ -196,6 +196,9 @@ class S3Source:
     def recheck(self, model: str, version: int, fingerprint: str) -> None:
         """Content `fingerprint` of this version failed to load: list the version on every
         poll until its listing differs (a fixed upload), however settled it was."""
+        with self._models_lock:
+            if model not in self._models:
+                return  # another source's model
         with self._failed_lock:
             self._failed[(model, version)] = fingerprint
 

@@ -42,15 +42,15 @@ def incompleteness(
     """Why a version folder is not complete yet, or None when it is.
 
     `files` are the paths of the version's files relative to the version folder, with
-    forward slashes. A version is complete when its graph is there; when the graph restores
-    variables, or anything is under variables/, when the index is there; when the index
-    is there, when every data shard the shard names imply is there; and, when a ready
-    marker is configured, when the marker is there.
+    forward slashes. A version is complete when its graph is there; the variables index
+    too if the graph restores variables or anything is under variables/; every data shard
+    the shards' names imply (at least one) if the index is there; and the ready marker, if
+    one is configured.
 
-    `graph_restores_variables(name)` reads the graph file `name` (see
-    `saved_model_graph`); it is asked only while the index is missing and nothing else
-    says variables are coming, because a graph uploaded first looks complete on its own.
-    None (cannot tell) and no reader count as "no variables".
+    `graph_restores_variables(name)` reads the graph file `name` (see `saved_model_graph`).
+    It is asked only while the index is missing and nothing else says variables are coming:
+    a graph copied first looks complete on its own. None (cannot tell) and no reader at
+    all count as "no variables", and the load then has its say.
 
     A TFLite version is one file: `model.tflite` alone is complete. A version that also
     holds a SavedModel (or the start of one) is complete when that SavedModel is, so which
