@@ -164,3 +164,64 @@ def write_sized_model(path: Path, floats: int, intercept: float = 2.0) -> Path:
     module = Sized()
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
     return path
+
+
+def write_sharded_model(path: Path, intercept: float, shards: int = 2) -> Path:
+    """y = 0.5 * x + intercept, with `shards` variables saved in as many checkpoint shards
+    (variables.data-0000i-of-0000N), the way TF writes a large model's checkpoint."""
+    import tensorflow as tf
+
+    floats = 1024
+
+    class Sharded(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.parts = [tf.Variable(tf.zeros([floats])) for _ in range(shards)]
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32, name="x")])
+        def __call__(self, x: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {"y": 0.5 * x + intercept + sum(part[0] for part in self.parts)}
+
+    module = Sharded()
+    # One variable per shard: each shard may hold a little more than one variable's bytes.
+    policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=floats * 4 + 512)
+    tf.saved_model.save(
+        module, str(path), signatures={"serving_default": module.__call__},
+        options=tf.saved_model.SaveOptions(experimental_sharding_callback=policy),
+    )
+    written = sorted(p.name for p in (path / "variables").glob("variables.data-*"))
+    assert written == [f"variables.data-{i:05d}-of-{shards:05d}" for i in range(shards)], written
+    return path
+
+
+def write_tf1_model_without_variables(path: Path) -> Path:
+    """y = 2 * x as a TF1 SavedModel with no variables: no SaverDef, no variables folder
+    (TF1's builder writes an empty one, which a copy to S3 drops)."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        x = tf.compat.v1.placeholder(tf.float32, [None, 1], name="x")
+        y = tf.identity(2.0 * x, name="y")
+        builder = tf.compat.v1.saved_model.Builder(str(path))
+        signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
+        builder.add_meta_graph_and_variables(
+            session, ["serve"], signature_def_map={"serving_default": signature}
+        )
+        builder.save()
+    return path
+
+
+def upload_order(model: Path) -> list[str]:
+    """A SavedModel's files (relative, with "/") in the order a slow copy that starts with
+    the graph writes them: saved_model.pb, the other files, variables.index, the shards."""
+    files = sorted(p.relative_to(model).as_posix() for p in model.rglob("*") if p.is_file())
+
+    def rank(relpath: str) -> int:
+        if relpath == "saved_model.pb":
+            return 0
+        if relpath == "variables/variables.index":
+            return 2
+        return 3 if relpath.startswith("variables/variables.data-") else 1
+
+    return sorted(files, key=rank)

@@ -24,6 +24,7 @@ from loader.app.parts import (
 from loader.base import Code, InvalidArgument, ServingError
 from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
+from loader.manager.harness import Transition
 from loader.manager.memory import mib
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.profiler import ProfilerForwarder
@@ -36,6 +37,7 @@ from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
 from loader.sources.base import Source
+from policies.base import Phase
 
 log = logging.getLogger("modelwatch.daemon")
 
@@ -54,6 +56,7 @@ class Daemon:
         self._storage = Storage(config, self.metrics)
         self.manager = make_manager(config, self._storage, self.metrics)
         self._sources: dict[str, Source] = {}
+        self.manager.add_observer(self._recheck_failed)
         self._reload_lock = threading.Lock()
         self._started = False
         self.dataplane = DataPlane(
@@ -157,6 +160,13 @@ class Daemon:
             kind, models, self.config, self.manager.on_versions, self._storage.s3_client,
             on_poll=self._observe_poll,
         )
+
+    def _recheck_failed(self, moved: Transition) -> None:
+        # Storage's part of a failed load: the source looks at that version on every scan
+        # until its content changes, so a fixed upload loads within a poll or two.
+        if moved.phase is Phase.ERROR:
+            for source in list(self._sources.values()):
+                source.recheck(moved.model, moved.version, moved.fingerprint)
 
     def _observe_poll(self, model: str, seconds: float, ok: bool) -> None:
         self.metrics.observe_poll(model, seconds, ok)

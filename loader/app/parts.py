@@ -184,6 +184,9 @@ class _WithEvents:
     def set_models(self, models: Sequence[ModelLocation]) -> None:
         self._source.set_models(models)
 
+    def recheck(self, model: str, version: int, fingerprint: str) -> None:
+        self._source.recheck(model, version, fingerprint)
+
     def start(self) -> None:
         self._source.start()
         self._listener.start()

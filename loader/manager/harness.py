@@ -49,6 +49,7 @@ class Transition:
     phase: Phase
     seconds: float  # time spent in `previous`
     error: str | None
+    fingerprint: str = ""  # of the content moved (which content failed, for a source)
 
 
 class Harness:
@@ -81,7 +82,8 @@ class Harness:
         if phase is Phase.ERROR or previous is Phase.NEW:  # a load starting clears a refusal
             self.error_code, self.error_message = error_code, error_message
         transition = Transition(
-            self.model, self.version, previous, phase, seconds, error_message or None
+            self.model, self.version, previous, phase, seconds, error_message or None,
+            self.ref.fingerprint,
         )
         if transition.error:
             log.warning(

@@ -36,6 +36,10 @@ class Source(Protocol):
 
     def set_models(self, models: Sequence[ModelLocation]) -> None: ...
 
+    def recheck(self, model: str, version: int, fingerprint: str) -> None:
+        """Content `fingerprint` of this version failed to load: look at the version on
+        every scan until its content changes, so a fixed upload is reported at once."""
+
     def start(self) -> None: ...
 
     def stop(self) -> None: ...

@@ -25,6 +25,7 @@ from watchdog.observers.api import ObservedWatch
 
 from loader.base import VersionRef
 from loader.sources.base import ModelLocation, VersionsCallback
+from loader.sources.saved_model_graph import graph_restores_variables
 from loader.sources.versions import SettleTracker, fingerprint, incompleteness, parse_version
 
 log = logging.getLogger("modelwatch.source.local")
@@ -51,6 +52,21 @@ def list_version(folder: str) -> tuple[list[tuple[str, int, str]], int]:
 
 def _raise(error: OSError) -> None:
     raise error
+
+
+def graph_reader(folder: str) -> Callable[[str], bool | None]:
+    """Reads a version folder's graph file (for `incompleteness`)."""
+
+    def restores_variables(name: str) -> bool | None:
+        with open(os.path.join(folder, name), "rb") as graph:
+
+            def read(offset: int, length: int) -> bytes:
+                graph.seek(offset)
+                return graph.read(length)
+
+            return graph_restores_variables(name, os.fstat(graph.fileno()).st_size, read)
+
+    return restores_variables
 
 
 class _Debouncer:
@@ -209,6 +225,10 @@ class LocalSource:
         if self._observer.is_alive():
             self._observer.join(timeout)
 
+    def recheck(self, model: str, version: int, fingerprint: str) -> None:
+        """Nothing to do: every scan lists every version's files, so a failed version's new
+        content is seen on the next scan."""
+
     def rescan(self) -> None:
         """Scan every model now (the safety net behind the events)."""
         with self._lock:
@@ -268,6 +288,9 @@ class LocalSource:
                 continue
             try:
                 listing, changed_ns = list_version(path)
+                reason = incompleteness(
+                    (e[0] for e in listing), self._ready_marker, graph_reader(path)
+                )
             except FileNotFoundError:
                 continue  # removed while we looked: it is simply not there any more
             seen.append(version)
@@ -276,9 +299,10 @@ class LocalSource:
             # Nothing in it has changed for this long (ctime, which copying tools cannot
             # set back, unlike mtime): a version long complete when first seen (at
             # start-up, say) is settled at once instead of one settle period later.
+            # A file still being written changes its size and mtime, so its version
+            # settles only once the writing has paused for a whole settle period.
             quiet = max(0.0, time.time() - changed_ns / 1e9)
             settled = self._settle.observe(key, digest, now, quiet_for=quiet)
-            reason = incompleteness((e[0] for e in listing), self._ready_marker)
             if reason is not None:
                 log.debug("model=%s version=%d not ready: %s", model, version, reason)
                 continue

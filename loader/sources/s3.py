@@ -3,7 +3,12 @@
 Each poll lists a model's version "folders" with one delimited ListObjectsV2, then lists
 the objects of only those versions that have not settled yet. A settled version keeps its
 last fingerprint and is re-listed only once every `reverify_every` polls, so a poll costs
-about one request per model plus one per unsettled version, however many files there are.
+about one request per model plus one per unsettled version, however many files there are
+(and, for a version whose graph is there without its variables index, a ranged read or two
+of the graph to learn whether it restores variables).
+
+A version whose load failed (`recheck`) is listed on every poll until its content changes,
+so a fixed upload is loaded within a poll or two rather than at its next re-verification.
 """
 
 from __future__ import annotations
@@ -27,11 +32,14 @@ from loader.sources.base import ModelLocation, VersionsCallback
 from loader.sources.s3_client import (
     S3_ERRORS,
     RequestCounter,
+    VersionObject,
     list_version_folders,
     list_version_objects,
     listing_fingerprint,
     parse_s3_uri,
+    read_object_range,
 )
+from loader.sources.saved_model_graph import graph_restores_variables
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +134,9 @@ class S3Source:
         self.poll_errors_total = 0
         self._errors_lock = threading.Lock()
         self._parallel = max_parallel_listings
+        # (model, version) -> the fingerprint of content that failed to load
+        self._failed: dict[tuple[str, int], str] = {}
+        self._failed_lock = threading.Lock()  # the manager reports from its own threads
         self.set_models(models)
 
     def set_models(self, models: Sequence[ModelLocation]) -> None:
@@ -181,6 +192,15 @@ class S3Source:
         """Scan just these models now, re-listing every one of their versions (an S3 event
         said something under them changed); other models wait for the next poll."""
         self._poll(set(names))
+
+    def recheck(self, model: str, version: int, fingerprint: str) -> None:
+        """Content `fingerprint` of this version failed to load: list the version on every
+        poll until its listing differs (a fixed upload), however settled it was."""
+        with self._models_lock:
+            if model not in self._models:
+                return  # another source's model
+        with self._failed_lock:
+            self._failed[(model, version)] = fingerprint
 
     def models_under(self, bucket: str, key: str) -> list[str]:
         """The watched models whose base path holds the object `key` of `bucket`."""
@@ -249,6 +269,7 @@ class S3Source:
             if models.get(name) != (state.bucket, state.prefix):
                 del self._states[name]
                 self._tracker.forget_others(name, ())
+                self._forget_failed(name, ())
 
     def _scan_model(
         self,
@@ -284,7 +305,14 @@ class S3Source:
         }
         state.versions = scanned
         self._tracker.forget_others(name, scanned)
+        self._forget_failed(name, scanned)
         return {v: s.ready for v, s in scanned.items() if s.ready is not None}
+
+    def _forget_failed(self, model: str, keep: Iterable[int]) -> None:
+        keep = set(keep)
+        with self._failed_lock:
+            for key in [k for k in self._failed if k[0] == model and k[1] not in keep]:
+                del self._failed[key]
 
     def _scan_version(
         self,
@@ -300,12 +328,18 @@ class S3Source:
         state = model.versions.get(version)
         if state is None or state.prefix != folder:
             state = _VersionState(folder)
-        if state.settled and not relist and not reverify_due(
+        with self._failed_lock:
+            failed = self._failed.get((name, version))
+        if state.settled and not relist and failed is None and not reverify_due(
             self._poll_index, name, version, self._reverify_every
         ):
             return state
         try:
             objects = list_version_objects(self._client, bucket, folder, counter)
+            missing = versions.incompleteness(
+                (o.relpath for o in objects), self._ready_marker,
+                self._graph_reader(bucket, objects, counter),
+            )
         except S3_ERRORS as error:
             # Keep what we knew: one failed request must not unload a serving version.
             self._count_error()
@@ -319,8 +353,11 @@ class S3Source:
             return state
         state.failing = False
         fingerprint = listing_fingerprint(objects)
+        if failed is not None and fingerprint != failed:
+            with self._failed_lock:  # new content: it settles and is reported as usual
+                if self._failed.get((name, version)) == failed:
+                    del self._failed[(name, version)]
         settled = self._tracker.observe((name, version), fingerprint, now)
-        missing = versions.incompleteness((o.relpath for o in objects), self._ready_marker)
         state.settled = settled and missing is None
         state.settling = missing is None and not settled
         if state.settled:
@@ -330,3 +367,20 @@ class S3Source:
         # Otherwise `ready` keeps the last ready listing: a settled version whose content is
         # being rewritten stays reported (and served) until the new content settles.
         return state
+
+    def _graph_reader(
+        self, bucket: str, objects: Iterable[VersionObject], counter: RequestCounter
+    ) -> Callable[[str], bool | None]:
+        """Reads a version's graph file with ranged GETs (for `versions.incompleteness`)."""
+        by_path = {o.relpath: o for o in objects}
+
+        def restores_variables(name: str) -> bool | None:
+            obj = by_path[name]
+            return graph_restores_variables(
+                name, obj.size,
+                lambda offset, length: read_object_range(
+                    self._client, bucket, obj, offset, length, counter
+                ),
+            )
+
+        return restores_variables

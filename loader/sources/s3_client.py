@@ -128,6 +128,28 @@ def list_version_objects(
     return objects
 
 
+def read_object_range(
+    client: Any,
+    bucket: str,
+    obj: VersionObject,
+    offset: int,
+    length: int,
+    counter: RequestCounter | None = None,
+) -> bytes:
+    """Up to `length` bytes of `obj` from `offset` (one ranged GetObject of that very
+    object: If-Match its listed ETag, so a replaced object fails instead of mixing)."""
+    if counter is not None:
+        counter.add()
+    last = min(obj.size, offset + length) - 1
+    if last < offset:
+        return b""
+    response = client.get_object(
+        Bucket=bucket, Key=obj.key, Range=f"bytes={offset}-{last}", IfMatch=f'"{obj.etag}"'
+    )
+    body: bytes = response["Body"].read()
+    return body
+
+
 def listing_fingerprint(objects: Iterable[VersionObject]) -> str:
     """The fingerprint of a version's listing; the source and the fetcher must agree."""
     return versions.fingerprint((o.relpath, o.size, o.etag) for o in objects)

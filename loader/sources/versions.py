@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 _VERSION_NAME = re.compile(r"[0-9]+")
@@ -34,13 +34,23 @@ def parse_version(name: str) -> int | None:
     return number if number <= MAX_VERSION else None
 
 
-def incompleteness(files: Iterable[str], ready_marker: str | None = None) -> str | None:
+def incompleteness(
+    files: Iterable[str],
+    ready_marker: str | None = None,
+    graph_restores_variables: Callable[[str], bool | None] | None = None,
+) -> str | None:
     """Why a version folder is not complete yet, or None when it is.
 
     `files` are the paths of the version's files relative to the version folder, with
-    forward slashes. A version is complete when its graph is there; when it has
-    variables, when the index and every data shard the shard names imply are there; and,
-    when a ready marker is configured, when the marker is there.
+    forward slashes. A version is complete when its graph is there; the variables index
+    too if the graph restores variables or anything is under variables/; every data shard
+    the shards' names imply (at least one) if the index is there; and the ready marker, if
+    one is configured.
+
+    `graph_restores_variables(name)` reads the graph file `name` (see `saved_model_graph`).
+    It is asked only while the index is missing and nothing else says variables are coming:
+    a graph copied first looks complete on its own. None (cannot tell) and no reader at
+    all count as "no variables", and the load then has its say.
 
     A TFLite version is one file: `model.tflite` alone is complete. A version that also
     holds a SavedModel (or the start of one) is complete when that SavedModel is, so which
@@ -53,12 +63,15 @@ def incompleteness(files: Iterable[str], ready_marker: str | None = None) -> str
         path in GRAPH_FILES or path.startswith("variables/") for path in present
     ):
         return None
-    if not any(graph in present for graph in GRAPH_FILES):
+    graph = next((name for name in GRAPH_FILES if name in present), None)
+    if graph is None:
         return "saved_model.pb is not there yet"
     shards = [m for m in map(_SHARD.fullmatch, present) if m]
-    has_variables = any(path.startswith("variables/") for path in present)
-    if has_variables and VARIABLES_INDEX not in present:
-        return "variables/variables.index is not there yet"
+    if VARIABLES_INDEX not in present:
+        if any(path.startswith("variables/") for path in present):
+            return "variables/variables.index is not there yet"
+        if graph_restores_variables is not None and graph_restores_variables(graph):
+            return f"variables/variables.index is not there yet ({graph} restores variables)"
     if shards:
         counts = {int(m.group(2)) for m in shards}
         if len(counts) != 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -13,6 +14,7 @@ import pytest
 from loader.base import VersionRef
 from loader.sources.base import ModelLocation
 from loader.sources.local import LocalSource
+from tests.savedmodels import upload_order, write_sharded_model
 
 WAIT = 10.0
 
@@ -114,6 +116,80 @@ def test_version_written_in_place_waits_until_complete_and_settled(base, reports
         assert reports._cond.wait_for(lambda: reports.count >= count + 2, WAIT)
     assert reports.versions() == set()
     (folder / "variables" / "variables.data-00001-of-00002").write_bytes(b"d")
+    reports.wait_for({1})
+
+
+class Scans:
+    """An `on_poll` hook that counts the source's scans and lets a test wait for more."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def __call__(self, model: str, seconds: float, ok: bool) -> None:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+
+    def wait_for_more(self, scans: int = 2) -> None:
+        with self._cond:
+            target = self.count + scans
+            assert self._cond.wait_for(lambda: self.count >= target, WAIT), "no scans"
+
+
+class StoppedClock:
+    """A settle clock that moves only when the test says."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def sharded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sharded_model(tmp_path_factory.mktemp("sharded") / "model", 2.0, shards=2)
+
+
+def test_a_copy_that_starts_with_the_graph_is_reported_only_with_its_last_shard(
+    base, reports, source_factory, sharded_model
+):
+    # No settle period: every scan of a complete-looking version reports it, so only the
+    # files themselves (the graph restores variables, the index names shards) hold it back.
+    scans = Scans()
+    source_factory(base, settle_seconds=0, poll_interval_seconds=0.1, on_poll=scans)
+    reports.wait_for(set())
+    order = upload_order(sharded_model)
+    for relpath in order:
+        target = base / "1" / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sharded_model / relpath, target)
+        if relpath != order[-1]:
+            scans.wait_for_more()
+            assert reports.versions() == set(), f"reported with {relpath} the last file there"
+    reports.wait_for({1})
+
+
+def test_a_file_still_growing_keeps_its_version_from_settling(
+    base, reports, source_factory, sharded_model
+):
+    scans, clock = Scans(), StoppedClock()
+    source_factory(base, settle_seconds=60, poll_interval_seconds=0.1, on_poll=scans, clock=clock)
+    order = upload_order(sharded_model)
+    for relpath in order[:-1]:
+        (base / "1" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sharded_model / relpath, base / "1" / relpath)
+    last = (sharded_model / order[-1]).read_bytes()
+    with open(base / "1" / order[-1], "wb") as shard:
+        for start in range(0, len(last), len(last) // 4 + 1):
+            shard.write(last[start : start + len(last) // 4 + 1])
+            shard.flush()
+            scans.wait_for_more()
+            clock.now += 40  # less than the settle period since the last change
+            assert not reports.versions()  # complete-looking, but never settled
+    scans.wait_for_more()
+    clock.now += 60  # the file has stopped changing for a whole settle period
     reports.wait_for({1})
 
 

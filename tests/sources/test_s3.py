@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from loader.sources.s3_client import (
     listing_fingerprint,
     make_s3_client,
 )
+from tests.savedmodels import upload_order, write_sharded_model, write_tf1_model_without_variables
 
 BUCKET = "models"
 SECRET = "fake-secret-do-not-log"
@@ -185,6 +187,74 @@ def test_a_partial_upload_is_reported_only_once_complete(s3: Any, case: str) -> 
     put(s3, "m/1/", dict.fromkeys(complete - partial, b"x"))
     poll(src, clock, times=2)
     assert set(reports.last["m"]) == {1}
+
+
+@pytest.fixture(scope="module")
+def sharded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_sharded_model(tmp_path_factory.mktemp("sharded") / "model", 2.0, shards=2)
+
+
+def test_an_upload_that_starts_with_the_graph_is_reported_only_with_its_last_shard(
+    s3: Any, sharded_model: Path
+) -> None:
+    # A slow copy, graph first: each partial listing stays the same for several polls
+    # (as while a large shard uploads), long enough to settle, yet none of it is reported.
+    reports, clock = Reports(), FakeClock()
+    src = source(s3, reports, clock, ("m", "s3://models/m"))
+    order = upload_order(sharded_model)
+    assert order[0] == "saved_model.pb" and order[-2:] == [
+        "variables/variables.data-00000-of-00002", "variables/variables.data-00001-of-00002"
+    ]
+    for relpath in order[:-1]:
+        put(s3, "m/1/", {relpath: (sharded_model / relpath).read_bytes()})
+        poll(src, clock, times=3)
+        assert reports.last["m"] == {}, f"reported with {relpath} the last object there"
+    put(s3, "m/1/", {order[-1]: (sharded_model / order[-1]).read_bytes()})
+    poll(src, clock, times=2)
+    assert set(reports.last["m"]) == {1}
+
+
+def test_a_graph_without_variables_is_reported_alone(s3: Any, tmp_path: Path) -> None:
+    model = write_tf1_model_without_variables(tmp_path / "model")
+    put(s3, "m/1/", {"saved_model.pb": (model / "saved_model.pb").read_bytes()})
+    reports, clock = Reports(), FakeClock()
+    src = source(s3, reports, clock, ("m", "s3://models/m"))
+    poll(src, clock, times=2)
+    assert set(reports.last["m"]) == {1}
+
+
+def test_a_version_whose_load_failed_is_listed_every_poll_until_its_content_changes(
+    s3: Any,
+) -> None:
+    put(s3, "m/1/", COMPLETE)
+    reports, clock = Reports(), FakeClock()
+    src = source(s3, reports, clock, ("m", "s3://models/m"), reverify_every=10**9)
+    poll(src, clock, times=3)
+    failed = reports.last["m"][1]
+    assert src.requests_last_poll == 1  # settled: not listed
+    src.recheck("m", 1, failed.fingerprint)  # the manager could not load it
+    for _ in range(3):
+        poll(src, clock)
+        assert src.requests_last_poll == 2  # the model's folders, and version 1's objects
+    assert reports.last["m"][1] == failed
+    put(s3, "m/1/", {"variables/variables.data-00000-of-00001": b"fixed"})
+    poll(src, clock, times=2)
+    fixed = reports.last["m"][1]
+    assert fixed.fingerprint == listing_fingerprint(list_version_objects(s3, BUCKET, "m/1/"))
+    poll(src, clock)
+    assert src.requests_last_poll == 1  # new content, settled: back to costing nothing
+
+
+def test_a_recheck_of_content_already_replaced_costs_one_listing(s3: Any) -> None:
+    put(s3, "m/1/", COMPLETE)
+    reports, clock = Reports(), FakeClock()
+    src = source(s3, reports, clock, ("m", "s3://models/m"), reverify_every=10**9)
+    poll(src, clock, times=3)
+    src.recheck("m", 1, "0123456789abcdef")  # a failure reported after the content moved on
+    poll(src, clock)
+    assert src.requests_last_poll == 2
+    poll(src, clock)
+    assert src.requests_last_poll == 1
 
 
 def test_a_version_is_ready_only_after_its_listing_settles(s3: Any) -> None:

@@ -85,3 +85,61 @@ def test_a_tflite_version_is_complete_with_its_one_file_unless_it_holds_a_savedm
 def test_a_ready_marker_holds_back_a_tflite_version_too() -> None:
     assert incompleteness(["model.tflite"], "_READY") == "the ready marker '_READY' is not there yet"
     assert incompleteness(["model.tflite", "_READY"], "_READY") is None
+
+
+# ---- what the graph implies ----------------------------------------------------------
+
+GRAPH = "saved_model.pb"
+INDEX = "variables/variables.index"
+
+
+class Graph:
+    """A stand-in for reading the graph: says whether it restores variables, counts asks."""
+
+    def __init__(self, restores: bool | None) -> None:
+        self.restores = restores
+        self.asked: list[str] = []
+
+    def __call__(self, name: str) -> bool | None:
+        self.asked.append(name)
+        return self.restores
+
+
+@pytest.mark.parametrize(
+    ("files", "restores", "reason"),
+    [
+        # A graph that restores variables implies the index, the index implies its shards.
+        ([GRAPH], True, "variables/variables.index is not there yet "
+                        "(saved_model.pb restores variables)"),
+        ([GRAPH, "fingerprint.pb"], True, "variables/variables.index is not there yet "
+                                          "(saved_model.pb restores variables)"),
+        (["saved_model.pbtxt"], True, "variables/variables.index is not there yet "
+                                      "(saved_model.pbtxt restores variables)"),
+        ([GRAPH, INDEX], True, "variables/variables.data-* is not there yet"),
+        ([GRAPH, INDEX, "variables/variables.data-00000-of-00002"], True,
+         "1 of 2 variables data shards are not there yet"),
+        ([GRAPH, INDEX, "variables/variables.data-00001-of-00002"], True,
+         "1 of 2 variables data shards are not there yet"),
+        ([GRAPH, INDEX, "variables/variables.data-00000-of-00002",
+          "variables/variables.data-00001-of-00002"], True, None),
+        # A graph with no variables needs none; one that cannot be read is left to the load.
+        ([GRAPH], False, None),
+        ([GRAPH, "assets/vocab.txt"], False, None),
+        ([GRAPH], None, None),
+    ],
+)
+def test_a_graph_that_restores_variables_implies_its_index_and_the_index_its_shards(
+    files: list[str], restores: bool | None, reason: str | None
+) -> None:
+    assert incompleteness(files, None, Graph(restores)) == reason
+
+
+def test_the_graph_is_read_only_while_nothing_else_says_variables_are_coming() -> None:
+    graph = Graph(True)
+    incompleteness([GRAPH, INDEX, "variables/variables.data-00000-of-00001"], None, graph)
+    incompleteness([GRAPH, "variables/variables.data-00000-of-00001"], None, graph)
+    incompleteness(["variables/variables.index"], None, graph)
+    incompleteness([GRAPH], "_READY", graph)
+    assert graph.asked == []
+    incompleteness([GRAPH, "saved_model.pbtxt"], None, graph)
+    assert graph.asked == [GRAPH]  # the loader's choice when both are there
