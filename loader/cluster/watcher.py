@@ -106,8 +106,25 @@ class Watcher:
             if known is not None and known.report.sequence >= report.sequence:
                 known.seen = time.monotonic()
                 return
+            failed = self._newly_failed(known.report if known else None, report)
             self._replicas[report.replica] = _Replica(report, time.monotonic())
             self._decide()
+        # A replica's failed load is storage's news too: the sources look at that version on
+        # every poll until its content changes, so a fixed upload rolls out within a poll or two.
+        for model, version, fingerprint in failed:
+            for source in self._sources:
+                source.recheck(model, version, fingerprint)
+
+    def _newly_failed(self, before: Report | None, now: Report) -> list[tuple[str, int, str]]:
+        """The (model, version, fingerprint) of each load `now` reports failed that `before` did not."""
+        found = []
+        for model, state in now.models.items():
+            earlier = before.models.get(model) if before is not None else None
+            for version in state.failed:
+                ref = self._refs.get(model, {}).get(version)
+                if ref is not None and (earlier is None or version not in earlier.failed):
+                    found.append((model, version, ref.fingerprint))
+        return found
 
     async def poll(self, report: Report, timeout: float) -> Orders:
         """Record `report`, then answer with the orders once they differ from those the
