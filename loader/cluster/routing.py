@@ -21,8 +21,8 @@ from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
-from loader.serving.rest.app import MODEL_STATUS_API, PREDICTION_API
 from loader.serving.rest.predictions import error_answer
+from loader.serving.rest.targets import model_of
 
 REPLICAS_PATH = "/modelwatch/replicas"
 
@@ -115,7 +115,7 @@ class Gate:
                 return
             if self._held:  # nothing to look up while no model is held
                 try:
-                    await self._admit(_model_of(scope["path"]))
+                    await self._admit(model_of(scope))
                 except ServingError as error:
                     await _send(send, *error_answer(error))
                     return
@@ -132,11 +132,6 @@ class Gate:
                 f"model {model} is switching versions across replicas and this replica has "
                 f"not been told to go on within {self._limit:g}s; try again"
             ) from None
-
-
-def _model_of(path: str) -> str | None:
-    match = PREDICTION_API.fullmatch(path) or MODEL_STATUS_API.fullmatch(path)
-    return match.group(1) if match is not None else None
 
 
 async def _send(send: Send, status: int, body: bytes) -> None:
