@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from loader.serving.grpc.server import GrpcServer
+from loader.serving.grpc.server import GrpcLimits, GrpcServer
 
 
 class NoServices:
@@ -96,6 +96,73 @@ def test_channel_arguments_reach_the_server():
     try:
         server.start()
         assert unimplemented(f"127.0.0.1:{server.port}") is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def refused_for_metadata(port: int, size: int) -> grpc.StatusCode:
+    """The status of a call carrying `size` bytes of metadata (UNIMPLEMENTED: it passed)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as error:
+            call(b"", timeout=10, metadata=(("x-filler", "a" * size),))
+    return error.value.code()
+
+
+def test_limits_refuse_large_metadata_and_channel_arguments_override_them():
+    limited = GrpcServer(NoServices(), limits=GrpcLimits(max_metadata_bytes=4096))  # type: ignore[arg-type]
+    widened = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(max_metadata_bytes=4096),
+        channel_arguments=[("grpc.max_metadata_size", 65536),
+                           ("grpc.absolute_max_metadata_size", 65536)],
+    )
+    try:
+        for server in (limited, widened):
+            server.start()
+        assert refused_for_metadata(limited.port, 1024) is grpc.StatusCode.UNIMPLEMENTED
+        for size in (6 * 1024, 1024 * 1024):
+            assert refused_for_metadata(limited.port, size) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused_for_metadata(widened.port, 6 * 1024) is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        for server in (limited, widened):
+            server.stop(0)
+            server.join(10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(30)  # a guard far past the limits under test, not a measurement
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_a_connection_that_never_speaks_is_closed_after_the_handshake_timeout():
+    server = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(handshake_timeout_seconds=0.5)
+    )
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            assert read_until_closed(silent).startswith(b"\x00\x00")  # SETTINGS, then the close
+        assert unimplemented(f"127.0.0.1:{server.port}") is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def test_connections_past_the_cap_are_closed_at_once():
+    server = GrpcServer(NoServices(), limits=GrpcLimits(max_connections=2))  # type: ignore[arg-type]
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", server.port)) as first, \
+                socket.create_connection(("127.0.0.1", server.port)) as second, \
+                socket.create_connection(("127.0.0.1", server.port)) as third:
+            for admitted in (first, second):
+                admitted.settimeout(30)
+                assert admitted.recv(9)[3:4] == b"\x04"  # the server's SETTINGS frame
+            assert read_until_closed(third) == b""
     finally:
         server.stop(0)
         server.join(10)
