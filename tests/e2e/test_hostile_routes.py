@@ -113,23 +113,31 @@ def test_a_version_beyond_int64_gets_a_clean_400(served, number):
     assert_serves(served)
 
 
-def test_long_model_names_are_not_kept(served):
-    """Predicts to 100 different 1 MiB model names kept ~200 MB in the fast path's cache."""
-    before = resident_bytes(served.pid)
-    assert before is not None
-    connection = http.client.HTTPConnection(served.client.base_url.host, served.client.base_url.port, timeout=30)
+def predict_long_names(d: DaemonProcess, round_: str, count: int) -> None:
+    """`count` predicts, each to a different 1 MiB model name (httpx refuses URLs this long)."""
+    url = d.client.base_url
+    connection = http.client.HTTPConnection(url.host, url.port, timeout=30)
     try:
-        for i in range(100):  # httpx refuses URLs this long; http.client sends them
-            name = f"{i:04d}" + "m" * (1024 * 1024)
+        for i in range(count):
+            name = f"{round_}{i:04d}" + "m" * (1024 * 1024)
             connection.request("POST", f"/v1/models/{name}:predict", b'{"instances": [[2.0]]}')
             response = connection.getresponse()
             assert response.status == 404, response.read()[:200]
             response.read()
     finally:
         connection.close()
+
+
+def test_long_model_names_are_not_kept(served):
+    """Predicts to 300 different 1 MiB model names kept ~2 MiB each (~600 MiB) in the fast
+    path's cache. After a first round, the resident size still moves up and down by up to
+    ~130 MiB between rounds (freed in bursts), never by what was sent."""
+    predict_long_names(served, "a", 30)
+    before = resident_bytes(served.pid)
+    predict_long_names(served, "b", 300)
     after = resident_bytes(served.pid)
-    assert after is not None
-    assert after - before < 64 * 1024 * 1024, f"{(after - before) / 2**20:.0f} MiB kept"
+    assert before is not None and after is not None
+    assert after - before < 256 * 1024 * 1024, f"{(after - before) / 2**20:.0f} MiB kept"
     assert_serves(served)
 
 
