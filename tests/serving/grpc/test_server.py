@@ -10,6 +10,7 @@ import grpc
 import pytest
 
 from loader.serving.grpc.server import GrpcLimits, GrpcServer
+from tests.daemon_process import wait_until
 
 
 class NoServices:
@@ -163,6 +164,31 @@ def test_connections_past_the_cap_are_closed_at_once():
                 admitted.settimeout(30)
                 assert admitted.recv(9)[3:4] == b"\x04"  # the server's SETTINGS frame
             assert read_until_closed(third) == b""
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def test_an_idle_connection_is_closed_and_the_client_reconnects():
+    server = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(idle_connection_timeout_seconds=0.5)
+    )
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            channel.subscribe(states.append)
+            call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            with pytest.raises(grpc.RpcError):
+                call(b"", timeout=10)
+            wait_until(lambda: grpc.ChannelConnectivity.READY in states, 30, "a connection")
+            ready = states.index(grpc.ChannelConnectivity.READY)
+            # GOAWAY after the idle time: the channel leaves READY without being closed here.
+            wait_until(lambda: grpc.ChannelConnectivity.IDLE in states[ready:], 30, "the idle close")
+            with pytest.raises(grpc.RpcError) as again:
+                call(b"", timeout=10)
+            assert again.value.code() is grpc.StatusCode.UNIMPLEMENTED  # a new connection
+            channel.unsubscribe(states.append)
     finally:
         server.stop(0)
         server.join(10)
