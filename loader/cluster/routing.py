@@ -22,9 +22,10 @@ from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
 from loader.serving.rest.predictions import error_answer
-from loader.serving.rest.targets import model_of
+from loader.serving.rest.targets import model_of, raw_path
 
 REPLICAS_PATH = "/modelwatch/replicas"
+_REPLICAS_RAW = REPLICAS_PATH.encode()  # matched as it arrived: an escape names no route
 
 
 class RoutedDataPlane(DataPlane):
@@ -110,7 +111,7 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"] == REPLICAS_PATH and self._replicas is not None:
+            if raw_path(scope) == _REPLICAS_RAW and self._replicas is not None:
                 await _send(send, 200, orjson.dumps(await self._replicas()))
                 return
             if self._held:  # nothing to look up while no model is held
