@@ -192,3 +192,38 @@ def test_an_idle_connection_is_closed_and_the_client_reconnects():
     finally:
         server.stop(0)
         server.join(10)
+
+
+def advertised_settings(port: int) -> dict[int, int]:
+    """The HTTP/2 SETTINGS the server sends first on a new connection."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        head = b""
+        while len(head) < 9:
+            head += sock.recv(9 - len(head))
+        length, kind = int.from_bytes(head[:3], "big"), head[3]
+        assert kind == 4, head  # SETTINGS
+        payload = b""
+        while len(payload) < length:
+            payload += sock.recv(length - len(payload))
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+            for i in range(0, length, 6)}
+
+
+def test_streams_and_header_size_are_advertised_to_clients():
+    """HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS (3) and SETTINGS_MAX_HEADER_LIST_SIZE (6)."""
+    default = GrpcServer(NoServices())  # type: ignore[arg-type]
+    tight = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(max_concurrent_streams=2, max_metadata_bytes=4096)
+    )
+    try:
+        for server in (default, tight):
+            server.start()
+        settings = advertised_settings(default.port)
+        assert (settings[3], settings[6]) == (128, 16384)
+        settings = advertised_settings(tight.port)
+        assert (settings[3], settings[6]) == (2, 4096)
+    finally:
+        for server in (default, tight):
+            server.stop(0)
+            server.join(10)
