@@ -29,7 +29,7 @@ from loader.manager.memory import mib
 from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
-from loader.serving.grpc.server import GrpcServer
+from loader.serving.grpc.server import GrpcLimits, GrpcServer
 from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
@@ -99,6 +99,11 @@ class Daemon:
                 grpc_api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
                 max_workers=server.grpc_threads(), socket_path=server.grpc_socket_path,
                 channel_arguments=list(server.grpc_channel_arguments.items()),
+                limits=GrpcLimits(
+                    server.grpc_max_metadata_bytes, server.grpc_max_concurrent_streams,
+                    server.grpc_handshake_timeout_seconds,
+                    server.grpc_idle_connection_timeout_seconds, server.grpc_max_connections,
+                ),
                 extra_handlers=[self._profiler] if self._profiler else [],
             )
 

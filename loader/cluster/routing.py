@@ -21,10 +21,11 @@ from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
-from loader.serving.rest.app import MODEL_STATUS_API, PREDICTION_API
 from loader.serving.rest.predictions import error_answer
+from loader.serving.rest.targets import model_of, raw_path
 
 REPLICAS_PATH = "/modelwatch/replicas"
+_REPLICAS_RAW = REPLICAS_PATH.encode()  # matched as it arrived: an escape names no route
 
 
 class RoutedDataPlane(DataPlane):
@@ -110,12 +111,12 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"] == REPLICAS_PATH and self._replicas is not None:
+            if raw_path(scope) == _REPLICAS_RAW and self._replicas is not None:
                 await _send(send, 200, orjson.dumps(await self._replicas()))
                 return
             if self._held:  # nothing to look up while no model is held
                 try:
-                    await self._admit(_model_of(scope["path"]))
+                    await self._admit(model_of(scope))
                 except ServingError as error:
                     await _send(send, *error_answer(error))
                     return
@@ -132,11 +133,6 @@ class Gate:
                 f"model {model} is switching versions across replicas and this replica has "
                 f"not been told to go on within {self._limit:g}s; try again"
             ) from None
-
-
-def _model_of(path: str) -> str | None:
-    match = PREDICTION_API.fullmatch(path) or MODEL_STATUS_API.fullmatch(path)
-    return match.group(1) if match is not None else None
 
 
 async def _send(send: Send, status: int, body: bytes) -> None:

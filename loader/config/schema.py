@@ -56,6 +56,17 @@ class ServerConfig(_Strict):
     grpc_socket_path: Annotated[str, Field(min_length=1)] | None = None
     # Passed to the gRPC server as they are (TF Serving's --grpc_channel_arguments).
     grpc_channel_arguments: dict[Annotated[str, Field(min_length=1)], int | str] = {}
+    # -- gRPC transport limits (grpc core enforces them; grpc_channel_arguments override) --
+    # A call whose metadata (headers) passes this is refused RESOURCE_EXHAUSTED.
+    grpc_max_metadata_bytes: Annotated[int, Field(ge=1024, le=2**31 - 1)] = 16 * 1024
+    # Calls in flight on one connection; a client's further calls wait for a free stream.
+    grpc_max_concurrent_streams: Annotated[int, Field(ge=1, le=2**31 - 1)] = 128
+    # A connection that has not finished its HTTP/2 handshake by then is closed.
+    grpc_handshake_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 10.0
+    # A connection with no call in flight for this long is closed (GOAWAY; clients reconnect).
+    grpc_idle_connection_timeout_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    # Connections open at once; a further one is closed as soon as it is accepted.
+    grpc_max_connections: Annotated[int, Field(ge=1, le=2**31 - 1)] = 512
     # TensorFlow's ProfilerService on the gRPC port (TF Serving's --enable_profiler).
     enable_profiler: bool = False
 

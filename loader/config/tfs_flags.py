@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,6 +308,9 @@ def _single_model(
         ) from None
 
 
+_INT32_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+
+
 def _channel_arguments(text: str) -> dict[str, int | str]:
     """`key=value,key=value` as TF Serving reads it: a value that is an int32 is an int."""
     arguments: dict[str, int | str] = {}
@@ -317,12 +321,10 @@ def _channel_arguments(text: str) -> dict[str, int | str]:
                 f"--grpc_channel_arguments: {item!r} is not key=value "
                 "(the flag takes key=value pairs separated by commas)"
             )
-        try:
-            number = int(raw)
-        except ValueError:
-            arguments[key] = raw
-        else:
-            arguments[key] = number if -(2**31) <= number < 2**31 else raw
+        # TF Serving's safe_strto32: ASCII digits only (Python's int() reads any Unicode
+        # digit and "1_000").
+        number = int(raw) if _INT32_TEXT.fullmatch(raw) else None
+        arguments[key] = number if number is not None and -(2**31) <= number < 2**31 else raw
     return arguments
 
 

@@ -38,7 +38,9 @@ from loader.servables.batch_queue import BatchScheduler
 
 log = logging.getLogger(__name__)
 
-# Kinds of request remembered as batchable or not; clients choose the names, so it is bounded.
+# Kinds of request remembered as batchable or not, each with a queue of its own. Only
+# kinds made of the signature's own names are kept (a client's other names would be kept
+# at whatever length it sent them); past this many, a new kind runs alone.
 _MAX_FIT_CACHE = 1024
 
 # (signature, requested output keys or None for all, sorted input names)
@@ -204,7 +206,8 @@ class BatchingServable:
             raise FailedPrecondition(
                 f"batching for {self._scheduler.name or 'this model'} has stopped"
             )
-        keys = tuple(output_keys) if output_keys else None
+        # Sorted: the order a client names its outputs in makes no other batch, nor queue.
+        keys = tuple(sorted(output_keys)) if output_keys else None
         names = tuple(inputs) if len(inputs) == 1 else tuple(sorted(inputs))
         request = self._request(signature_name, inputs, names, keys, done)
         if request is None:
@@ -257,14 +260,16 @@ class BatchingServable:
         fit_key = (signature_name, keys, names)
         fits = self._fit_cache.get(fit_key)
         if fits is None:  # a servable's signatures never change: decide once per kind
+            if len(self._fit_cache) >= _MAX_FIT_CACHE:
+                return None
             signatures = self._inner.signatures
             sig = signatures.get(signature_name)
             if sig is None:
                 fits = not signatures  # an unknown signature: the servable's own error
             else:
                 fits = self._fits(sig, arrays, keys)
-            if len(self._fit_cache) < _MAX_FIT_CACHE:
-                self._fit_cache[fit_key] = fits
+                if sig.inputs.keys() >= set(names) and (keys is None or sig.outputs.keys() >= set(keys)):
+                    self._fit_cache[fit_key] = fits
         if not fits:
             return None
         if self._pad_lengths:

@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "tf2", "session"]
 _INIT_OP_SIGNATURE = "__saved_model_init_op"
+# Session callables kept per version, one per signature and set of outputs fetched.
+# Clients choose the outputs (gRPC's output_filter): past this many, a new set is answered
+# from the callable that fetches all of the signature's outputs.
+MAX_CALLABLES = 64
 
 
 # ---- the two ways to run -----------------------------------------------------------
@@ -93,11 +97,15 @@ class _SessionRunner:
         outputs: list[str],
     ) -> dict[str, np.ndarray]:
         aliases = sorted(feeds)
-        fetch_names = list(dict.fromkeys(sig.outputs[alias].name for alias in outputs))
-        key = (name, tuple(outputs))
+        # A set of tensors, in one order: the order the client named them in is no other key.
+        fetch_names = sorted({sig.outputs[alias].name for alias in outputs})
+        key = (name, tuple(fetch_names))
         run_callable = self._callables.get(key)
         if run_callable is None:
             with self._lock:
+                if key not in self._callables and len(self._callables) >= MAX_CALLABLES:
+                    fetch_names = sorted({info.name for info in sig.outputs.values()})
+                    key = (name, tuple(fetch_names))
                 run_callable = self._callables.get(key)
                 if run_callable is None:
                     options = config_pb2.CallableOptions(

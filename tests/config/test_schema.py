@@ -44,6 +44,10 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.loading.on_demand_wait_seconds == 30.0
     assert model.load == "always"
     assert config.server.rest_fast_path is True
+    assert (config.server.grpc_max_metadata_bytes, config.server.grpc_max_concurrent_streams,
+            config.server.grpc_handshake_timeout_seconds,
+            config.server.grpc_idle_connection_timeout_seconds,
+            config.server.grpc_max_connections) == (16384, 128, 10.0, 300.0, 512)
 
 
 def test_memory_limit_and_on_demand_values(tmp_path):
@@ -140,6 +144,16 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("tensorflow: {prefer_tflite_model: maybe}\n",
          "tensorflow.prefer_tflite_model: input should be a valid boolean"),
         ("server: {operator_page: maybe}\n", "server.operator_page: input should be a valid boolean"),
+        ("server: {grpc_max_metadata_bytes: 100}\n",
+         "server.grpc_max_metadata_bytes: input should be greater than or equal to 1024"),
+        ("server: {grpc_max_concurrent_streams: 0}\n",
+         "server.grpc_max_concurrent_streams: input should be greater than or equal to 1"),
+        ("server: {grpc_handshake_timeout_seconds: 0}\n",
+         "server.grpc_handshake_timeout_seconds: input should be greater than 0"),
+        ("server: {grpc_idle_connection_timeout_seconds: -1}\n",
+         "server.grpc_idle_connection_timeout_seconds: input should be greater than 0"),
+        ("server: {grpc_max_connections: 0}\n",
+         "server.grpc_max_connections: input should be greater than or equal to 1"),
         ("server: {grpc_port: 0, grpc_socket_path: x.sock}\n",
          "server: grpc_socket_path needs gRPC on: grpc_port is 0"),
         ("server: {grpc_port: 0, enable_profiler: true}\n",

@@ -553,12 +553,14 @@ def test_serve_a_model_config_file_and_poll_it(tmp_path, tfserving_testdata, ser
 def test_grpc_socket_channel_arguments_and_profiler(tmp_path):
     tfs = parse(tmp_path, *MODEL, "--grpc_socket_path=tf.sock",
                 "--grpc_channel_arguments=grpc.max_connection_age_ms=2000,"
-                "grpc.lb_policy_name=grpclb,big=4294967296")
+                "grpc.lb_policy_name=grpclb,big=4294967296,arabic=\u0661\u0662,under=1_000,"
+                "neg=-5")
     server = tfs.config.server
     assert server.grpc_socket_path == str(tmp_path / "tf.sock")  # against the working folder
     assert server.grpc_channel_arguments == {
         "grpc.max_connection_age_ms": 2000, "grpc.lb_policy_name": "grpclb",
         "big": "4294967296",  # not an int32: a string, as TF Serving passes it
+        "arabic": "\u0661\u0662", "under": "1_000", "neg": -5,  # ASCII digits only, as safe_strto32
     }
     assert server.enable_profiler  # TF Serving's default
     assert not parse(tmp_path, *MODEL, "--enable_profiler=false").config.server.enable_profiler

@@ -593,3 +593,19 @@ def test_batched_results_equal_unbatched_ones_on_a_real_model(model_builder) -> 
     finally:
         servable.unload()
     assert servable.requests_batched >= servable.batches_run > 0
+
+
+def test_only_the_signatures_own_names_are_kept_and_in_one_order(make, fake) -> None:
+    """Clients choose output keys and input names: a kind of request is remembered (with a
+    queue of its own) only in the signature's names, and the order of the keys makes no
+    other kind."""
+    servable = make()
+    x = rows(1, 2)
+    for i in range(100):  # 100 KiB names the signature does not have: never kept
+        assert not servable.submit("double", {"x": x}, [f"{i}" + "q" * 100_000], lambda r, e: None)
+        assert not servable.submit("double", {"x": x, f"{i}" + "w" * 100_000: x}, None,
+                                   lambda r, e: None)
+    assert servable._fit_cache == {}
+    for keys in (["y", "z"], ["z", "y"], ["y"]):
+        assert set(servable.run("double", {"x": x}, keys)) == set(keys)
+    assert sorted(servable._fit_cache) == [("double", ("y",), ("x",)), ("double", ("y", "z"), ("x",))]

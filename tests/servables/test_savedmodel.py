@@ -409,3 +409,48 @@ def test_a_tf2_model_with_an_asset_table_answers_alike_on_both_runners(
         assert result["ids"].tolist() == [10, -10, 20]
     finally:
         servable.unload()
+
+
+def _write_three_outputs_model(folder: Path) -> None:
+    """x -> a = x + 1, b = x + 2, c = x + 3."""
+    import tensorflow as tf
+
+    class Three(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 1], tf.float32)])
+        def serve(self, x: Any) -> dict[str, Any]:
+            return {"a": x + 1.0, "b": x + 2.0, "c": x + 3.0}
+
+    module = Three()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+
+
+def test_session_callables_are_kept_per_set_of_outputs_and_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients choose the outputs and their order (gRPC's output_filter): the order makes
+    no other callable, and past MAX_CALLABLES the all-outputs one answers."""
+    import itertools
+
+    from loader.servables import savedmodel
+
+    _write_three_outputs_model(tmp_path / "three")
+    servable = load_saved_model(tmp_path / "three", backend="session")
+    runner: Any = servable._runner
+    x = np.array([[1.0]], np.float32)
+    try:
+        choices = [list(p) for n in (1, 2, 3) for p in itertools.permutations("abc", n)]
+        assert len(choices) == 15
+        for keys in choices:
+            outputs = servable.run("serving_default", {"x": x}, output_keys=keys)
+            assert {k: v.tolist() for k, v in outputs.items()} == {
+                k: [[1.0 + "abc".index(k) + 1]] for k in keys
+            }
+        assert len(runner._callables) == 7  # the sets of outputs, not their orders
+        monkeypatch.setattr(savedmodel, "MAX_CALLABLES", 1)
+        runner._callables.clear()
+        for keys in (["a"], ["b"], ["c", "a"]):
+            outputs = servable.run("serving_default", {"x": x}, output_keys=keys)
+            assert sorted(outputs) == sorted(keys)
+        assert len(runner._callables) == 2  # ["a"]'s, then the all-outputs one for the rest
+    finally:
+        servable.unload()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -42,6 +43,41 @@ _DRAIN_POLL_SECONDS = 0.02
 ChannelArgument = tuple[str, int | str]
 
 
+@dataclass(frozen=True)
+class GrpcLimits:
+    """What one client may hold of the gRPC transport (the server.grpc_* keys), as grpc
+    core's own channel arguments: it refuses or closes what passes them before any of our
+    code runs. Defaults: the config's."""
+
+    max_metadata_bytes: int = 16 * 1024
+    max_concurrent_streams: int = 128
+    handshake_timeout_seconds: float = 10.0
+    idle_connection_timeout_seconds: float = 300.0
+    max_connections: int = 512
+
+    def channel_arguments(self) -> dict[str, int | str]:
+        return {
+            # Soft and hard limit alike: past the soft one alone grpc core refuses calls
+            # at random, up to the hard one (16 KiB unless set).
+            "grpc.max_metadata_size": self.max_metadata_bytes,
+            "grpc.absolute_max_metadata_size": self.max_metadata_bytes,
+            "grpc.max_concurrent_streams": self.max_concurrent_streams,
+            # Also bounds a connection that never sends the HTTP/2 preface and SETTINGS.
+            "grpc.server_handshake_timeout_ms": _millis(self.handshake_timeout_seconds),
+            "grpc.max_connection_idle_ms": _millis(self.idle_connection_timeout_seconds),
+            # grpc core's own defaults, said here: a client pinging more often than every 5
+            # minutes without calls gets GOAWAY after 2 strikes.
+            "grpc.http2.min_ping_interval_without_data_ms": 300_000,
+            "grpc.http2.max_ping_strikes": 2,
+            # Known to recent grpc cores (written against 1.85); older ones ignore it.
+            "grpc.max_allowed_incoming_connections": self.max_connections,
+        }
+
+
+def _millis(seconds: float) -> int:
+    return max(1, min(2**31 - 1, round(seconds * 1000)))
+
+
 class GrpcServer:
     """A gRPC server for a `GrpcApi` on host:port (0 picks a free port; see `port`) and,
     given `socket_path`, on that Unix domain socket as well, with the same services.
@@ -53,8 +89,8 @@ class GrpcServer:
     flight get the grace period to finish, then the ports close; `None`: cancel them and
     close now) and `join(timeout)`, which waits for the server and its worker threads to
     end, then removes the socket file it made. `channel_arguments` are
-    passed to gRPC as they are (TF Serving's `--grpc_channel_arguments`); ours win where
-    both set a key.
+    passed to gRPC as they are (TF Serving's `--grpc_channel_arguments`): they win over
+    `limits`, and the message size and port sharing win over them.
     """
 
     def __init__(
@@ -67,6 +103,7 @@ class GrpcServer:
         max_message_bytes: int = 64 * _MIB,
         socket_path: str | None = None,
         channel_arguments: Sequence[ChannelArgument] = (),
+        limits: GrpcLimits = GrpcLimits(),
         extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
     ) -> None:
         ours: dict[str, int | str] = {
@@ -90,7 +127,9 @@ class GrpcServer:
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
         self._api = api
         self._handlers = list(extra_handlers)
-        self._options = list({**dict(channel_arguments), **ours}.items())
+        self._options = list(
+            {**limits.channel_arguments(), **dict(channel_arguments), **ours}.items()
+        )
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None  # runs the event loop
         self._stop_asked = False

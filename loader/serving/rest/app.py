@@ -1,7 +1,8 @@
 """TF Serving's REST API (`/v1/models/...`) as a thin adapter over the data plane.
 
-Routes are matched with TF Serving's own (case-insensitive) patterns; errors are
-`{"error": message}` with TF Serving's mapping from status code to HTTP status.
+Routes are matched with TF Serving's own (case-insensitive) patterns on the path as it
+arrived, and the model name and label decoded once matched (`loader.serving.rest.targets`);
+errors are `{"error": message}` with TF Serving's mapping from status code to HTTP status.
 
 Prediction requests (`:predict`, `:classify`, `:regress`) skip Starlette's routing and
 request objects: `loader.serving.rest.predictions` answers them (and, on the fast HTTP path
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any
 
 import orjson
@@ -44,18 +44,18 @@ from loader.serving.rest.predictions import (
     parse_version,
     too_large,
 )
+from loader.serving.rest.targets import (
+    MODEL_STATUS_API,
+    Target,
+    decode_part,
+    parse_prediction,
+    raw_path,
+)
 
 log = logging.getLogger("modelwatch.rest")
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's default
 
-_VERSION_OR_LABEL = r"(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
-PREDICTION_API = re.compile(
-    r"/v1/models/([^/:]+)" + _VERSION_OR_LABEL + r":(classify|regress|predict)", re.IGNORECASE
-)
-MODEL_STATUS_API = re.compile(
-    r"/v1/models(?:/([^/:]+))?" + _VERSION_OR_LABEL + r"(?:/(metadata))?", re.IGNORECASE
-)
 
 def _json(document: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(document), status, media_type="application/json")
@@ -70,6 +70,12 @@ class ErrorResponse(Response):
         headers = {"retry-after": str(retry)} if retry is not None else None
         super().__init__(body, status, headers, media_type="application/json")
         self.code = error.code
+
+
+def _malformed(request: Request) -> InvalidArgument:
+    """No route matches: TF Serving's answer, naming the path as it arrived."""
+    path = raw_path(request.scope).decode("ascii", "backslashreplace")
+    return InvalidArgument(f"Malformed request: {request.method} {path}")
 
 
 class _Disconnected(Exception):
@@ -133,17 +139,23 @@ class RestApi:
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The ASGI application."""
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = PREDICTION_API.fullmatch(scope["path"])
-            if match is not None:
-                await self._prediction(match, receive, scope, send)
+        if scope["type"] == "http":
+            path = raw_path(scope)
+            if scope["method"] == "POST":
+                target = parse_prediction(path)
+                if target is not None:
+                    await self._prediction(target, receive, scope, send)
+                    return
+            if b"%" in path:
+                # Only the parts of a TF Serving route may be escaped: an escape never
+                # names one of the fixed routes (health, metrics, the operator page).
+                response = await self._dispatch(Request(scope, receive))
+                await response(scope, receive, send)
                 return
         await self._starlette(scope, receive, send)
 
-    async def _prediction(
-        self, match: re.Match[str], receive: Receive, scope: Scope, send: Send
-    ) -> None:
-        model, version_text, label, verb = match.groups()
+    async def _prediction(self, target: Target, receive: Receive, scope: Scope, send: Send) -> None:
+        verb, model, version_text, label = target
         answered: asyncio.Future[tuple[int, bytes, int | None]] = (
             asyncio.get_running_loop().create_future()
         )
@@ -152,7 +164,7 @@ class RestApi:
             if not answered.done():
                 answered.set_result((status, body, retry_after))
 
-        call = self.predictions.call(verb.lower(), model, reply)
+        call = self.predictions.call(verb, model, reply)
         try:
             body = await self._body(scope, receive)
         except _Disconnected:  # nobody to answer, and no bug
@@ -178,8 +190,7 @@ class RestApi:
         await send({"type": "http.response.body", "body": answer})
 
     async def _malformed(self, request: Request, exc: Exception) -> Response:
-        message = f"Malformed request: {request.method} {request.url.path}"
-        return ErrorResponse(InvalidArgument(message))
+        return ErrorResponse(_malformed(request))
 
     async def _prometheus(self, request: Request) -> Response:
         return Response(self._metrics.exposition(), media_type=CONTENT_TYPE)
@@ -209,24 +220,32 @@ class RestApi:
         return _json({"error": "the operator page is off (server.operator_page: false)"}, 404)
 
     async def _dispatch(self, request: Request) -> Response:
-        path = request.url.path
-        match = MODEL_STATUS_API.fullmatch(path) if request.method == "GET" else None
+        match = (
+            MODEL_STATUS_API.fullmatch(raw_path(request.scope)) if request.method == "GET" else None
+        )
         api = "unknown" if match is None else "metadata" if match.group(4) else "status"
+        model, version_text, label = (
+            (None, None, None) if match is None else
+            (decode_part(match.group(1) or b""), match.group(2), match.group(3))
+        )
         with self._metrics.request("rest", api) as outcome:
-            outcome.model = match.group(1) or "" if match else ""
-            response = await self._answer(request, api, match)
+            outcome.model = model or ""
+            response = await self._answer(request, api, model, version_text, label)
             if isinstance(response, ErrorResponse):
                 outcome.code = response.code
             elif response.status_code >= 500:
                 outcome.code = Code.INTERNAL
             return response
 
-    async def _answer(self, request: Request, api: str, match: re.Match[str] | None) -> Response:
+    async def _answer(
+        self, request: Request, api: str, model: str | None, version_text: bytes | None,
+        label_text: bytes | None,
+    ) -> Response:
         try:
-            if match is None:
-                raise InvalidArgument(f"Malformed request: {request.method} {request.url.path}")
-            model, version_text, label = match.group(1), match.group(2), match.group(3)
-            version = parse_version(version_text)
+            if model is None:
+                raise _malformed(request)
+            version = parse_version(version_text.decode() if version_text else None)
+            label = decode_part(label_text) if label_text else None
             if not model:
                 raise InvalidArgument("Missing model name in request.")
             if api == "metadata":

@@ -28,7 +28,6 @@ batches at 32 clients shrank from 16 rows to 4.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -41,45 +40,10 @@ from loader.serving.rest.predictions import (
     body_timeout,
     too_large,
 )
-
-_VERSION_OR_LABEL = rb"(?:(?:/versions/(\d+))|(?:/labels/([^/:?%#]+)))?"
-# The raw request target of a prediction, in ASCII; anything else (a query, a fragment, a
-# percent-escape, an absolute URI, other bytes) goes the ASGI way, where uvicorn decodes
-# it and the app matches it.
-FAST_TARGET = re.compile(
-    rb"/v1/models/([^/:?%#]+)" + _VERSION_OR_LABEL + rb":(classify|regress|predict)",
-    re.IGNORECASE,
-)
+from loader.serving.rest.targets import Target, prediction_target
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
-
-# What a prediction's target names: the API, the model, the version's text, the label.
-Target = tuple[str, str, "str | None", "str | None"]
-
-# The targets met last, decoded: clients send the same few over and over, and matching
-# and decoding one costs ~1 us. Bounded, as clients choose them.
-_TARGETS: dict[bytes, Target] = {}
-_MAX_TARGETS = 1024
-
-
-def prediction_target(url: bytes) -> Target | None:
-    """What the raw target of a prediction names; None when it is not one (see FAST_TARGET)."""
-    target = _TARGETS.get(url)
-    if target is not None:
-        return target
-    match = FAST_TARGET.fullmatch(url) if url.isascii() else None
-    if match is None:
-        return None
-    model, version, label, verb = match.groups()
-    target = (
-        verb.decode().lower(), model.decode(), version.decode() if version else None,
-        label.decode() if label else None,
-    )
-    if len(_TARGETS) >= _MAX_TARGETS:
-        _TARGETS.clear()
-    _TARGETS[url] = target
-    return target
 
 
 class _FastCycle:

@@ -9,7 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from loader.serving.grpc.server import GrpcServer
+from loader.serving.grpc.server import GrpcLimits, GrpcServer
+from tests.daemon_process import wait_until
 
 
 class NoServices:
@@ -99,3 +100,130 @@ def test_channel_arguments_reach_the_server():
     finally:
         server.stop(0)
         server.join(10)
+
+
+def refused_for_metadata(port: int, size: int) -> grpc.StatusCode:
+    """The status of a call carrying `size` bytes of metadata (UNIMPLEMENTED: it passed)."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+        with pytest.raises(grpc.RpcError) as error:
+            call(b"", timeout=10, metadata=(("x-filler", "a" * size),))
+    return error.value.code()
+
+
+def test_limits_refuse_large_metadata_and_channel_arguments_override_them():
+    limited = GrpcServer(NoServices(), limits=GrpcLimits(max_metadata_bytes=4096))  # type: ignore[arg-type]
+    widened = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(max_metadata_bytes=4096),
+        channel_arguments=[("grpc.max_metadata_size", 65536),
+                           ("grpc.absolute_max_metadata_size", 65536)],
+    )
+    try:
+        for server in (limited, widened):
+            server.start()
+        assert refused_for_metadata(limited.port, 1024) is grpc.StatusCode.UNIMPLEMENTED
+        for size in (6 * 1024, 1024 * 1024):
+            assert refused_for_metadata(limited.port, size) is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert refused_for_metadata(widened.port, 6 * 1024) is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        for server in (limited, widened):
+            server.stop(0)
+            server.join(10)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(30)  # a guard far past the limits under test, not a measurement
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received
+
+
+def test_a_connection_that_never_speaks_is_closed_after_the_handshake_timeout():
+    server = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(handshake_timeout_seconds=0.5)
+    )
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            assert read_until_closed(silent).startswith(b"\x00\x00")  # SETTINGS, then the close
+        assert unimplemented(f"127.0.0.1:{server.port}") is grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def test_connections_past_the_cap_are_closed_at_once():
+    server = GrpcServer(NoServices(), limits=GrpcLimits(max_connections=2))  # type: ignore[arg-type]
+    try:
+        server.start()
+        with socket.create_connection(("127.0.0.1", server.port)) as first, \
+                socket.create_connection(("127.0.0.1", server.port)) as second, \
+                socket.create_connection(("127.0.0.1", server.port)) as third:
+            for admitted in (first, second):
+                admitted.settimeout(30)
+                assert admitted.recv(9)[3:4] == b"\x04"  # the server's SETTINGS frame
+            assert read_until_closed(third) == b""
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def test_an_idle_connection_is_closed_and_the_client_reconnects():
+    server = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(idle_connection_timeout_seconds=0.5)
+    )
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        server.start()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            channel.subscribe(states.append)
+            call = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
+            with pytest.raises(grpc.RpcError):
+                call(b"", timeout=10)
+            wait_until(lambda: grpc.ChannelConnectivity.READY in states, 30, "a connection")
+            ready = states.index(grpc.ChannelConnectivity.READY)
+            # GOAWAY after the idle time: the channel leaves READY without being closed here.
+            wait_until(lambda: grpc.ChannelConnectivity.IDLE in states[ready:], 30, "the idle close")
+            with pytest.raises(grpc.RpcError) as again:
+                call(b"", timeout=10)
+            assert again.value.code() is grpc.StatusCode.UNIMPLEMENTED  # a new connection
+            channel.unsubscribe(states.append)
+    finally:
+        server.stop(0)
+        server.join(10)
+
+
+def advertised_settings(port: int) -> dict[int, int]:
+    """The HTTP/2 SETTINGS the server sends first on a new connection."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(30)
+        head = b""
+        while len(head) < 9:
+            head += sock.recv(9 - len(head))
+        length, kind = int.from_bytes(head[:3], "big"), head[3]
+        assert kind == 4, head  # SETTINGS
+        payload = b""
+        while len(payload) < length:
+            payload += sock.recv(length - len(payload))
+    return {int.from_bytes(payload[i:i + 2], "big"): int.from_bytes(payload[i + 2:i + 6], "big")
+            for i in range(0, length, 6)}
+
+
+def test_streams_and_header_size_are_advertised_to_clients():
+    """HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS (3) and SETTINGS_MAX_HEADER_LIST_SIZE (6)."""
+    default = GrpcServer(NoServices())  # type: ignore[arg-type]
+    tight = GrpcServer(  # type: ignore[arg-type]
+        NoServices(), limits=GrpcLimits(max_concurrent_streams=2, max_metadata_bytes=4096)
+    )
+    try:
+        for server in (default, tight):
+            server.start()
+        settings = advertised_settings(default.port)
+        assert (settings[3], settings[6]) == (128, 16384)
+        settings = advertised_settings(tight.port)
+        assert (settings[3], settings[6]) == (2, 4096)
+    finally:
+        for server in (default, tight):
+            server.stop(0)
+            server.join(10)

@@ -64,6 +64,8 @@ def test_status_routes_are_tf_servings_and_case_insensitive(stack):
     assert [s["version"] for s in body["model_version_status"]] == ["2", "1"]
     assert client.get("/V1/Models/m/Versions/1").json()["model_version_status"][0]["version"] == "1"
     assert client.get("/v1/models/m/labels/stable").json()["model_version_status"][0]["version"] == "1"
+    # The parts are decoded once matched, as TF Serving does.
+    assert client.get("/v1/models/%6D/labels/st%61ble").json()["model_version_status"][0]["version"] == "1"
 
 
 @pytest.mark.parametrize(
@@ -80,6 +82,20 @@ def test_status_routes_are_tf_servings_and_case_insensitive(stack):
          "Failed to convert version: 99999999999999999999 to numeric."),
         ("POST", "/v1/models/nope:predict", 404, "Servable not found for request: Latest(nope)"),
         ("POST", "/v1/models/m/versions/7:predict", 404, "Servable not found for request: Specific(m, 7)"),
+        # Routed on the path as it arrived, then the name decoded (TF Serving's order): an
+        # escaped ":" is no verb, an escaped "/" no separator.
+        ("POST", "/v1/models/m%3apredict", 400, "Malformed request: POST /v1/models/m%3apredict"),
+        ("GET", "/v1/models/m%2Fversions%2F1", 404, "Could not find any versions of model m/versions/1"),
+        ("POST", "/v1/models/m%2fversions%2f1:predict", 404,
+         "Servable not found for request: Latest(m/versions/1)"),
+        ("GET", "/v1/models/m%2Fmetadata", 404, "Could not find any versions of model m/metadata"),
+        ("GET", "/%68ealthz", 400, "Malformed request: GET /%68ealthz"),
+        # Versions are ASCII digits: not Arabic-Indic or fullwidth ones (Python's int() reads them).
+        ("GET", "/v1/models/m/versions/%D9%A1", 400, "Malformed request: GET /v1/models/m/versions/%D9%A1"),
+        ("POST", "/v1/models/m/versions/%EF%BC%91:predict", 400,
+         "Malformed request: POST /v1/models/m/versions/%EF%BC%91:predict"),
+        ("GET", "/v1/models/m/versions/" + "9" * 5000, 400,
+         "Failed to convert version: " + "9" * 5000 + " to numeric."),
     ],
 )
 def test_errors_are_tf_servings(stack, method, path, status, error):
