@@ -14,7 +14,6 @@ type `Expects arg[0] to be float but int32 is provided` (TensorFlow's session ch
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -32,14 +31,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from tensorflow_serving.config import model_server_config_pb2
 
 from loader.base import (
     DEFAULT_SIGNATURE,
-    Code,
     FailedPrecondition,
     InvalidArgument,
-    ServingError,
     SignatureInfo,
 )
 from loader.manager.handles import Lease
@@ -59,14 +55,8 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.health import HealthService
 from loader.serving.grpc.reload_auth import ReloadGuard
+from loader.serving.grpc.reload_config import ConfigReload, ReloadFn
 from loader.serving.metrics import Metrics
-
-ReloadFn = Callable[[model_server_config_pb2.ModelServerConfig, float | None], None]
-"""Serve exactly the models of this ModelConfigList from now on, blocking until its new
-models are available, raising `ServingError` if not (`InvalidArgument` for a config that
-does not validate). The second argument is how long the caller still waits (None: no
-deadline); past it the call raises DEADLINE_EXCEEDED with the config applied and its
-models still loading."""
 
 SIGNATURE_DEF = "signature_def"
 # Predict requests up to this size are decoded, and answers of up to INLINE_OUTPUT_VALUES
@@ -293,11 +283,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
 
-def _seconds_left(deadline: float | None) -> float | None:
-    """Seconds until a monotonic `deadline` (0 once past); None without a deadline."""
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus and HandleReloadConfigRequest."""
 
@@ -306,9 +291,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     ) -> None:
         self._dataplane = dataplane
         self._answer = answer
-        self._reload = reload
+        self._reload_config = ConfigReload(reload)
         self._guard = guard
-        self._reload_lock = threading.Lock()  # one reload at a time, applied whole
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -320,7 +304,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
-        # A monotonic deadline taken now, so waiting for another reload counts against it.
+        # The caller's deadline, taken now: waiting for another reload counts against it.
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
 
@@ -341,38 +325,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             )
             added.status.error_code = status.error_code.value
             added.status.error_message = status.error_message
-        return response
-
-    def _reload_config(
-        self, request: model_management_pb2.ReloadConfigRequest, deadline: float | None
-    ) -> model_management_pb2.ReloadConfigResponse:
-        """Apply the config and wait for its new models, at most until the caller's
-        deadline. TF Serving's ServerCore::ReloadConfig waits for them with no bound, its
-        handler thread held for as long as a model does not load; here the worker is
-        freed once the caller stops listening, while the config stays applied and the
-        models keep loading (the sources go on watching their folders)."""
-        if self._reload is None:
-            raise ServingError(
-                "this server was started without a way to reload its models",
-                Code.UNIMPLEMENTED,
-            )
-        if request.config.WhichOneof("config") != "model_config_list":
-            raise InvalidArgument(
-                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                "Only ModelConfigList is currently supported"
-            )
-        left = _seconds_left(deadline)
-        if not self._reload_lock.acquire(timeout=-1 if left is None else left):
-            raise ServingError(
-                "the call's deadline passed while another reload was applied",
-                Code.DEADLINE_EXCEEDED,
-            )
-        try:
-            self._reload(request.config, _seconds_left(deadline))
-        finally:
-            self._reload_lock.release()
-        response = model_management_pb2.ReloadConfigResponse()
-        response.status.error_code = Code.OK.value
         return response
 
 
