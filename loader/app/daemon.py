@@ -76,7 +76,10 @@ class Daemon:
             self._rest_api = RestApi(
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
-                operator_page=OperatorPage(self.operator_view) if self.operator_view else None,
+                operator_page=OperatorPage(
+                    self.operator_view, metrics=self.metrics,
+                    max_streams=server.max_event_streams,
+                ) if self.operator_view else None,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
