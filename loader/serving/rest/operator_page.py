@@ -103,6 +103,12 @@ def connection_transport(receive: Receive) -> _Transport | None:
     return transport if all(hasattr(transport, name) for name in needed) else None
 
 
+def _behind(transport: _Transport) -> bool:
+    """Whether the client has data waiting beyond the transport's low-water mark (so
+    uvicorn's `send` may wait for it to drain)."""
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]
+
+
 class _EventStream(StreamingResponse):
     """A stream that gives its slot back however it ends (its body may never start: a
     client that hangs up at once)."""
@@ -213,7 +219,7 @@ class OperatorPage:
             if transport is not None:
                 if transport.is_closing():
                     return
-                if transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]:
+                if _behind(transport):
                     behind_since = loop.time() if behind_since is None else behind_since
                     if loop.time() - behind_since >= self._stall_seconds:
                         self._metrics.refuse("rest", "event_stream_stalled")
@@ -227,6 +233,10 @@ class OperatorPage:
                     continue
                 behind_since = None
             yield frame.event
+        # The server is stopping. The stream's last chunk would wait for a client that is
+        # behind to read down its buffer, and the server's stop with it: cut it instead.
+        if transport is not None and _behind(transport):
+            transport.abort()
 
     def _snapshot_bytes(self) -> bytes:
         return encode(self._view.snapshot())

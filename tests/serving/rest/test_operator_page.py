@@ -330,6 +330,27 @@ def test_a_stream_whose_client_does_not_read_is_closed(serve):
     assert ended.is_set()
 
 
+def test_a_stream_behind_its_client_ends_at_once_when_the_server_stops(serve):
+    loader = FakeLoader()
+    loader.failing.add(1)
+    served = serve(loader=loader, limits={"stall_seconds": 3600, "interval": 0.05})
+    # Snapshots larger than the transport's high-water mark: one written while the client
+    # is behind leaves the transport paused, so a last chunk would wait for the drain.
+    served.manager.on_versions("m", {1: VersionRef("/models/m/1", "x" * 100_000)})
+    page = served.page
+    assert page is not None
+    stalled = raw_stream(served.server.port, receive_buffer=4096)  # and never read
+    try:
+        wait_until(lambda: page.open_streams == 1, 10, "the stream open")
+        # Behind: its frames are skipped, and the stream is still open.
+        wait_until(lambda: page.feed.builds > 20, 30, "snapshots enough to fill the buffers")
+        assert page.open_streams == 1
+        page.close()  # the daemon's stop, before the server's
+        wait_until(lambda: page.open_streams == 0, 10, "the stream to end")
+    finally:
+        stalled.close()
+
+
 def test_a_page_refused_a_stream_polls_the_snapshot(serve, browser):
     served = serve(limits={"max_streams": 0}, m={"stable": 1})
     available(served.manager, "m", 1)
