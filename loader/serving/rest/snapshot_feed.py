@@ -72,6 +72,10 @@ class SnapshotFeed:
         """The latest frame if it is under `interval` old, else a new one."""
         if self._frame is not None and self._clock() - self._built_at < self.interval:
             return self._frame
+        return await self._fresh()
+
+    async def _fresh(self) -> Frame:
+        """A new frame: the build under way if there is one, else a new build."""
         if self._building is None:
             self._building = asyncio.ensure_future(self._make())
         # Shielded: a client that hangs up must not cancel the build others wait for.
@@ -123,7 +127,7 @@ class SnapshotFeed:
         while self.streams > 0 and not self.closed:
             started = self._clock()
             try:
-                await self.latest()
+                await self._fresh()  # not `latest`: the last tick's frame is always fresh
             except Exception:  # a bug in the view: say so, keep the streams on the last frame
                 log.exception("the operator page's snapshot failed")
             await asyncio.sleep(max(0.0, started + self.interval - self._clock()))

@@ -80,6 +80,24 @@ def test_the_snapshot_is_reused_while_fresh_and_built_once_for_callers_together(
     assert build.builds == 2
 
 
+def test_every_tick_builds_a_new_snapshot_for_the_streams() -> None:
+    # The clock stands still: every frame looks fresh to `latest`, yet each tick of the
+    # streams' ticker must build a new one (it once reused the last tick's every other).
+    async def scenario() -> int:
+        feed = SnapshotFeed(Counted(), interval_seconds=0.02, max_streams=1, clock=lambda: 0.0)
+        assert feed.join()
+        sequence = 0
+        for _ in range(3):
+            frame = await asyncio.wait_for(feed.after(sequence), 10)
+            assert frame is not None
+            sequence = frame.sequence
+        feed.leave()
+        await asyncio.wait_for(feed.finished(), 10)
+        return sequence
+
+    assert asyncio.run(scenario()) == 3
+
+
 def test_a_closed_feed_ends_its_streams_and_takes_no_more() -> None:
     async def scenario() -> None:
         feed = SnapshotFeed(Counted(), interval_seconds=0.05, max_streams=4)
