@@ -104,8 +104,9 @@ def connection_transport(receive: Receive) -> _Transport | None:
 
 
 def _behind(transport: _Transport) -> bool:
-    """Whether the client has data waiting beyond the transport's low-water mark (so
-    uvicorn's `send` may wait for it to drain)."""
+    """Whether the client has data waiting beyond the transport's low-water mark, the
+    mark below which uvicorn's `send` stops waiting for a drain (uvloop 0.23 sets it at
+    16 bytes: any byte the kernel has not taken)."""
     return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]
 
 
@@ -162,6 +163,7 @@ class OperatorPage:
 
     @property
     def open_streams(self) -> int:
+        """Live streams open now."""
         return self.feed.streams
 
     def close(self) -> None:
@@ -204,7 +206,7 @@ class OperatorPage:
         )
 
     async def _stream(self, transport: _Transport | None) -> AsyncIterator[bytes]:
-        """The shared frames, newest first come. A frame is skipped while the connection's
+        """The shared frames, each as soon as it is built. A frame is skipped while the connection's
         write buffer is above its low-water mark (the client is behind: sending would
         only queue, and `send` would wait for the drain), and the connection is aborted
         once that has lasted `stall_seconds`: a client that does not read holds a slot,
