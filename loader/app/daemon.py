@@ -43,6 +43,8 @@ log = logging.getLogger("modelwatch.daemon")
 
 # How long a stop lets the requests in flight finish (a pod's grace period must cover it).
 DRAIN_SECONDS = 30
+# A gRPC reload without a deadline waits this long for its new models, then answers.
+RELOAD_WAIT_SECONDS = 300.0
 
 
 class Daemon:
@@ -77,7 +79,10 @@ class Daemon:
             self._rest_api = RestApi(
                 self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
                 body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
-                operator_page=OperatorPage(self.operator_view) if self.operator_view else None,
+                operator_page=OperatorPage(
+                    self.operator_view, metrics=self.metrics,
+                    max_streams=server.max_event_streams,
+                ) if self.operator_view else None,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
@@ -127,8 +132,12 @@ class Daemon:
                     source.start()
             self.config = self.config.model_copy(update={"models": list(models)})
 
-    def reload_from_grpc(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """HandleReloadConfigRequest: like TF Serving, answer once the new models settled."""
+    def reload_from_grpc(
+        self, config: model_server_config_pb2.ModelServerConfig, timeout: float | None = None
+    ) -> None:
+        """HandleReloadConfigRequest: like TF Serving, answer once the new models settled,
+        but wait at most `timeout` seconds (what the caller still waits): past it the
+        config stays applied and the models go on loading (DEADLINE_EXCEEDED)."""
         try:
             models = parse_model_server_config(config)
         except ConfigError as error:
@@ -152,7 +161,15 @@ class Daemon:
                 s.state == "END" or s.error_code is Code.RESOURCE_EXHAUSTED for s in statuses
             )
 
-        self.manager.wait_until(lambda: all(settled(n) for n in added), 300)
+        wait = RELOAD_WAIT_SECONDS if timeout is None else min(timeout, RELOAD_WAIT_SECONDS)
+        if not self.manager.wait_until(lambda: all(settled(n) for n in added), wait) and (
+            wait < RELOAD_WAIT_SECONDS
+        ):
+            loading = sorted(n for n in added if not settled(n))
+            raise ServingError(
+                f"the call's deadline passed with {len(loading)} model(s) still loading: "
+                f"{loading}; the new config is applied", Code.DEADLINE_EXCEEDED,
+            )
         failed = sorted(n for n in added if not self.dataplane.readiness().get(n))
         if failed:
             raise ServingError(

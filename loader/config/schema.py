@@ -69,6 +69,10 @@ class ServerConfig(_Strict):
     grpc_max_connections: Annotated[int, Field(ge=1, le=2**31 - 1)] = 512
     # TensorFlow's ProfilerService on the gRPC port (TF Serving's --enable_profiler).
     enable_profiler: bool = False
+    # -- Operator page streams (issue 21) --
+    # Live page streams (/modelwatch/ui/events) open at once; past it 503 with Retry-After,
+    # and the page polls its snapshot instead. 0: no live streams, pages always poll.
+    max_event_streams: Annotated[int, Field(ge=0, le=1024)] = 32
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:

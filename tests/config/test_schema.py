@@ -40,6 +40,7 @@ def test_defaults_and_relative_paths(tmp_path):
     assert config.server.grpc_threads() == max(16, 4 * len(os.sched_getaffinity(0)))
     assert ServerConfig(grpc_max_threads=3).grpc_threads() == 3
     assert config.server.operator_page is True
+    assert config.server.max_event_streams == 32
     assert config.loading.memory_limit_bytes == "auto"
     assert config.loading.on_demand_wait_seconds == 30.0
     assert model.load == "always"
@@ -154,6 +155,10 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
          "server.grpc_idle_connection_timeout_seconds: input should be greater than 0"),
         ("server: {grpc_max_connections: 0}\n",
          "server.grpc_max_connections: input should be greater than or equal to 1"),
+        ("server: {max_event_streams: -1}\n",
+         "server.max_event_streams: input should be greater than or equal to 0"),
+        ("server: {max_event_streams: 5000}\n",
+         "server.max_event_streams: input should be less than or equal to 1024"),
         ("server: {grpc_port: 0, grpc_socket_path: x.sock}\n",
          "server: grpc_socket_path needs gRPC on: grpc_port is 0"),
         ("server: {grpc_port: 0, enable_profiler: true}\n",

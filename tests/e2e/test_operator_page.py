@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 from tests.browser import Browser
 from tests.daemon_process import DaemonProcess, wait_until
 from tests.e2e.test_local import config  # the same daemon settings as the other local tests
+from tests.serving.rest.test_operator_page import raw_stream, read_frames
 
 pytestmark = pytest.mark.e2e
 
@@ -210,6 +212,39 @@ def test_a_stop_ends_open_event_streams_instead_of_waiting_for_them(tmp_path, mo
         assert code == 0, daemon.log()[-4000:]
         assert took < 10, f"the daemon took {took:.1f}s to stop with a page open"
     finally:
+        daemon.stop()
+
+
+def test_streams_past_the_cap_are_refused_and_all_share_one_snapshot(tmp_path, model_builder):
+    model_builder.publish(tmp_path / "repo" / "m", 1)
+    settings = config(tmp_path, [{"name": "m", "base_path": str(tmp_path / "repo" / "m")}])
+    settings["server"]["max_event_streams"] = 3
+    daemon = DaemonProcess(tmp_path, settings).start()
+    streams: list[socket.socket] = []
+    try:
+        daemon.wait_for_states("m", {1: "AVAILABLE"})
+        assert daemon.client is not None
+        port = daemon.client.base_url.port
+        assert port is not None
+        streams.extend(raw_stream(port) for _ in range(3))
+        seen = [set(read_frames(sock, 2)) for sock in streams]
+        assert set.intersection(*seen), "the streams were sent different snapshots"
+        refused = daemon.client.get("/modelwatch/ui/events")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "30"
+        assert "server.max_event_streams" in refused.json()["error"]
+        metrics = daemon.client.get("/monitoring/prometheus/metrics").text
+        assert 'modelwatch_refused_total{reason="event_streams",transport="rest"} 1.0' in metrics
+        assert daemon.client.get("/modelwatch/ui/snapshot").status_code == 200
+        # A stop ends every open stream at once.
+        daemon.signal(signal.SIGTERM)
+        for sock in streams:
+            with pytest.raises(AssertionError, match="the stream ended"):
+                read_frames(sock, 1_000)
+        assert daemon.stop(timeout=20) == 0, daemon.log()[-4000:]
+    finally:
+        for sock in streams:
+            sock.close()
         daemon.stop()
 
 

@@ -14,7 +14,7 @@ type `Expects arg[0] to be float but int32 is provided` (TensorFlow's session ch
 from __future__ import annotations
 
 import asyncio
-import threading
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -31,14 +31,11 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
     regression_pb2,
 )
-from tensorflow_serving.config import model_server_config_pb2
 
 from loader.base import (
     DEFAULT_SIGNATURE,
-    Code,
     FailedPrecondition,
     InvalidArgument,
-    ServingError,
     SignatureInfo,
 )
 from loader.manager.handles import Lease
@@ -58,11 +55,8 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.health import HealthService
 from loader.serving.grpc.reload_auth import ReloadGuard
+from loader.serving.grpc.reload_config import ConfigReload, ReloadFn
 from loader.serving.metrics import Metrics
-
-ReloadFn = Callable[[model_server_config_pb2.ModelServerConfig], None]
-"""Serve exactly the models of this ModelConfigList from now on (blocking until applied,
-raising `ServingError` if not: `InvalidArgument` for a config that does not validate)."""
 
 SIGNATURE_DEF = "signature_def"
 # Predict requests up to this size are decoded, and answers of up to INLINE_OUTPUT_VALUES
@@ -297,9 +291,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     ) -> None:
         self._dataplane = dataplane
         self._answer = answer
-        self._reload = reload
+        self._reload_config = ConfigReload(reload)
         self._guard = guard
-        self._reload_lock = threading.Lock()  # one reload at a time, applied whole
 
     def GetModelStatus(
         self, request: get_model_status_pb2.GetModelStatusRequest, context: grpc.ServicerContext
@@ -311,9 +304,13 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def HandleReloadConfigRequest(
         self, request: model_management_pb2.ReloadConfigRequest, context: grpc.ServicerContext
     ) -> model_management_pb2.ReloadConfigResponse:
+        # The caller's deadline, taken now: waiting for another reload counts against it.
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+
         def reload() -> model_management_pb2.ReloadConfigResponse:
             self._guard.check(context.invocation_metadata())
-            return self._reload_config(request)
+            return self._reload_config(request, deadline)
 
         return self._answer(context, "reload", "", reload)
 
@@ -328,25 +325,6 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             )
             added.status.error_code = status.error_code.value
             added.status.error_message = status.error_message
-        return response
-
-    def _reload_config(
-        self, request: model_management_pb2.ReloadConfigRequest
-    ) -> model_management_pb2.ReloadConfigResponse:
-        if self._reload is None:
-            raise ServingError(
-                "this server was started without a way to reload its models",
-                Code.UNIMPLEMENTED,
-            )
-        if request.config.WhichOneof("config") != "model_config_list":
-            raise InvalidArgument(
-                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
-                "Only ModelConfigList is currently supported"
-            )
-        with self._reload_lock:
-            self._reload(request.config)
-        response = model_management_pb2.ReloadConfigResponse()
-        response.status.error_code = Code.OK.value
         return response
 
 

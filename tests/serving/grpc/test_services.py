@@ -56,8 +56,11 @@ class Serving:
         )
         self.dataplane = DataPlane(self.manager)
 
-    def reload(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-        """What the daemon does with a HandleReloadConfigRequest's config."""
+    def reload(
+        self, config: model_server_config_pb2.ModelServerConfig, timeout: float | None
+    ) -> None:
+        """What the daemon does with a HandleReloadConfigRequest's config (the caller's
+        deadline aside: these models load in well under any test's deadline)."""
         try:
             models = parse_model_server_config(config)
         except ConfigError as error:
@@ -488,7 +491,7 @@ def test_an_invalid_reload_changes_nothing(
 
 
 def test_a_reload_that_fails_reports_its_error(serving: Serving, connect: Any) -> None:
-    def refuse(config: model_server_config_pb2.ModelServerConfig) -> None:
+    def refuse(config: model_server_config_pb2.ModelServerConfig, timeout: float | None) -> None:
         raise ServingError("1 model(s) did not become available", Code.UNKNOWN)
 
     client = connect(GrpcApi(serving.dataplane, reload=refuse))
@@ -514,7 +517,7 @@ def test_requests_are_counted_with_their_status(serving: Serving, connect: Any) 
 
 
 def test_long_messages_are_cut_like_tf_serving(serving: Serving, connect: Any) -> None:
-    def refuse(config: model_server_config_pb2.ModelServerConfig) -> None:
+    def refuse(config: model_server_config_pb2.ModelServerConfig, timeout: float | None) -> None:
         raise ServingError("x" * 2000, Code.INVALID_ARGUMENT)
 
     client = connect(GrpcApi(serving.dataplane, reload=refuse))
@@ -525,7 +528,9 @@ def test_long_messages_are_cut_like_tf_serving(serving: Serving, connect: Any) -
 def test_stop_lets_rpcs_in_flight_finish_and_refuses_new_ones(serving: Serving) -> None:
     entered, release = threading.Event(), threading.Event()
 
-    def slow_reload(config: model_server_config_pb2.ModelServerConfig) -> None:
+    def slow_reload(
+        config: model_server_config_pb2.ModelServerConfig, timeout: float | None
+    ) -> None:
         entered.set()
         release.wait(TIMEOUT)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,14 +40,14 @@ UI = Path(__file__).resolve().parents[3] / "loader" / "serving" / "rest" / "ui"
 class Served:
     """A manager, the REST app with (or without) the page, and a client of its server."""
 
-    def __init__(self, manager: Manager, page: bool, interval: float = 0.2) -> None:
+    def __init__(self, manager: Manager, page: bool, interval: float = 0.2, **limits: Any) -> None:
         self.manager = manager
-        metrics = Metrics()
+        self.metrics = metrics = Metrics()
         self.page: OperatorPage | None = None
         if page:
             view = OperatorView(DataPlane(manager), metrics)
             manager.add_observer(view.transitions.observe)
-            self.page = OperatorPage(view, interval_seconds=interval)
+            self.page = OperatorPage(view, interval_seconds=interval, metrics=metrics, **limits)
         self.api = RestApi(DataPlane(manager), metrics, operator_page=self.page)
         self.server = RestServer(self.api.app, bind("127.0.0.1", 0), drain_timeout_seconds=30)
         self.server.start()
@@ -68,14 +70,17 @@ def serve() -> Iterator[Callable[..., Served]]:
     made: list[Served] = []
     managers: list[Manager] = []
 
-    def start(page: bool = True, loader: FakeLoader | None = None, **specs: dict[str, int]) -> Served:
+    def start(
+        page: bool = True, loader: FakeLoader | None = None, limits: dict[str, Any] | None = None,
+        **specs: dict[str, int],
+    ) -> Served:
         manager = Manager(loader or FakeLoader(), load_retries=0)
         managers.append(manager)
         manager.set_models([
             ModelSpec(name, All(), availability_preserving, labels)
             for name, labels in (specs or {"m": {"stable": 1}}).items()
         ])
-        made.append(Served(manager, page))
+        made.append(Served(manager, page, **(limits or {})))
         return made[-1]
 
     yield start
@@ -217,6 +222,147 @@ def test_a_stream_asked_for_after_close_ends_at_once(serve):
     served.page.close()
     response = served.client.get("/modelwatch/ui/events", timeout=5)
     assert response.status_code == 200 and response.text == ""
+
+
+def raw_stream(port: int, receive_buffer: int | None = None) -> socket.socket:
+    """A GET of the event stream on a raw socket (optionally with a small receive buffer,
+    set before connecting so that the window the server sees is small)."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /modelwatch/ui/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return sock
+
+
+def read_frames(sock: socket.socket, count: int) -> list[bytes]:
+    """The first `count` snapshots the stream sends (each is one chunk of the response)."""
+    data = b""
+    while len(frames := re.findall(rb"data: (.*?)\n\n", data)) < count:
+        chunk = sock.recv(65536)
+        assert chunk, f"the stream ended after {len(frames)} snapshot(s): {data[:300]!r}"
+        data += chunk
+    return frames[:count]
+
+
+def test_every_stream_is_sent_the_same_snapshots_built_once_for_all(serve):
+    served = serve(limits={"max_streams": 16})
+    available(served.manager, "m", 1)
+    streams = [raw_stream(served.server.port) for _ in range(8)]
+    try:
+        seen = [set(read_frames(sock, 3)) for sock in streams]
+    finally:
+        for sock in streams:
+            sock.close()
+    # One build a tick for all: the 8 streams were sent the same bytes, so together they
+    # saw about as many distinct snapshots as one of them did (a stream that joined a
+    # tick or two later saw the next ones). A build per stream would be 24 distinct ones.
+    assert len(set.union(*seen)) <= 3 + 2, [len(s) for s in seen]
+    assert set.intersection(*seen)
+    assert served.page is not None
+    wait_until(lambda: served.page.open_streams == 0, 10, "the streams to end")
+
+
+def refused(served: Served, reason: str) -> float | None:
+    return served.metrics.registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "rest", "reason": reason}
+    )
+
+
+def test_streams_past_the_cap_are_refused_with_retry_after(serve):
+    served = serve(limits={"max_streams": 2})
+    page = served.page
+    assert page is not None
+    first, second = raw_stream(served.server.port), raw_stream(served.server.port)
+    try:
+        for sock in (first, second):
+            read_frames(sock, 1)
+        response = served.client.get("/modelwatch/ui/events", timeout=10)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "30"
+        assert response.headers["content-type"] == "application/json"
+        assert "server.max_event_streams" in response.json()["error"]
+        assert refused(served, "event_streams") == 1.0
+        assert served.client.get("/modelwatch/ui/snapshot").status_code == 200  # still there
+        first.close()  # a stream that ends gives its slot back
+        wait_until(lambda: page.open_streams == 1, 10, "the closed stream's slot to be free")
+        third = raw_stream(served.server.port)
+        try:
+            assert read_frames(third, 1)
+        finally:
+            third.close()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_stream_whose_client_does_not_read_is_closed(serve):
+    loader = FakeLoader()
+    loader.failing.add(1)  # its error quotes the fingerprint: a large snapshot
+    served = serve(loader=loader, limits={"stall_seconds": 0.5, "interval": 0.05})
+    served.manager.on_versions("m", {1: VersionRef("/models/m/1", "x" * 20000)})
+    assert served.manager.wait_until(
+        lambda: [s.state for s in served.manager.status("m")] == ["END"], 10
+    )
+    page = served.page
+    assert page is not None
+    events: list[str] = []
+    ended = threading.Event()
+    reader = threading.Thread(target=read_events, args=(served.url, events, ended), name="test-sse")
+    reader.start()
+    stalled = raw_stream(served.server.port, receive_buffer=4096)  # and never read
+    try:
+        wait_until(lambda: page.open_streams == 2, 10, "both streams open")
+        wait_until(lambda: refused(served, "event_stream_stalled") == 1.0, 30,
+                   "the stream that is not read to be closed")
+        wait_until(lambda: page.open_streams == 1, 10, "its slot to be free")
+        # Its connection was cut: reading what is left ends.
+        with pytest.raises((ConnectionResetError, AssertionError)):
+            read_frames(stalled, 10_000)
+        # The stream that reads goes on.
+        count = len(events)
+        wait_until(lambda: len(events) > count + 2, 10, "more snapshots for the reader")
+    finally:
+        stalled.close()
+        served.stop()
+        reader.join(10)
+    assert ended.is_set()
+
+
+def test_a_stream_behind_its_client_ends_at_once_when_the_server_stops(serve):
+    loader = FakeLoader()
+    loader.failing.add(1)
+    served = serve(loader=loader, limits={"stall_seconds": 3600, "interval": 0.05})
+    # Snapshots larger than the transport's high-water mark: one written while the client
+    # is behind leaves the transport paused, so a last chunk would wait for the drain.
+    served.manager.on_versions("m", {1: VersionRef("/models/m/1", "x" * 100_000)})
+    page = served.page
+    assert page is not None
+    stalled = raw_stream(served.server.port, receive_buffer=4096)  # and never read
+    try:
+        wait_until(lambda: page.open_streams == 1, 10, "the stream open")
+        # Behind: its frames are skipped, and the stream is still open.
+        wait_until(lambda: page.feed.builds > 20, 30, "snapshots enough to fill the buffers")
+        assert page.open_streams == 1
+        page.close()  # the daemon's stop, before the server's
+        wait_until(lambda: page.open_streams == 0, 10, "the stream to end")
+    finally:
+        stalled.close()
+
+
+def test_a_page_refused_a_stream_polls_the_snapshot(serve, browser):
+    served = serve(limits={"max_streams": 0}, m={"stable": 1})
+    available(served.manager, "m", 1)
+    browser.open_operator_page(served.url)  # "live" from a polled snapshot
+    shown = browser.wait_for(
+        lambda d: d.execute_script("return document.querySelector('article.card')"),
+        10, "the model's card",
+    )
+    assert "stable" in shown.text
+    assert refused(served, "event_streams") >= 1.0
+    # The refusal itself is all the console may say (the browser reports the 503).
+    assert all("/modelwatch/ui/events" in e["message"] for e in browser.console_errors())
 
 
 HOSTILE_NAME = '<img src=x onerror="window.pwned=1">'

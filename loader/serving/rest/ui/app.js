@@ -7,7 +7,8 @@
 (function () {
   const EVENTS = "/modelwatch/ui/events";
   const SNAPSHOT = "/modelwatch/ui/snapshot";
-  const POLL_MS = 2000; // only where EventSource is missing
+  const POLL_MS = 2000; // where EventSource is missing, or the stream was refused
+  const STREAM_RETRY_MS = 30000; // the server's Retry-After for a refused stream
 
   function el(tag, className, ...children) {
     const node = document.createElement(tag);
@@ -197,17 +198,21 @@
     node.textContent = state;
   }
 
-  function poll() {
+  // Poll the snapshot until `until` (a time in ms; forever without EventSource).
+  function poll(until) {
     fetch(SNAPSHOT, { cache: "no-store" })
       .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
       .then((snapshot) => { connection("live"); render(snapshot); })
       .catch(() => connection("reconnecting"))
-      .finally(() => setTimeout(poll, POLL_MS));
+      .finally(() => {
+        if (Date.now() + POLL_MS < until) setTimeout(() => poll(until), POLL_MS);
+        else setTimeout(start, Math.max(0, until - Date.now()));
+      });
   }
 
   function start() {
     if (!window.EventSource) {
-      poll();
+      poll(Infinity);
       return;
     }
     const events = new EventSource(EVENTS);
@@ -216,7 +221,15 @@
       render(JSON.parse(event.data));
     });
     events.addEventListener("error", () => {
-      connection(events.readyState === EventSource.CLOSED ? "disconnected" : "reconnecting");
+      if (events.readyState !== EventSource.CLOSED) {
+        connection("reconnecting"); // the browser tries again by itself
+        return;
+      }
+      // Refused (the server's cap on streams answers 503) or failed for good: the
+      // browser will not retry, so poll meanwhile and ask for a stream again later,
+      // spread out so that refused pages do not all come back at once.
+      events.close();
+      poll(Date.now() + STREAM_RETRY_MS * (1 + Math.random() / 2));
     });
   }
 
