@@ -2,12 +2,14 @@
 
 Kept apart from `loader.serving.rest.app` (what the app answers) so that the transport's settings
 (TCP_NODELAY, uvloop and httptools through uvicorn's defaults, graceful shutdown, the fast
-path for a RestApi's prediction routes) are in one place.
+path for a RestApi's prediction routes, the limits on connections and request heads) are in
+one place.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import socket
 import threading
 import time
@@ -16,8 +18,17 @@ from typing import Any
 
 import uvicorn
 
+from loader.serving.metrics import Metrics
 from loader.serving.rest.fast_path import FastPathProtocol
+from loader.serving.rest.http_guard import ConnectionGuard, GuardedProtocol, HttpLimits
 from loader.serving.rest.predictions import PredictionRoutes
+
+log = logging.getLogger("modelwatch.rest")
+
+# Descriptors kept for everything but REST clients (model sources listing and watching
+# folders, loads opening files, gRPC, logs): "Too many open files" in a source stops it
+# seeing new versions.
+RESERVED_DESCRIPTORS = 256
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -38,11 +49,40 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def connection_cap(max_connections: int) -> int:
+    """How many REST connections may be open: `max_connections`, or fewer when the open-files
+    limit leaves no more room past `RESERVED_DESCRIPTORS`. Raises the soft limit to the hard
+    one first (Linux keeps the soft one at 1,024 for select()'s sake: asyncio and gRPC use
+    epoll, and watchdog selects on its own descriptor, opened when a source starts)."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return max_connections
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = max_connections + RESERVED_DESCRIPTORS
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # macOS caps it below the hard limit
+            pass
+    room = max(1, soft - min(RESERVED_DESCRIPTORS, soft // 2))
+    if room < max_connections:
+        log.warning(
+            "server.max_connections is %d, but the open-files limit (%d) leaves room for %d "
+            "REST connections", max_connections, soft, room,
+        )
+        return room
+    return max_connections
+
+
 class RestServer:
     """Runs an ASGI app with uvicorn on its own thread, on an already-bound socket.
 
     When `app` is a `RestApi`'s and `fast_path` is on, its prediction requests take the
-    fast path (`loader.serving.rest.fast_path`); everything else is plain uvicorn.
+    fast path (`loader.serving.rest.fast_path`); everything else is plain uvicorn. Both are
+    held to `limits` (`loader.serving.rest.http_guard`), their refusals counted in `metrics`.
     """
 
     def __init__(
@@ -53,16 +93,20 @@ class RestServer:
         drain_timeout_seconds: float = 30.0,
         fast_path: bool = True,
         keep_alive_seconds: int = 5,
+        limits: HttpLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sock = sock
         routes = getattr(getattr(app, "__self__", None), "predictions", None)
-        http: Any = "httptools"
+        guard = ConnectionGuard(limits or HttpLimits(), metrics)
+        http: Any = functools.partial(GuardedProtocol, guard=guard)
+        self.fast_path = fast_path and isinstance(routes, PredictionRoutes)
         if fast_path and isinstance(routes, PredictionRoutes):
-            http = functools.partial(FastPathProtocol, routes=routes)
-        self.fast_path = http != "httptools"
+            http = functools.partial(FastPathProtocol, routes=routes, guard=guard)
         config = uvicorn.Config(
             app,
             http=http,
+            ws="none",  # no WebSocket here: an Upgrade is answered as plain HTTP/1.1
             interface="asgi3",
             proxy_headers=False,  # nothing here reads the client address
             server_header=False,  # as TF Serving, which sends none
