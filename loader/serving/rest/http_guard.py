@@ -80,6 +80,10 @@ class ConnectionGuard:
             self._metrics.refuse("rest", reason)
         self._log.warning(reason, "REST: %s", message)
 
+    def bug(self, error: BaseException | None) -> None:
+        """A parser callback raised something other than a `Refusal` (logged, limited)."""
+        self._log.warning("parser_callback_error", "REST: a parser callback raised %r", error)
+
 
 def _answer(status: int, message: str) -> bytes:
     """A whole response that closes the connection."""
@@ -188,7 +192,8 @@ class GuardedProtocol(HttpToolsProtocol):
             return memoryview(data)[int(upgrade.args[0]):]
         except httptools.HttpParserCallbackError as error:
             refusal = error.__context__
-            if not isinstance(refusal, Refusal):
+            if not isinstance(refusal, Refusal):  # a bug of ours: answered as uvicorn does
+                self.guard.bug(refusal)
                 refusal = Refusal(400, "malformed", _MALFORMED)
             self._refuse(refusal)
         except httptools.HttpParserError:
@@ -321,7 +326,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def _refuse(self, refusal: Refusal, answer: bool = True) -> None:
         """Count it, answer it and close. While the response to an earlier request is being
         written, close after it instead (answering now would put this answer first); when
-        the request refused was answered already (its body was being dropped), just close."""
+        the request refused was answered already (its body was being dropped), or is queued
+        behind another's answer (its body or trailers broke the limits), just close."""
         self._stopped = True
         self.guard.refused(refusal.reason, refusal.message)
         cycle = self.cycle
@@ -331,7 +337,7 @@ class GuardedProtocol(HttpToolsProtocol):
                     cycle.keep_alive = False
                     self.transport.pause_reading()
                     return
-            elif cycle.response_complete:
+            elif cycle.response_complete or self.pipeline:  # or an earlier one is in flight
                 answer = False
         if answer and not self.transport.is_closing():
             self.transport.write(_answer(refusal.status, refusal.message))

@@ -102,6 +102,16 @@ def test_a_target_past_the_limit_gets_414_and_the_connection_closed(guarded):
     assert refusals(guarded, "url_too_long") == 1
 
 
+def test_a_refusal_behind_a_request_in_flight_closes_the_connection_after_its_answer(guarded):
+    with guarded.connect() as sock:
+        sock.sendall(post() + b"GET /" + b"x" * 2000 + b" HTTP/1.1\r\n\r\n")
+        reader = Reader(sock)
+        status, headers, body = reader.response()  # the answers keep their order
+        assert (status, orjson.loads(body), headers[b"connection"]) == (200, ANSWER, b"close")
+        assert reader.closed()
+    assert refusals(guarded, "url_too_long") == 1
+
+
 def test_a_head_past_the_limit_gets_431_before_the_rest_of_it_is_read(guarded):
     # One header arriving in pieces: refused once the head passes the limit, not when
     # (if ever) it ends.
