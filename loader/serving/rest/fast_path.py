@@ -342,7 +342,7 @@ class FastPathProtocol(GuardedProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._body_open = False
+        self._body_open = self._in_head = False
         cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle:
             cycle.complete()

@@ -225,7 +225,9 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
 
     def _begin_head(self) -> None:
+        # The read in which a head begins is not counted (at most one read, 256 KiB).
         self._in_head = True
+        self._head_bytes = 0
         self._head_seq += 1
         self._head_begun = True
         self._fields = 0
@@ -273,7 +275,6 @@ class GuardedProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_begun = False
         self._head_started = None
-        self._head_bytes = 0
         if self.parser.should_upgrade() and self._declares_body():
             raise Refusal(
                 400, "upgrade_with_body",
@@ -318,7 +319,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
-        self._body_open = False
+        self._body_open = self._in_head = False
         super().on_message_complete()
 
     # -- refusing ------------------------------------------------------------------------
