@@ -35,8 +35,9 @@ from loader.serving.operator_view import OperatorView
 from loader.serving.rest.allowed_hosts import allowed_hosts
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.open_files import connection_cap
 from loader.serving.rest.operator_page import OperatorPage
-from loader.serving.rest.server import RestServer, bind, connection_cap
+from loader.serving.rest.server import RestServer, bind
 from loader.sources.base import Source
 
 log = logging.getLogger("modelwatch.daemon")

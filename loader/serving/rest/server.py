@@ -9,7 +9,6 @@ one place.
 from __future__ import annotations
 
 import functools
-import logging
 import socket
 import threading
 import time
@@ -22,13 +21,6 @@ from loader.serving.metrics import Metrics
 from loader.serving.rest.fast_path import FastPathProtocol
 from loader.serving.rest.http_guard import ConnectionGuard, GuardedProtocol, HttpLimits
 from loader.serving.rest.predictions import PredictionRoutes
-
-log = logging.getLogger("modelwatch.rest")
-
-# Descriptors kept for everything but REST clients (model sources listing and watching
-# folders, loads opening files, gRPC, logs): "Too many open files" in a source stops it
-# seeing new versions.
-RESERVED_DESCRIPTORS = 256
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -47,34 +39,6 @@ def bind(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-def connection_cap(max_connections: int) -> int:
-    """How many REST connections may be open: `max_connections`, or fewer when the open-files
-    limit leaves no more room past `RESERVED_DESCRIPTORS`. Raises the soft limit to the hard
-    one first (Linux keeps the soft one at 1,024 for select()'s sake: asyncio and gRPC use
-    epoll, and watchdog selects on its own descriptor, opened when a source starts)."""
-    try:
-        import resource
-    except ImportError:  # Windows: no such limit
-        return max_connections
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        wanted = max_connections + RESERVED_DESCRIPTORS
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted)
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError):  # macOS caps it below the hard limit
-            pass
-    room = max(1, soft - min(RESERVED_DESCRIPTORS, soft // 2))
-    if room < max_connections:
-        log.warning(
-            "server.max_connections is %d, but the open-files limit (%d) leaves room for %d "
-            "REST connections", max_connections, soft, room,
-        )
-        return room
-    return max_connections
 
 
 class RestServer:

@@ -7,7 +7,10 @@ deadlines, the connection cap, malformed requests and the Host check.
 from __future__ import annotations
 
 import logging
+import resource
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import orjson
@@ -15,6 +18,7 @@ import pytest
 
 from loader.serving.rest.allowed_hosts import AllowedHosts, allowed_hosts, host_name
 from loader.serving.rest.http_guard import HttpLimits
+from tests.daemon_process import ROOT
 from tests.serving.rest.test_fast_path import ANSWER, BODY, PREDICT, Reader, Stack, _stack
 
 LIMITS = HttpLimits(
@@ -250,3 +254,17 @@ def test_host_names_and_the_default_list():
     named = allowed_hosts("127.0.0.1", ["models.internal"])
     assert named is not None and named.allows(b"Models.Internal:8501")
     assert not named.allows(b"localhost")
+
+
+@pytest.mark.parametrize(("soft", "hard", "expected"), [
+    (256, 1024, "768 1024"),  # raised to the hard limit, 256 kept for the rest
+    (256, 256, "128 256"),  # cannot be raised: half kept
+])
+def test_the_open_files_limit_is_raised_and_descriptors_kept_for_the_sources(soft, hard, expected):
+    code = ("import resource; from loader.serving.rest.open_files import connection_cap; "
+            "print(connection_cap(5000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)),
+    )
+    assert done.stdout.split("\n")[0] == expected, done.stderr
