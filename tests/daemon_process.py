@@ -76,7 +76,11 @@ class ResidentSampler:
 class DaemonProcess:
     """`python -m loader serve` with a config written for one test."""
 
-    def __init__(self, workdir: Path, config: Mapping[str, Any], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, config: Mapping[str, Any], env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
+        """`preexec_fn` runs in the child before the daemon starts (e.g. to lower its limits)."""
         self.workdir = workdir
         self.config_path = workdir / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(dict(config)))
@@ -86,6 +90,7 @@ class DaemonProcess:
         # thread's stack goes to its log for the failure message.
         self._env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONFAULTHANDLER": "1",
                      **(env or {})}
+        self._preexec_fn = preexec_fn
         self._process: subprocess.Popen[bytes] | None = None
         self.client: httpx.Client | None = None
 
@@ -96,6 +101,7 @@ class DaemonProcess:
                 [sys.executable, "-m", "loader", "serve", "--config", str(self.config_path),
                  "--rest-port", "0", "--ports-file", str(self._ports_file)],
                 cwd=ROOT, env=self._env, stdout=log, stderr=subprocess.STDOUT,
+                preexec_fn=self._preexec_fn,
             )
         wait_until(
             lambda: self._ports_file.exists() or self._process.poll() is not None,

@@ -22,7 +22,7 @@ from loader.app.parts import (
     source_kind,
 )
 from loader.base import Code, InvalidArgument, ServingError
-from loader.config.schema import Config, ConfigError, ModelConfig
+from loader.config.schema import Config, ConfigError, ModelConfig, ServerConfig
 from loader.config.tfs_model_config import parse_model_server_config
 from loader.manager.harness import Transition
 from loader.manager.memory import mib
@@ -33,7 +33,10 @@ from loader.serving.grpc.server import GrpcLimits, GrpcServer
 from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
+from loader.serving.rest.allowed_hosts import allowed_hosts
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
+from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.open_files import connection_cap
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
 from loader.sources.base import Source
@@ -45,6 +48,18 @@ log = logging.getLogger("modelwatch.daemon")
 DRAIN_SECONDS = 30
 # A gRPC reload without a deadline waits this long for its new models, then answers.
 RELOAD_WAIT_SECONDS = 300.0
+
+
+def http_limits(server: ServerConfig) -> HttpLimits:
+    """The REST server's limits on connections and request heads, from `server.*`."""
+    return HttpLimits(
+        max_url_bytes=server.max_url_bytes,
+        max_header_bytes=server.max_header_bytes,
+        max_header_count=server.max_header_count,
+        header_timeout_seconds=server.header_timeout_seconds,
+        max_connections=connection_cap(server.max_connections),
+        allowed_hosts=allowed_hosts(server.host, server.allowed_hosts),
+    )
 
 
 class Daemon:
@@ -87,6 +102,7 @@ class Daemon:
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
                 drain_timeout_seconds=DRAIN_SECONDS, fast_path=server.rest_fast_path,
+                limits=http_limits(server), metrics=self.metrics,
             )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None

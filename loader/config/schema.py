@@ -73,6 +73,21 @@ class ServerConfig(_Strict):
     # Live page streams (/modelwatch/ui/events) open at once; past it 503 with Retry-After,
     # and the page polls its snapshot instead. 0: no live streams, pages always poll.
     max_event_streams: Annotated[int, Field(ge=0, le=1024)] = 32
+    # -- REST connections and request heads (loader/serving/rest/http_guard.py) --
+    # A request target (URL) longer than this: 414, connection closed.
+    max_url_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8 * 1024
+    # A request line and headers (or a chunked body's trailers) larger than this: 431, closed.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=16 * 1024 * 1024)] = 64 * 1024
+    # More header fields than this: 431, connection closed.
+    max_header_count: Annotated[int, Field(ge=1, le=10_000)] = 100
+    # A connection's first request, and each request's head once begun, must arrive within
+    # this: 408 and closed (a connection that sent nothing is closed without an answer).
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    # REST connections past this (or past the open-files limit less 256) are closed at once.
+    max_connections: Annotated[int, Field(ge=1)] = 1024
+    # Host names requests may name (else 421); None: loopback names when `host` is loopback,
+    # any otherwise; ["*"]: any.
+    allowed_hosts: list[Annotated[str, Field(min_length=1)]] | None = None
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:

@@ -49,6 +49,11 @@ def test_defaults_and_relative_paths(tmp_path):
             config.server.grpc_handshake_timeout_seconds,
             config.server.grpc_idle_connection_timeout_seconds,
             config.server.grpc_max_connections) == (16384, 128, 10.0, 300.0, 512)
+    server = config.server  # the REST heads and connections: nginx, Envoy and gunicorn's scale
+    assert (server.max_url_bytes, server.max_header_bytes, server.max_header_count) == (
+        8192, 65536, 100)
+    assert (server.header_timeout_seconds, server.max_connections) == (10.0, 1024)
+    assert server.allowed_hosts is None
 
 
 def test_memory_limit_and_on_demand_values(tmp_path):
@@ -133,6 +138,13 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
         ("models: [\n", "cannot be parsed at line"),
         ("watch: {ready_marker: ../x}\n", "watch.ready_marker: must be a plain file name"),
         ("server: {body_timeout_seconds: 0}\n", "server.body_timeout_seconds: input should be greater than 0"),
+        ("server: {max_header_bytes: 100}\n",
+         "server.max_header_bytes: input should be greater than or equal to 1024"),
+        ("server: {max_url_bytes: 10}\n", "server.max_url_bytes: input should be greater than or equal to 256"),
+        ("server: {header_timeout_seconds: 0}\n",
+         "server.header_timeout_seconds: input should be greater than 0"),
+        ("server: {max_connections: 0}\n", "server.max_connections: input should be greater than or equal to 1"),
+        ("server: {allowed_hosts: ['']}\n", "server.allowed_hosts[0]: string should have at least 1 character"),
         ("tensorflow: {intra_op_parallelism: -1}\n",
          "tensorflow.intra_op_parallelism: input should be greater than or equal to 0"),
         ("server: {grpc_max_threads: 0}\n", "server.grpc_max_threads: input should be greater than or equal to 1"),

@@ -10,7 +10,9 @@ receive and send messages, two socket writes and a keep-alive timer per response
 `loader.serving.rest.predictions` with a `reply` that writes the whole response (head and
 body) at once. Every other request, and everything about connections (parsing errors,
 keep-alive, pipelining order, HTTP/1.0, drain on shutdown, the keep-alive timeout), is
-uvicorn's own `HttpToolsProtocol`, so the two paths cannot answer a request differently.
+uvicorn's own `HttpToolsProtocol` with the limits of
+`loader.serving.rest.http_guard.GuardedProtocol`, so the two paths cannot answer a request
+differently.
 
 A `_FastCycle` stands where uvicorn keeps its `RequestResponseCycle` (`self.cycle`, the
 `pipeline` queue), with the attributes uvicorn's connection code reads there
@@ -33,6 +35,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from loader.base import ServingError
+from loader.serving.rest.http_guard import GuardedProtocol
 from loader.serving.rest.predictions import (
     BodyTimeout,
     PredictionCall,
@@ -192,10 +195,10 @@ class _FastCycle:
             protocol.on_response_complete()
 
 
-class FastPathProtocol(HttpToolsProtocol):
+class FastPathProtocol(GuardedProtocol):
     """uvicorn's protocol, with prediction requests taken as `_FastCycle`s (see above).
 
-    Built by uvicorn for each connection; `routes` is bound with functools.partial.
+    Built by uvicorn for each connection; `routes` and `guard` are bound with functools.partial.
     """
 
     def __init__(self, *args: Any, routes: PredictionRoutes, **kwargs: Any) -> None:
@@ -251,6 +254,7 @@ class FastPathProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         # uvicorn builds the ASGI scope here; it is built in on_headers_complete instead,
         # and only when the request turns out not to be a prediction.
+        self._begin_head()
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
@@ -262,16 +266,17 @@ class FastPathProtocol(HttpToolsProtocol):
             cycle.watch_body()
 
     def on_headers_complete(self) -> None:
+        self._end_head()
         parser = self.parser
         target = None
-        if parser.get_method() == b"POST" and not parser.should_upgrade():
+        if parser.get_method() == b"POST" and not parser.should_upgrade() and not self.misdirected():
             target = prediction_target(self.url)
         if target is None or self.limit_concurrency is not None:
             url, headers, expect_100_continue = self.url, self.headers, self.expect_100_continue
-            super().on_message_begin()
+            HttpToolsProtocol.on_message_begin(self)  # the scope; the head's counting goes on
             self.url, self.expect_100_continue = url, expect_100_continue
             self.headers = self.scope["headers"] = headers
-            super().on_headers_complete()
+            self._headers_complete_asgi()
             return
         http_version = parser.get_http_version()
         cycle = _FastCycle(
@@ -293,6 +298,7 @@ class FastPathProtocol(HttpToolsProtocol):
             super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
+        self._in_head = False  # after a chunk's size line
         cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle:
             cycle.feed(body)
@@ -300,6 +306,7 @@ class FastPathProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._body_open = self._in_head = False
         cycle: object = self.cycle  # a RequestResponseCycle or a _FastCycle
         if type(cycle) is _FastCycle:
             cycle.complete()

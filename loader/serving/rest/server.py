@@ -2,7 +2,8 @@
 
 Kept apart from `loader.serving.rest.app` (what the app answers) so that the transport's settings
 (TCP_NODELAY, uvloop and httptools through uvicorn's defaults, graceful shutdown, the fast
-path for a RestApi's prediction routes) are in one place.
+path for a RestApi's prediction routes, the limits on connections and request heads) are in
+one place.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 import uvicorn
 
+from loader.serving.metrics import Metrics
 from loader.serving.rest.fast_path import FastPathProtocol
+from loader.serving.rest.http_guard import ConnectionGuard, GuardedProtocol, HttpLimits
 from loader.serving.rest.predictions import PredictionRoutes
 
 
@@ -42,7 +45,8 @@ class RestServer:
     """Runs an ASGI app with uvicorn on its own thread, on an already-bound socket.
 
     When `app` is a `RestApi`'s and `fast_path` is on, its prediction requests take the
-    fast path (`loader.serving.rest.fast_path`); everything else is plain uvicorn.
+    fast path (`loader.serving.rest.fast_path`); everything else is plain uvicorn. Both are
+    held to `limits` (`loader.serving.rest.http_guard`), their refusals counted in `metrics`.
     """
 
     def __init__(
@@ -53,16 +57,20 @@ class RestServer:
         drain_timeout_seconds: float = 30.0,
         fast_path: bool = True,
         keep_alive_seconds: int = 5,
+        limits: HttpLimits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._sock = sock
         routes = getattr(getattr(app, "__self__", None), "predictions", None)
-        http: Any = "httptools"
+        guard = ConnectionGuard(limits or HttpLimits(), metrics)
+        http: Any = functools.partial(GuardedProtocol, guard=guard)
+        self.fast_path = fast_path and isinstance(routes, PredictionRoutes)
         if fast_path and isinstance(routes, PredictionRoutes):
-            http = functools.partial(FastPathProtocol, routes=routes)
-        self.fast_path = http != "httptools"
+            http = functools.partial(FastPathProtocol, routes=routes, guard=guard)
         config = uvicorn.Config(
             app,
             http=http,
+            ws="none",  # no WebSocket here: an Upgrade is answered as plain HTTP/1.1
             interface="asgi3",
             proxy_headers=False,  # nothing here reads the client address
             server_header=False,  # as TF Serving, which sends none

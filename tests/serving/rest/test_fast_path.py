@@ -22,6 +22,7 @@ from loader.servables.batching import BatchingServable
 from loader.serving.dataplane import DataPlane
 from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
+from loader.serving.rest.http_guard import HttpLimits
 from loader.serving.rest.server import RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
@@ -46,7 +47,10 @@ class Stack:
         return socket.create_connection(("127.0.0.1", self.server.port), timeout=30)
 
 
-def _stack(path: str, keep_alive_seconds: int = 5, **api_options: float) -> Iterator[Stack]:
+def _stack(
+    path: str, keep_alive_seconds: int = 5, limits: HttpLimits | None = None,
+    **api_options: float,
+) -> Iterator[Stack]:
     fake = RecordingServable()
     servables: list[BatchingServable] = []
 
@@ -62,7 +66,7 @@ def _stack(path: str, keep_alive_seconds: int = 5, **api_options: float) -> Iter
     metrics = Metrics()
     api = RestApi(DataPlane(manager), metrics, max_request_bytes=LIMIT, **api_options)
     server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast",
-                        keep_alive_seconds=keep_alive_seconds)
+                        keep_alive_seconds=keep_alive_seconds, limits=limits, metrics=metrics)
     assert server.fast_path == (path == "fast")
     server.start()
     assert server.wait_started(10)
