@@ -64,11 +64,15 @@ class HealthService(health_pb2_grpc.HealthServicer):
         sends NOT_SERVING and ends the stream (so a watcher never holds its stop up)."""
         sent = None
         while True:
+            # Read before the status, so that a drain arriving while a message is sent is
+            # either in this status (then the stream ends) or seen on the next turn: never
+            # an end without NOT_SERVING.
+            draining = self._draining
             status = self.status(request.service)
             if status != sent:
                 yield health_pb2.HealthCheckResponse(status=status)
                 sent = status
-            if self._draining:
+            if draining:
                 return
             await asyncio.sleep(WATCH_SECONDS)
 
