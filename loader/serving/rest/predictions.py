@@ -26,7 +26,14 @@ import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import Code, Internal, InvalidArgument, ResourceExhausted, ServingError
+from loader.base import (
+    Code,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    SignatureInfo,
+)
 from loader.manager.handles import Lease
 from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
@@ -37,8 +44,9 @@ from loader.serving.rest.json_examples import (
     encode_classify_response,
     encode_regress_response,
 )
-from loader.serving.rest.json_predict import decode_predict_request
+from loader.serving.rest.json_predict import PredictRequest, decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
+from loader.serving.rest.json_slices import SlicedBody, decode_in_slices, split_body
 from loader.serving.rest.json_values import parse_body, signature_name_of
 
 log = logging.getLogger("modelwatch.rest")
@@ -116,6 +124,24 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
         return status, orjson.dumps({"error": error.message})
     except orjson.JSONEncodeError:  # a lone surrogate quoted from the client's text
         return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
+
+
+def _decode_large(
+    body: bytes,
+    sliced: SlicedBody | None,
+    document: dict[str, Any] | None,
+    signature: SignatureInfo,
+) -> PredictRequest:
+    """A large body decoded (on a worker thread): a slice at a time when it is one array of
+    numbers, else whole (and a sliced one whole too when anything is off, for TF Serving's
+    error)."""
+    if sliced is not None:
+        request = decode_in_slices(sliced, signature)
+        if request is not None:
+            return request
+        document = parse_body(body)
+    assert document is not None
+    return decode_predict_request(document, signature)
 
 
 def parse_version(text: str | None) -> int | None:
@@ -321,14 +347,23 @@ class PredictionCall:
         inline = len(body) <= INLINE_BODY_BYTES
         held = await routes.reserve(body)
         try:
-            document = parse_body(body) if inline else await run_in_threadpool(parse_body, body)
-            with await dataplane.hold_async(self.model, version, label) as lease:
+            # A large body that is one array of numbers is decoded a slice at a time.
+            sliced = None if inline else split_body(body)
+            document: dict[str, Any] | None = None
+            if sliced is not None:
+                name = sliced.signature_name
+            else:
+                document = parse_body(body) if inline else await run_in_threadpool(parse_body, body)
                 name = signature_name_of(document)
+            with await dataplane.hold_async(self.model, version, label) as lease:
                 signature = dataplane.signature(lease, name)
                 if inline:
+                    assert document is not None
                     request = decode_predict_request(document, signature)
                 else:
-                    request = await run_in_threadpool(decode_predict_request, document, signature)
+                    request = await run_in_threadpool(
+                        _decode_large, body, sliced, document, signature
+                    )
                     del document  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
                 outputs = await dataplane.run_async(lease, name, request.inputs)

@@ -705,7 +705,7 @@ def test_row_fast_path_agrees_with_tf_servings_walk(value, first, second):
     specs = {"a": json_tensors.dtype_spec(first), "b": json_tensors.dtype_spec(second)}
     for chosen in ({"a": specs["a"]}, specs):
         instances = value if type(value) is list and value else [value]
-        fast = json_predict._fast_instances(instances, chosen)
+        fast = json_predict.fast_instances(instances, chosen)
         try:
             exact = json_predict._exact_instances(instances, chosen)
         except ServingError:
