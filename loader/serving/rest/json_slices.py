@@ -18,6 +18,7 @@ None, and the caller decodes the whole body the exact way, with TF Serving's err
 
 from __future__ import annotations
 
+import gc
 import re
 from typing import Any, NamedTuple
 
@@ -113,6 +114,20 @@ def decode_in_slices(body: SlicedBody, signature: SignatureInfo) -> PredictReque
 
 
 def _decode_slice(text: bytes, row_format: bool, alias: str, spec: Any) -> np.ndarray | None:
+    """One slice's array, with the cyclic garbage collector paused while its objects live:
+    they have no cycles and are gone when this returns, but tens of thousands of new lists
+    would otherwise start full collections, each walking every object of the process (a
+    second and more with TensorFlow loaded, measured), with the interpreter lock held."""
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _parse_slice(text, row_format, alias, spec)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _parse_slice(text: bytes, row_format: bool, alias: str, spec: Any) -> np.ndarray | None:
     try:
         try:
             rows = orjson.loads(text)
