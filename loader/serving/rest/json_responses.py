@@ -62,8 +62,14 @@ def _non_finite_token(value: float) -> bytes:
 
 def _non_finite_fragment(array: np.ndarray) -> orjson.Fragment:
     # orjson writes non-finite floats as null, and a numeric array has no other null.
-    parts = orjson.dumps(array, option=_NUMPY).split(b"null")
-    tokens = [_non_finite_token(v) for v in array[~np.isfinite(array)].tolist()]
+    written = orjson.dumps(array, option=_NUMPY)
+    non_finite = array[~np.isfinite(array)]
+    first = _non_finite_token(float(non_finite[0]))
+    if (first == b"NaN" and np.isnan(non_finite).all()) or bool((non_finite == non_finite[0]).all()):
+        # One token for all of them (the usual case): one replace, no object per value.
+        return orjson.Fragment(written.replace(b"null", first))
+    parts = written.split(b"null")
+    tokens = [_non_finite_token(v) for v in non_finite.tolist()]
     assert len(parts) == len(tokens) + 1
     pairs = zip(parts, tokens, strict=False)  # parts has one more item than tokens
     return orjson.Fragment(b"".join(chain.from_iterable(pairs)) + parts[-1])
