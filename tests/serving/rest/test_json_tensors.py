@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -764,3 +765,19 @@ def test_non_finite_outputs_are_written_as_tf_serving_tokens(
     # value: 10M NaN took 2.4 GB the other way); mixed kinds are paired value by value.
     array = np.array(values, np.float32).reshape(-1, 1)
     assert encode_predict_response({"y": array}, True) == expected
+
+
+@pytest.mark.parametrize("shape", [(50, 1), (3, 40), (1, 90), (90,), (20, 2, 3)])
+def test_large_answers_written_in_slices_are_orjsons_own_bytes(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, ...]
+) -> None:
+    from loader.serving.rest import json_responses
+
+    monkeypatch.setattr(json_responses, "SLICE_VALUES", 7)
+    array = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
+    for row_format, key in ((True, "predictions"), (False, "outputs")):
+        expected = orjson.dumps({key: array}, option=orjson.OPT_SERIALIZE_NUMPY)
+        assert encode_predict_response({"y": array}, row_format) == expected
+    array.reshape(-1)[::3] = np.nan
+    expected = orjson.dumps({"predictions": array}, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert encode_predict_response({"y": array}, True) == expected.replace(b"null", b"NaN")
