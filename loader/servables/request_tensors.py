@@ -13,7 +13,6 @@ request within that bound, and a few bytes can no longer ask for gigabytes.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,16 +32,20 @@ class DecodedTooLarge(InvalidArgument):
     """A request's inputs would decode to more than the server allows."""
 
 
-@dataclass(frozen=True)
 class InputPlan:
     """A PredictRequest's inputs, checked against the signature and sized, not decoded yet.
 
     `nbytes` is what `decode()` will allocate (strings: STRING_ITEM_BYTES an element).
     """
 
-    tensors: tuple[tuple[str, Any, Sized], ...]  # alias, TensorProto, its size
-    unknown: tuple[str, ...]  # aliases the signature does not have: never decoded
-    nbytes: int
+    __slots__ = ("nbytes", "tensors", "unknown")
+
+    def __init__(
+        self, tensors: list[tuple[str, Any, Sized]], unknown: tuple[str, ...], nbytes: int
+    ) -> None:
+        self.tensors = tensors  # alias, TensorProto, its size
+        self.unknown = unknown  # aliases the signature does not have: never decoded
+        self.nbytes = nbytes
 
     def decode(self) -> dict[str, np.ndarray]:
         """The inputs as arrays. An alias the signature does not have is passed on as an
@@ -74,10 +77,10 @@ def plan_inputs(
     the size all of them decode to, from their shapes, must be at most `max_bytes`
     (`DecodedTooLarge` otherwise): the fill rule cannot make a few bytes into gigabytes.
     """
+    aliases = sorted(signature.inputs) if len(signature.inputs) > 1 else list(signature.inputs)
     planned = []
     total = 0
-    largest: tuple[str, int, tuple[int, ...], int] = ("", 0, (), 0)  # alias, dtype, shape, size
-    for alias in sorted(signature.inputs):
+    for alias in aliases:
         proto = inputs.get(alias)
         if proto is None:
             continue
@@ -86,10 +89,8 @@ def plan_inputs(
         except InvalidArgument as error:
             raise InvalidArgument(f"tensor parsing error: {alias}: {error.message}") from None
         total += sized.nbytes
-        if sized.nbytes >= largest[3]:
-            largest = (alias, int(proto.dtype), sized.shape, sized.nbytes)
         planned.append((alias, proto, sized))
-    for index, alias in enumerate(sorted(signature.inputs)):
+    for index, alias in enumerate(aliases):
         expected = signature.inputs[alias].dtype
         if alias in inputs and dtype_name(inputs[alias].dtype) != expected:
             raise InvalidArgument(
@@ -97,14 +98,16 @@ def plan_inputs(
                 f"{_tf_type(dtype_name(inputs[alias].dtype))} is provided"
             )
     if total > max_bytes:
-        alias, dtype, shape, _ = largest
+        alias, proto, sized = max(reversed(planned), key=lambda planned: planned[2].nbytes)
         raise DecodedTooLarge(
             f"the request's inputs would take {total} bytes decoded, more than "
             f"server.max_decoded_tensor_bytes ({max_bytes}); the largest is {alias}, a "
-            f"{dtype_name(dtype)} tensor of shape {shape_text(shape)}"
+            f"{dtype_name(proto.dtype)} tensor of shape {shape_text(sized.shape)}"
         )
-    unknown = tuple(alias for alias in inputs if alias not in signature.inputs)
-    return InputPlan(tuple(planned), unknown, total)
+    unknown: tuple[str, ...] = ()
+    if len(inputs) > len(planned):
+        unknown = tuple(alias for alias in inputs if alias not in signature.inputs)
+    return InputPlan(planned, unknown, total)
 
 
 def decode_inputs(

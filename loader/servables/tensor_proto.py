@@ -100,10 +100,17 @@ _BY_NUMPY: dict[np.dtype[Any], int] = {
 
 def dtype_name(number: int) -> str:
     """`DT_FLOAT` for 1; numbers the enum does not know are shown as numbers."""
+    name = _DTYPE_NAMES.get(number)
+    if name is not None:
+        return name
     try:
-        return str(types_pb2.DataType.Name(number))
+        name = _DTYPE_NAMES[number] = str(types_pb2.DataType.Name(number))  # a few dozen
     except ValueError:
         return f"DataType({number})"
+    return name
+
+
+_DTYPE_NAMES: dict[int, str] = {}  # the enum's lookup costs each request ~1 us
 
 
 def datatype_of(array: np.ndarray) -> int:
