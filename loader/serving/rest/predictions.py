@@ -126,6 +126,13 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
         return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
 
 
+def _parse_large(body: bytes) -> tuple[SlicedBody | None, dict[str, Any] | None]:
+    """A large body (on a worker thread): split, when it is one array of numbers (to be
+    decoded a slice at a time), else parsed whole."""
+    sliced = split_body(body)
+    return (sliced, None) if sliced is not None else (None, parse_body(body))
+
+
 def _decode_large(
     body: bytes,
     sliced: SlicedBody | None,
@@ -347,14 +354,10 @@ class PredictionCall:
         inline = len(body) <= INLINE_BODY_BYTES
         held = await routes.reserve(body)
         try:
-            # A large body that is one array of numbers is decoded a slice at a time.
-            sliced = None if inline else split_body(body)
-            document: dict[str, Any] | None = None
-            if sliced is not None:
-                name = sliced.signature_name
-            else:
-                document = parse_body(body) if inline else await run_in_threadpool(parse_body, body)
-                name = signature_name_of(document)
+            sliced, document = (None, parse_body(body)) if inline else (
+                await run_in_threadpool(_parse_large, body)
+            )
+            name = sliced.signature_name if sliced else signature_name_of(document or {})
             with await dataplane.hold_async(self.model, version, label) as lease:
                 signature = dataplane.signature(lease, name)
                 if inline:
@@ -364,7 +367,7 @@ class PredictionCall:
                     request = await run_in_threadpool(
                         _decode_large, body, sliced, document, signature
                     )
-                    del document  # the parsed body: freed before the model runs
+                    del document, sliced  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
                 outputs = await dataplane.run_async(lease, name, request.inputs)
             if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
