@@ -192,3 +192,34 @@ def test_a_large_json_body_within_the_budget_is_answered_whole(daemon) -> None:
     assert answer.status_code == 200
     assert np.array_equal(np.array(answer.json()["predictions"], np.float32)[:, 0], x / 2 + 2)
     assert steady.failures == []
+
+
+def test_large_json_bodies_decode_a_bounded_number_at_a_time(daemon) -> None:
+    # Each 12 MB body reserves 32x its size of the 512 MiB budget: one decodes at a time,
+    # the others wait for room, then get 429. None costs a steady client its answers.
+    body = b'{"instances": [' + b",".join([b"[NaN]"] * 2_000_000) + b"]}"
+    before = metric(daemon, "modelwatch_refused_total", reason="decode_budget", transport="rest")
+    answers: list[httpx.Response] = []
+
+    def send() -> None:
+        with httpx.Client(base_url=str(daemon.client.base_url), timeout=TIMEOUT) as client:
+            answers.append(client.post(f"/v1/models/{MODEL}:predict", content=body))
+
+    senders = [threading.Thread(target=send) for _ in range(4)]
+    with SteadyClient(daemon) as steady, ResidentSampler(daemon.pid) as memory:
+        start = wait_until(lambda: memory.samples, TIMEOUT, "an RSS sample")[0]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join(TIMEOUT)
+    assert sorted({a.status_code for a in answers}) in ([200], [200, 429])
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["error"].startswith("the server is busy decoding")
+        else:
+            assert len(answer.json()["predictions"]) == 2_000_000
+    refused = sum(a.status_code == 429 for a in answers)
+    assert metric(daemon, "modelwatch_refused_total", reason="decode_budget",
+                  transport="rest") == before + refused
+    assert steady.failures == []
+    assert memory.peak - start < HEADROOM, f"RSS grew by {(memory.peak - start) >> 20} MiB"
