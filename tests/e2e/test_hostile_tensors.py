@@ -147,6 +147,20 @@ def test_a_46_byte_fill_out_is_refused_before_it_is_decoded(daemon, stub) -> Non
     assert [d.size for d in y.tensor_shape.dim] == [1 << 16, 1] and set(y.float_val) == {2.5}
 
 
+def test_an_answer_past_grpcs_send_limit_is_refused_and_counted(daemon, stub) -> None:
+    # 96 MiB in, within max_decoded_tensor_bytes; 96 MiB out, past the 64 MiB messages.
+    before = metric(daemon, "modelwatch_requests_total", api="predict", model=MODEL,
+                    status="RESOURCE_EXHAUSTED", transport="grpc")
+    code, message = failure(stub.Predict, filled_out(3 << 23))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message.endswith("more than the server sends (server.max_request_bytes: 67108864)")
+    assert metric(daemon, "modelwatch_requests_total", api="predict", model=MODEL,
+                  status="RESOURCE_EXHAUSTED", transport="grpc") == before + 1
+    assert metric(daemon, "modelwatch_refused_total", reason="response_too_large",
+                  transport="grpc") == 1
+    assert "Traceback" not in daemon.log()
+
+
 def test_inputs_the_signature_lacks_are_never_decoded(daemon, stub) -> None:
     request = filled_out(1)
     for n in range(8):  # each would fill out to 256 MiB

@@ -7,7 +7,8 @@ are checked against the signature and sized from their shapes before any is deco
 Inputs that decode to little are decoded on the event loop (microseconds); larger ones
 reserve their size in the process's `DecodeBudget` (RESOURCE_EXHAUSTED when it has no
 room) and are decoded on a worker thread, so they never stall the loop, and hold their
-reservation until the model has answered.
+reservation until the model has answered. A large answer is measured against the
+server's send limit before gRPC sends it (`bounded`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+from google.protobuf import message
 
 from loader.base import ResourceExhausted, SignatureInfo
 from loader.servables.request_tensors import DecodedTooLarge, InputPlan, plan_inputs
@@ -29,16 +32,37 @@ log = logging.getLogger("modelwatch.grpc")
 INLINE_DECODED_BYTES = 64 * 1024
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # server.max_decoded_tensor_bytes
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
+Response = TypeVar("Response", bound=message.Message)
 
 
 class PredictInputs:
     """Plans and decodes Predict inputs; refusals are counted in `metrics` (transport grpc)."""
 
-    def __init__(self, metrics: Metrics, budget: DecodeBudget, max_decoded_bytes: int) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        budget: DecodeBudget,
+        max_decoded_bytes: int,
+        max_message_bytes: int | None = None,
+    ) -> None:
         self._metrics = metrics
         self._budget = budget
         self._max_decoded_bytes = max_decoded_bytes
+        self._max_message_bytes = max_message_bytes
         self._warnings = RateLimitedLog(log)
+
+    def bounded(self, response: Response) -> Response:
+        """A large answer, refused when it passes the server's send limit: gRPC would fail
+        the call only after the handler returned (a traceback in the log, the call counted
+        OK). Blocking: it measures the message (call it on a worker thread)."""
+        limit = self._max_message_bytes
+        if limit is not None and (size := response.ByteSize()) > limit:
+            self._metrics.refuse("grpc", "response_too_large")
+            raise ResourceExhausted(
+                f"the answer would take {size} bytes, more than the server sends "
+                f"(server.max_request_bytes: {limit})"
+            )
+        return response
 
     def plan(self, inputs: Mapping[str, Any], signature: SignatureInfo) -> InputPlan:
         """A request's TensorProtos checked against `signature` and sized (nothing

@@ -194,9 +194,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             served = lease.version
         if sum(value.size for value in outputs.values()) <= INLINE_OUTPUT_VALUES:
             return self._predict_response(model, served, signature_name, outputs)
-        return await loop.run_in_executor(
-            None, self._predict_response, model, served, signature_name, outputs
-        )
+        return await loop.run_in_executor(None, lambda: self._inputs.bounded(
+            self._predict_response(model, served, signature_name, outputs)))
 
     def _predict_response(
         self, model: str, served: int, signature_name: str, outputs: dict[str, Any]
@@ -353,7 +352,8 @@ class GrpcApi:
     `check_method_name` is TF Serving's `--enable_signature_method_name_check` (off, as
     there). `tensor_content` makes Predict answer with raw bytes instead of TF Serving's
     default typed fields. A Predict whose inputs decode to more than `max_decoded_bytes`
-    is refused; large ones reserve their size in `decode_budget` (shared with REST).
+    is refused; large ones reserve their size in `decode_budget` (shared with REST); a
+    large answer past `max_message_bytes` (the server's send limit) is RESOURCE_EXHAUSTED.
     """
 
     def __init__(
@@ -367,13 +367,14 @@ class GrpcApi:
         guard: ReloadGuard | None = None,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         decode_budget: DecodeBudget | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         metrics = metrics or Metrics()
         answer = self._answer = Answerer(metrics)
         self.prediction = PredictionService(
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content,
             inputs=PredictInputs(metrics, decode_budget or DecodeBudget(
-                DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes),
+                DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes, max_message_bytes),
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
         self.health = HealthService(dataplane)

@@ -265,6 +265,23 @@ def test_inputs_the_signature_lacks_are_refused_by_name_without_decoding(client:
     assert "Sent extra: {z1,z2}" in message
 
 
+def test_an_answer_past_the_send_limit_is_refused_and_counted(
+    serving: Serving, connect: Any
+) -> None:
+    metrics = Metrics()
+    client = connect(GrpcApi(serving.dataplane, metrics=metrics, max_message_bytes=1 << 20))
+    code, message = failure(client.predict.Predict, filled_out(400_000))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message.startswith("the answer would take 16")
+    assert message.endswith("bytes, more than the server sends (server.max_request_bytes: 1048576)")
+    assert metrics.registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "grpc", "reason": "response_too_large"}
+    ) == 1
+    assert metrics.registry.get_sample_value("modelwatch_requests_total", {
+        "model": "default", "api": "predict", "transport": "grpc", "status": "RESOURCE_EXHAUSTED",
+    }) == 1
+
+
 def test_large_inputs_wait_for_room_in_the_decode_budget(serving: Serving, connect: Any) -> None:
     metrics = Metrics()
     budget = DecodeBudget(1 << 20, wait_seconds=0.05)
