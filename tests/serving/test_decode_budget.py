@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -47,3 +48,40 @@ def test_a_reservation_larger_than_the_limit_never_fits() -> None:
     with pytest.raises(BudgetNeverFits, match="this request would take 101 bytes to decode"):
         asyncio.run(budget.reserve(101, "this request"))
     assert budget.used == 0
+
+
+def test_waiters_are_served_in_order_and_one_giving_up_lets_the_next_in() -> None:
+    budget = DecodeBudget(100, wait_seconds=5)
+
+    async def scenario() -> list[str]:
+        assert budget.try_reserve(70)
+        order: list[str] = []
+
+        async def wait(name: str, nbytes: int) -> None:
+            await budget.reserve(nbytes, name)
+            order.append(name)
+
+        big = asyncio.ensure_future(wait("big", 60))
+        await asyncio.sleep(0.01)
+        small = asyncio.ensure_future(wait("small", 20))  # would fit, but queues behind
+        await asyncio.sleep(0.05)
+        assert order == [] and not budget.try_reserve(1)
+        big.cancel()  # the client left: the one behind it is served
+        await asyncio.wait_for(small, 5)
+        order.append(f"used {budget.used}")
+        return order
+
+    assert asyncio.run(scenario()) == ["small", "used 90"]
+
+
+def test_a_release_on_another_thread_wakes_a_waiter_on_its_loop() -> None:
+    budget = DecodeBudget(100, wait_seconds=5)
+    assert budget.try_reserve(100)
+
+    async def scenario() -> int:
+        waiting = asyncio.ensure_future(budget.reserve(50, "this request"))
+        await asyncio.sleep(0.01)
+        threading.Timer(0.05, budget.release, (100,)).start()
+        return await asyncio.wait_for(waiting, 5)
+
+    assert asyncio.run(scenario()) == 50 and budget.used == 50
