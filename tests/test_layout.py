@@ -24,12 +24,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "loader.servables": ("loader.base", "loader.servables"),
     "loader.serving.rest": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
-        "loader.serving.metrics", "loader.serving.operator_view",
-        "loader.serving.rate_limited_log", "loader.serving.rest", "policies",
+        "loader.serving.metrics", "loader.serving.operator_view", "loader.serving.rest",
+        "loader.serving.decode_budget", "loader.serving.rate_limited_log", "policies",
     ),
     "loader.serving.grpc": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
-        "loader.serving.metrics", "loader.serving.grpc", "policies",
+        "loader.serving.metrics", "loader.serving.grpc", "loader.serving.decode_budget",
+        "loader.serving.rate_limited_log", "policies",
     ),
     "loader.serving": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving", "policies",

@@ -27,6 +27,7 @@ from loader.config.tfs_model_config import parse_model_server_config
 from loader.manager.harness import Transition
 from loader.manager.memory import mib
 from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.server import GrpcLimits, GrpcServer
@@ -80,6 +81,7 @@ class Daemon:
             self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds
         )
         server = config.server
+        budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
         self.operator_view: OperatorView | None = None
         if serve_rest and server.operator_page:
             self.operator_view = OperatorView(
@@ -98,6 +100,7 @@ class Daemon:
                     self.operator_view, metrics=self.metrics,
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
+                decode_budget=budget,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
@@ -110,7 +113,9 @@ class Daemon:
             token = server.reload_token.get_secret_value() if server.reload_token else None
             guard = ReloadGuard(token or os.environ.get("MODELWATCH_RELOAD_TOKEN"), server.host)
             grpc_api = GrpcApi(
-                self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard
+                self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard,
+                max_decoded_bytes=server.max_decoded_tensor_bytes, decode_budget=budget,
+                max_message_bytes=server.max_request_bytes,
             )
             if server.enable_profiler:
                 from loader.servables.profiler import start_profiler_server

@@ -25,6 +25,7 @@ from loader.cluster.routing import Gate, RoutedDataPlane
 from loader.config.schema import Config
 from loader.manager.harness import Transition
 from loader.manager.manager import ModelSpec
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
 from policies.selection import All
@@ -79,6 +80,7 @@ class Replica:
         rest = RestApi(
             self.dataplane, self.metrics, max_request_bytes=config.server.max_request_bytes,
             body_timeout_seconds=config.server.body_timeout_seconds,
+            decode_budget=DecodeBudget(config.server.max_decoding_bytes),
         )
         self.gate = Gate(rest.app, hold_limit_seconds, replicas)
         self._orders = Orders("", -1)

@@ -88,6 +88,14 @@ class ServerConfig(_Strict):
     # Host names requests may name (else 421); None: loopback names when `host` is loopback,
     # any otherwise; ["*"]: any.
     allowed_hosts: list[Annotated[str, Field(min_length=1)]] | None = None
+    # -- tensor decoding (issue 21; README: the configuration table) --
+    # A Predict whose inputs would decode to more than this (sized from their shapes before
+    # any is decoded, as TensorFlow's fill rule makes a few bytes any size) is refused, 400.
+    max_decoded_tensor_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
+    # Bytes that large requests being decoded and run hold at once (a TensorProto its
+    # decoded size, a JSON body 32x its size); past it a request waits 1 s, then gets 429
+    # (RESOURCE_EXHAUSTED); one that could never fit gets 413 at once.
+    max_decoding_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:
@@ -95,6 +103,11 @@ class ServerConfig(_Strict):
             raise ValueError("grpc_socket_path needs gRPC on: grpc_port is 0")
         if self.enable_profiler and self.grpc_port == 0:
             raise ValueError("enable_profiler needs gRPC on: grpc_port is 0")
+        if self.max_decoded_tensor_bytes > self.max_decoding_bytes:
+            raise ValueError(
+                "max_decoded_tensor_bytes must be at most max_decoding_bytes, or a request "
+                "within the first could never be decoded"
+            )
         return self
 
     def grpc_threads(self) -> int:

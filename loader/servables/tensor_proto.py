@@ -7,6 +7,13 @@ its last value (so one value in `float_val` fills the whole tensor). One deviati
 with `tf.make_ndarray`: more values than the shape holds is an error, where the C++ code
 silently drops the extra values.
 
+The fill rule lets a few bytes describe any size of tensor: TensorFlow allocates whatever
+the shape asks for (`FromProtoField` in tensorflow/core/framework/tensor.cc fills the rest
+with the last value, and only a failed allocation stops it). Here the size a request's
+inputs decode to (the product of each shape times the item size) is computed from the
+shapes before anything is allocated, and a request past `max_bytes` is refused: the fill
+rule holds, as TensorFlow's, for any tensor within that bound (`request_tensors`).
+
 Writing follows `Tensor::AsProtoField` (every value in its typed field: what TF Serving
 answers with by default, and what clients reading `float_val` expect) or, on request,
 `AsProtoTensorContent` (raw bytes; strings always go to `string_val`, which every client
@@ -22,14 +29,14 @@ takes 124 ms where parsing a packed field made from the array's bytes takes 2-4 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from loader.base import InvalidArgument, SignatureInfo
+from loader.base import InvalidArgument
 
 try:  # ml_dtypes ships with TensorFlow; without it DT_BFLOAT16 is not supported.
     from ml_dtypes import bfloat16 as _bfloat16
@@ -39,9 +46,12 @@ except ImportError:  # pragma: no cover - depends on the environment
     _BFLOAT16 = None
 
 _MAX_RANK = 64  # numpy's limit; TensorFlow's own is 254
-# The fill rule lets a few bytes of request describe any size of tensor; past this size a
-# filled-out tensor is refused rather than allocated (TF Serving has no such limit).
-MAX_FILL_BYTES = 1 << 30
+# A tensor's own bound, whoever decodes it (`to_numpy`); a request's inputs together are
+# held to the server's smaller max_decoded_tensor_bytes by `plan_inputs`.
+MAX_TENSOR_BYTES = 1 << 30
+# What one element of a string tensor costs as an object array: its pointer and a small
+# bytes object (the strings' own bytes are bounded by the request's wire size).
+STRING_ITEM_BYTES = 64
 
 
 @dataclass(frozen=True)
@@ -90,10 +100,17 @@ _BY_NUMPY: dict[np.dtype[Any], int] = {
 
 def dtype_name(number: int) -> str:
     """`DT_FLOAT` for 1; numbers the enum does not know are shown as numbers."""
+    name = _DTYPE_NAMES.get(number)
+    if name is not None:
+        return name
     try:
-        return str(types_pb2.DataType.Name(number))
+        name = _DTYPE_NAMES[number] = str(types_pb2.DataType.Name(number))  # a few dozen
     except ValueError:
         return f"DataType({number})"
+    return name
+
+
+_DTYPE_NAMES: dict[int, str] = {}  # the enum's lookup costs each request ~1 us
 
 
 def datatype_of(array: np.ndarray) -> int:
@@ -113,20 +130,80 @@ def to_numpy(proto: tensor_pb2.TensorProto) -> np.ndarray:
     """The array a TensorProto holds. Strings come back as an object array of bytes.
 
     The result may be read-only (it can share memory with the proto). Raises
-    `InvalidArgument` naming the problem when the proto is malformed.
+    `InvalidArgument` naming the problem when the proto is malformed or would decode to
+    more than MAX_TENSOR_BYTES.
     """
+    sized = check(proto)
+    if sized.nbytes > MAX_TENSOR_BYTES:
+        raise InvalidArgument(
+            f"a {dtype_name(proto.dtype)} tensor of shape {shape_text(sized.shape)} would "
+            f"take more than {MAX_TENSOR_BYTES} bytes"
+        )
+    return decode_checked(proto, sized)
+
+
+class Sized(NamedTuple):
+    """A TensorProto's shape, element count and the bytes its array will take, known
+    before it is decoded (strings: STRING_ITEM_BYTES an element)."""
+
+    shape: tuple[int, ...]
+    size: int
+    nbytes: int
+
+
+def check(proto: tensor_pb2.TensorProto) -> Sized:
+    """Every check of `proto` that allocates nothing, and its size: so a request can be
+    refused before any of it is decoded. Raises `InvalidArgument` naming the problem."""
+    kind, shape, size = _checked(proto)
+    return Sized(shape, size, size * (STRING_ITEM_BYTES if kind.dtype.kind == "O" else
+                                      kind.dtype.itemsize))
+
+
+def decode_checked(proto: tensor_pb2.TensorProto, sized: Sized) -> np.ndarray:
+    """The array of a proto that `check` passed."""
+    kind, shape, size = _KINDS[proto.dtype], sized.shape, sized.size
+    if size == 0:  # values, if any, are ignored, as in C++
+        return np.zeros(shape, kind.dtype)
+    if proto.tensor_content:
+        flat = _from_content(proto, kind, size)
+    else:
+        flat = _from_field(proto, kind, size)
+    return flat.reshape(shape)
+
+
+def _checked(proto: tensor_pb2.TensorProto) -> tuple[_Kind, tuple[int, ...], int]:
+    """The proto's kind, shape and element count, after every check that allocates
+    nothing (so a malformed tensor is refused before any of a request is decoded)."""
     kind = _KINDS.get(proto.dtype)
     if kind is None:
         raise InvalidArgument(f"dtype {dtype_name(proto.dtype)} is not supported")
     shape = _shape(proto.tensor_shape)
     size = math.prod(shape)
-    if size == 0:  # values, if any, are ignored, as in C++
-        return np.zeros(shape, kind.dtype)
+    if size == 0:
+        return kind, shape, size
     if proto.tensor_content:
-        flat = _from_content(proto, kind, size, shape)
-    else:
-        flat = _from_field(proto, kind, size, shape)
-    return flat.reshape(shape)
+        if proto.dtype != types_pb2.DT_STRING:
+            expected = size * kind.dtype.itemsize
+            if len(proto.tensor_content) != expected:
+                raise InvalidArgument(
+                    f"tensor_content has {len(proto.tensor_content)} bytes but a "
+                    f"{dtype_name(proto.dtype)} tensor of shape {shape_text(shape)} needs "
+                    f"{expected}"
+                )
+        return kind, shape, size
+    count = len(getattr(proto, kind.field))
+    if kind.dtype.kind == "c":
+        if count % 2:
+            raise InvalidArgument(
+                f"{kind.field} has {count} values; complex values come in pairs"
+            )
+        count //= 2
+    if count > size:
+        raise InvalidArgument(
+            f"{kind.field} has {count} values but a tensor of shape {shape_text(shape)} "
+            f"holds {size}"
+        )
+    return kind, shape, size
 
 
 def _shape(shape: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...]:
@@ -136,64 +213,41 @@ def _shape(shape: tensor_shape_pb2.TensorShapeProto) -> tuple[int, ...]:
     if len(dims) > _MAX_RANK:
         raise InvalidArgument(f"the tensor has {len(dims)} dimensions; at most {_MAX_RANK} work")
     if any(d < 0 for d in dims):
-        raise InvalidArgument(f"the tensor's shape {_shape_text(dims)} has a negative dimension")
+        raise InvalidArgument(f"the tensor's shape {shape_text(dims)} has a negative dimension")
     return dims
 
 
-def _shape_text(shape: tuple[int, ...]) -> str:
+def shape_text(shape: tuple[int, ...]) -> str:
+    """`[2,3]`, as TensorFlow writes a shape in errors."""
     return "[" + ",".join(map(str, shape)) + "]"
 
 
-def _from_content(
-    proto: tensor_pb2.TensorProto, kind: _Kind, size: int, shape: tuple[int, ...]
-) -> np.ndarray:
-    content = proto.tensor_content
+def _from_content(proto: tensor_pb2.TensorProto, kind: _Kind, size: int) -> np.ndarray:
+    content = proto.tensor_content  # its length was checked by _checked
     if proto.dtype == types_pb2.DT_STRING:
         return _decode_string_list(content, size)
-    expected = size * kind.dtype.itemsize
-    if len(content) != expected:
-        raise InvalidArgument(
-            f"tensor_content has {len(content)} bytes but a {dtype_name(proto.dtype)} tensor "
-            f"of shape {_shape_text(shape)} needs {expected}"
-        )
     if proto.dtype == types_pb2.DT_BOOL:  # any nonzero byte is true, as in C++
         flags: np.ndarray = np.frombuffer(content, np.uint8) != 0
         return flags
     return np.frombuffer(content, kind.dtype)
 
 
-def _from_field(
-    proto: tensor_pb2.TensorProto, kind: _Kind, size: int, shape: tuple[int, ...]
-) -> np.ndarray:
+def _from_field(proto: tensor_pb2.TensorProto, kind: _Kind, size: int) -> np.ndarray:
     field = getattr(proto, kind.field)
     if proto.dtype == types_pb2.DT_STRING:
         values = np.empty(len(field), object)
         values[:] = list(field)
     elif kind.field_dtype is None:
         values = np.array(field, kind.dtype)
-    elif kind.dtype.kind == "c":
-        if len(field) % 2:
-            raise InvalidArgument(
-                f"{kind.field} has {len(field)} values; complex values come in pairs"
-            )
+    elif kind.dtype.kind == "c":  # pairs, as _checked made sure
         values = np.array(field, kind.field_dtype).view(kind.dtype)
     elif kind.field == "half_val":
         values = np.array(field, np.int64).astype(np.uint16).view(kind.dtype)
     else:  # narrow integers travel in int_val and are cast down, as C++ does
         values = np.array(field, kind.field_dtype).astype(kind.dtype)
-    count = values.shape[0]
+    count = values.shape[0]  # at most `size`, as _checked made sure
     if count == size:
         return values
-    if count > size:
-        raise InvalidArgument(
-            f"{kind.field} has {count} values but a tensor of shape {_shape_text(shape)} "
-            f"holds {size}"
-        )
-    if size * kind.dtype.itemsize > MAX_FILL_BYTES:
-        raise InvalidArgument(
-            f"{kind.field} has {count} values for a tensor of shape {_shape_text(shape)}; "
-            f"filling it out would take more than {MAX_FILL_BYTES} bytes"
-        )
     if count == 0:
         return np.zeros(size, kind.dtype) if proto.dtype != types_pb2.DT_STRING else np.full(
             size, b"", object
@@ -308,28 +362,3 @@ _WRITERS: dict[int, Callable[[tensor_pb2.TensorProto, _Kind, np.ndarray], None]]
     types_pb2.DT_INT16: _write_narrow_int,
     types_pb2.DT_UINT16: _write_narrow_int,
 }
-
-
-def decode_inputs(
-    inputs: Mapping[str, tensor_pb2.TensorProto], signature: SignatureInfo
-) -> dict[str, np.ndarray]:
-    """A PredictRequest's inputs as arrays, checked against the signature as TF Serving's
-    session does: it feeds the inputs in alias order and checks each one's type."""
-    arrays: dict[str, np.ndarray] = {}
-    for alias, proto in inputs.items():
-        try:
-            arrays[alias] = to_numpy(proto)
-        except InvalidArgument as error:
-            raise InvalidArgument(f"tensor parsing error: {alias}: {error.message}") from None
-    for index, alias in enumerate(sorted(signature.inputs)):
-        expected = signature.inputs[alias].dtype
-        if alias in inputs and dtype_name(inputs[alias].dtype) != expected:
-            raise InvalidArgument(
-                f"Expects arg[{index}] to be {_tf_type(expected)} but "
-                f"{_tf_type(dtype_name(inputs[alias].dtype))} is provided"
-            )
-    return arrays
-
-
-def _tf_type(dtype: str) -> str:
-    return dtype.removeprefix("DT_").lower()  # DT_FLOAT -> float, as DataTypeString says

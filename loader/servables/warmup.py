@@ -67,7 +67,7 @@ from loader.servables.inference import (
     regress,
     serialized_examples,
 )
-from loader.servables.tensor_proto import decode_inputs
+from loader.servables.request_tensors import decode_inputs
 
 log = logging.getLogger(__name__)
 

@@ -54,6 +54,10 @@ def test_defaults_and_relative_paths(tmp_path):
         8192, 65536, 100)
     assert (server.header_timeout_seconds, server.max_connections) == (10.0, 1024)
     assert server.allowed_hosts is None
+    # A full-size body holds at most 4x its size in tensors (int64 values written "0,"),
+    # and the decoding budget holds at least one such request.
+    assert server.max_decoded_tensor_bytes == 4 * server.max_request_bytes
+    assert server.max_decoded_tensor_bytes <= server.max_decoding_bytes == 512 * 1024 * 1024
 
 
 def test_memory_limit_and_on_demand_values(tmp_path):
@@ -175,6 +179,10 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
          "server: grpc_socket_path needs gRPC on: grpc_port is 0"),
         ("server: {grpc_port: 0, enable_profiler: true}\n",
          "server: enable_profiler needs gRPC on: grpc_port is 0"),
+        ("server: {max_decoded_tensor_bytes: 2048, max_decoding_bytes: 1024}\n",
+         "server.max_decoding_bytes: input should be greater than or equal to 1048576"),
+        ("server: {max_decoded_tensor_bytes: 4194304, max_decoding_bytes: 2097152}\n",
+         "server: max_decoded_tensor_bytes must be at most max_decoding_bytes"),
         ("loading: {initial_load_timeout_seconds: -1}\n",
          "loading.initial_load_timeout_seconds: input should be greater than or equal to 0"),
     ],

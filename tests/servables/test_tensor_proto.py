@@ -153,8 +153,8 @@ def test_tensor_content_wins_over_typed_fields() -> None:
          "DT_STRING tensor is malformed"),
         (proto(types_pb2.DT_FLOAT, [1] * 65, float_val=[1]), "65 dimensions"),
         (proto(types_pb2.DT_FLOAT, [1 << 20, 1 << 20], float_val=[1]),
-         "float_val has 1 values for a tensor of shape [1048576,1048576]; filling it out "
-         "would take more than 1073741824 bytes"),
+         "a DT_FLOAT tensor of shape [1048576,1048576] would take more than 1073741824 "
+         "bytes"),
     ],
     ids=["content-size", "too-many-values", "negative-dim", "unknown-rank", "invalid-dtype",
          "resource-dtype", "unknown-dtype", "odd-complex", "bad-string-content", "rank",
@@ -186,3 +186,4 @@ def test_filling_a_response_entry_in_place() -> None:
     from_numpy(np.array([1.0], np.float64), proto=response.outputs["y"])
     assert response.outputs["y"].dtype == types_pb2.DT_DOUBLE
     assert list(response.outputs["y"].double_val) == [1.0]
+

@@ -7,6 +7,7 @@ gRPC path words an error differently from its REST path, the gRPC wording is use
 an unknown Predict signature is FAILED_PRECONDITION `Serving signature key "x" not
 found.`, a tensor that does not parse is `tensor parsing error: x`, a tensor of the wrong
 type `Expects arg[0] to be float but int32 is provided` (TensorFlow's session check).
+A Predict's inputs are checked and sized before they are decoded (`predict_inputs`).
 
 `grpc_server.GrpcServer` runs the servicers.
 """
@@ -50,18 +51,23 @@ from loader.servables.inference import (
     serialized_examples,
     signature_def_map,
 )
-from loader.servables.tensor_proto import decode_inputs, from_numpy
+from loader.servables.tensor_proto import from_numpy
 from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.health import HealthService
+from loader.serving.grpc.predict_inputs import (
+    DEFAULT_MAX_DECODED_BYTES,
+    DEFAULT_MAX_DECODING_BYTES,
+    PredictInputs,
+)
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.reload_config import ConfigReload, ReloadFn
 from loader.serving.metrics import Metrics
 
 SIGNATURE_DEF = "signature_def"
-# Predict requests up to this size are decoded, and answers of up to INLINE_OUTPUT_VALUES
-# values encoded, on the event loop (microseconds); larger ones on a worker thread.
-INLINE_REQUEST_BYTES = 64 * 1024
+# Answers of up to this many values are encoded on the event loop (microseconds); larger
+# ones on a worker thread.
 INLINE_OUTPUT_VALUES = 16 * 1024
 
 
@@ -118,11 +124,13 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         *,
         check_method_name: bool,
         tensor_content: bool,
+        inputs: PredictInputs,
     ) -> None:
         self._dataplane = dataplane
         self._answer = answer
         self._check_method_name = check_method_name
         self._tensor_content = tensor_content
+        self._inputs = inputs
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -163,39 +171,25 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             context, "metadata", request.model_spec.name, lambda: self._metadata(request)
         )
 
-    def _predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        """Predict, blocking (on a worker thread: a large request)."""
-        model, version, label = _requested(request)
-        signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-        with self._dataplane.hold(model, version, label) as lease:
-            inputs = decode_inputs(request.inputs, _signature(lease, signature_name))
-            outputs = self._dataplane.run(
-                lease, signature_name, inputs, list(request.output_filter) or None
-            )
-            served = lease.version
-        return self._predict_response(model, served, signature_name, outputs)
-
     async def _predict_async(
         self, request: predict_pb2.PredictRequest
     ) -> predict_pb2.PredictResponse:
-        """Predict on the event loop: a small request is decoded here and queued for its
-        batch (`DataPlane.run_async`); a large one runs whole on a worker thread."""
+        """Predict on the event loop: the inputs are checked and sized first, then decoded
+        (`PredictInputs`) and queued for their batch or run (`DataPlane.run_async`)."""
         loop = asyncio.get_running_loop()
-        if request.ByteSize() > INLINE_REQUEST_BYTES:
-            return await loop.run_in_executor(None, self._predict, request)
         model, version, label = _requested(request)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
+        output_filter = list(request.output_filter) or None
         with await self._dataplane.hold_async(model, version, label) as lease:
-            inputs = decode_inputs(request.inputs, _signature(lease, signature_name))
-            outputs = await self._dataplane.run_async(
-                lease, signature_name, inputs, list(request.output_filter) or None
-            )
+            plan = self._inputs.plan(request.inputs, _signature(lease, signature_name))
+            outputs = await self._inputs.run(plan, lambda inputs: self._dataplane.run_async(
+                lease, signature_name, inputs, output_filter
+            ))
             served = lease.version
         if sum(value.size for value in outputs.values()) <= INLINE_OUTPUT_VALUES:
             return self._predict_response(model, served, signature_name, outputs)
-        return await loop.run_in_executor(
-            None, self._predict_response, model, served, signature_name, outputs
-        )
+        return await loop.run_in_executor(None, lambda: self._inputs.bounded(
+            self._predict_response(model, served, signature_name, outputs)))
 
     def _predict_response(
         self, model: str, served: int, signature_name: str, outputs: dict[str, Any]
@@ -335,7 +329,9 @@ class GrpcApi:
     answers UNIMPLEMENTED. Requests are counted in `metrics` (transport "grpc").
     `check_method_name` is TF Serving's `--enable_signature_method_name_check` (off, as
     there). `tensor_content` makes Predict answer with raw bytes instead of TF Serving's
-    default typed fields.
+    default typed fields. A Predict whose inputs decode to more than `max_decoded_bytes`
+    is refused; large ones reserve their size in `decode_budget` (shared with REST); a
+    large answer past `max_message_bytes` (the server's send limit) is RESOURCE_EXHAUSTED.
     """
 
     def __init__(
@@ -347,10 +343,16 @@ class GrpcApi:
         check_method_name: bool = False,
         tensor_content: bool = False,
         guard: ReloadGuard | None = None,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        decode_budget: DecodeBudget | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
-        answer = self._answer = Answerer(metrics or Metrics())
+        metrics = metrics or Metrics()
+        answer = self._answer = Answerer(metrics)
         self.prediction = PredictionService(
-            dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content
+            dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content,
+            inputs=PredictInputs(metrics, decode_budget or DecodeBudget(
+                DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes, max_message_bytes),
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
         self.health = HealthService(dataplane)

@@ -27,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 from loader.base import Code, Internal, InvalidArgument, ServingError
 from loader.manager.harness import VersionStatus
 from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import CONTENT_TYPE, Metrics
 from loader.serving.rest.idle_deadlines import IdleDeadlines
 from loader.serving.rest.operator_page import PATH as OPERATOR_PAGE_PATH
@@ -103,6 +104,7 @@ class RestApi:
         body_timeout_seconds: float = 30.0,
         metrics_path: str | None = PROMETHEUS_PATH,
         operator_page: OperatorPage | None = None,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
@@ -111,7 +113,7 @@ class RestApi:
         self._metrics = metrics or Metrics()
         self.predictions = PredictionRoutes(
             dataplane, self._metrics, max_request_bytes=max_request_bytes,
-            body_timeout_seconds=body_timeout_seconds,
+            body_timeout_seconds=body_timeout_seconds, decode_budget=decode_budget,
         )
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
         self._operator_page = operator_page

@@ -63,7 +63,7 @@ def decode_predict_request(
         raise InvalidArgument(
             f"Failed to get input map for signature: {doc.get('signature_name') or 'DEFAULT'}"
         )
-    specs = _input_specs(signature)
+    specs = input_specs(signature)
     if "instances" in doc:
         if "inputs" in doc:
             raise format_error(
@@ -75,7 +75,7 @@ def decode_predict_request(
             raise format_error(doc, "Excepting 'instances' to be an list/array")
         if not instances:
             raise format_error(doc, "No values in 'instances' array")
-        inputs = _fast_instances(instances, specs)
+        inputs = fast_instances(instances, specs)
         if inputs is None:
             inputs = _exact_instances(instances, specs)
         if len(inputs) > 1:  # in the signature's order
@@ -93,7 +93,8 @@ _SPECS: dict[int, tuple[SignatureInfo, dict[str, DType]]] = {}
 _MAX_SPECS = 256
 
 
-def _input_specs(signature: SignatureInfo) -> dict[str, DType]:
+def input_specs(signature: SignatureInfo) -> dict[str, DType]:
+    """How each input of `signature` converts from JSON (cached by signature)."""
     cached = _SPECS.get(id(signature))
     if cached is not None and cached[0] is signature:
         return cached[1]
@@ -124,7 +125,7 @@ def _is_element_object(value: Any) -> bool:
     return type(value) is dict and not is_b64_object(value)
 
 
-def _fast_instances(
+def fast_instances(
     instances: list[Any], specs: Mapping[str, DType]
 ) -> dict[str, np.ndarray] | None:
     """All instances batched at once, or None to let the exact walk decide."""

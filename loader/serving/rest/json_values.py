@@ -73,13 +73,15 @@ def parse_body(body: bytes | bytearray | memoryview | str) -> dict[str, Any]:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        doc = _parse_lenient(body)
+        doc = parse_lenient(body)
     if type(doc) is not dict:
         raise format_error(doc, "Is not object")
     return doc
 
 
-def _parse_lenient(body: bytes | str) -> Any:
+def parse_lenient(body: bytes | str) -> Any:
+    """Parse JSON with rapidjson's extensions (NaN, Infinity, invalid UTF-8 in strings,
+    integers past 64 bits), as Python's json module can; errors in rapidjson's words."""
     text = body if isinstance(body, str) else body.decode("utf-8", "surrogateescape")
     if not text.strip(" \t\n\r"):
         raise InvalidArgument(f"JSON Parse error: The document is empty. at offset: {len(text)}")

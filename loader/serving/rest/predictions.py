@@ -7,6 +7,11 @@ and decoded on the event loop, the request queued for its batch, and the batch's
 encoded and handed to `reply` in a callback on the loop. Anything else (classify, regress,
 a large body or output, a model without batching) runs as one task, which parses and
 encodes the large parts on worker threads. The model never runs on the event loop.
+
+A large body reserves what parsing and decoding it may take (JSON_DECODE_FACTOR times its
+size) in the process's `DecodeBudget` before it is parsed, holds the size of its decoded
+tensors once they are made, and releases it once answered: past the budget it waits a
+moment, then gets 429; a body that could never fit gets 413 at once.
 """
 
 from __future__ import annotations
@@ -21,18 +26,27 @@ import numpy as np
 import orjson
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import Code, Internal, InvalidArgument, ServingError
+from loader.base import (
+    Code,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    SignatureInfo,
+)
 from loader.manager.handles import Lease
 from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import BudgetNeverFits, DecodeBudget
 from loader.serving.metrics import Metrics, RequestOutcome
 from loader.serving.rest.json_examples import (
     decode_examples_request,
     encode_classify_response,
     encode_regress_response,
 )
-from loader.serving.rest.json_predict import decode_predict_request
+from loader.serving.rest.json_predict import PredictRequest, decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
+from loader.serving.rest.json_slices import SlicedBody, decode_in_slices, split_body
 from loader.serving.rest.json_values import parse_body, signature_name_of
 
 log = logging.getLogger("modelwatch.rest")
@@ -42,6 +56,12 @@ log = logging.getLogger("modelwatch.rest")
 # thread and back); larger ones on a worker thread.
 INLINE_BODY_BYTES = 16 * 1024
 INLINE_OUTPUT_VALUES = 4096
+# What parsing and decoding a JSON body may take, per byte of it, at most: a parsed JSON
+# value is a Python object, and the densest are nested lists, 64 bytes (a list with its
+# GC header, rounded by pymalloc) for every 2 bytes of "[]" (measured: 33x for rows of
+# [], 23x RSS for rows of [1.5] or [NaN]). Only bodies past INLINE_BODY_BYTES reserve it.
+JSON_DECODE_FACTOR = 32
+DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 
 # TF Serving's mapping (model_servers/http_server.cc: ToHTTPStatusCode).
 HTTP_STATUS = {
@@ -94,7 +114,7 @@ def body_timeout(seconds: float, size: int) -> BodyTimeout:
 
 def error_answer(error: ServingError) -> tuple[int, bytes]:
     """`{"error": message}` and TF Serving's HTTP status for it."""
-    if isinstance(error, TooLarge):
+    if isinstance(error, (TooLarge, BudgetNeverFits)):
         status = 413
     elif isinstance(error, BodyTimeout):
         status = 408
@@ -104,6 +124,31 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
         return status, orjson.dumps({"error": error.message})
     except orjson.JSONEncodeError:  # a lone surrogate quoted from the client's text
         return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
+
+
+def _parse_large(body: bytes) -> tuple[SlicedBody | None, dict[str, Any] | None]:
+    """A large body (on a worker thread): split, when it is one array of numbers (to be
+    decoded a slice at a time), else parsed whole."""
+    sliced = split_body(body)
+    return (sliced, None) if sliced is not None else (None, parse_body(body))
+
+
+def _decode_large(
+    body: bytes,
+    sliced: SlicedBody | None,
+    document: dict[str, Any] | None,
+    signature: SignatureInfo,
+) -> PredictRequest:
+    """A large body decoded (on a worker thread): a slice at a time when it is one array of
+    numbers, else whole (and a sliced one whole too when anything is off, for TF Serving's
+    error)."""
+    if sliced is not None:
+        request = decode_in_slices(sliced, signature)
+        if request is not None:
+            return request
+        document = parse_body(body)
+    assert document is not None
+    return decode_predict_request(document, signature)
 
 
 def parse_version(text: str | None) -> int | None:
@@ -120,7 +165,8 @@ def parse_version(text: str | None) -> int | None:
 
 
 class PredictionRoutes:
-    """What the prediction routes need: the data plane, the metrics and the body limits."""
+    """What the prediction routes need: the data plane, the metrics, the body limits and
+    the process's decode budget."""
 
     def __init__(
         self,
@@ -129,11 +175,13 @@ class PredictionRoutes:
         *,
         max_request_bytes: int,
         body_timeout_seconds: float,
+        decode_budget: DecodeBudget | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.body_timeout_seconds = body_timeout_seconds
+        self.budget = decode_budget or DecodeBudget(DEFAULT_MAX_DECODING_BYTES)
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done
         self._soon: list[tuple[PredictionCall, str | None, str | None, bytes]] = []
 
@@ -159,6 +207,20 @@ class PredictionRoutes:
     def call(self, api: str, model: str, reply: Reply) -> PredictionCall:
         """A request of `api` to `model`, counted as in flight from now."""
         return PredictionCall(self, api, model, reply)
+
+    async def reserve(self, body: bytes) -> int:
+        """Reserve in the decode budget what parsing and decoding `body` may take (nothing
+        for a small body); the caller releases what this returns."""
+        if len(body) <= INLINE_BODY_BYTES:
+            return 0
+        try:
+            return await self.budget.reserve(
+                len(body) * JSON_DECODE_FACTOR,
+                f"a JSON body of {len(body)} bytes (up to {JSON_DECODE_FACTOR} times its size)",
+            )
+        except ResourceExhausted:
+            self.metrics.refuse("rest", "decode_budget")
+            raise
 
     def spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -287,23 +349,39 @@ class PredictionCall:
         self._finish(200, answer)
 
     async def _predict_in_task(self, version: int | None, label: str | None, body: bytes) -> bytes:
-        dataplane = self._routes.dataplane
+        routes = self._routes
+        dataplane, budget = routes.dataplane, routes.budget
         inline = len(body) <= INLINE_BODY_BYTES
-        document = parse_body(body) if inline else await run_in_threadpool(parse_body, body)
-        with await dataplane.hold_async(self.model, version, label) as lease:
-            name = signature_name_of(document)
-            signature = dataplane.signature(lease, name)
-            if inline:
-                request = decode_predict_request(document, signature)
-            else:
-                request = await run_in_threadpool(decode_predict_request, document, signature)
-            outputs = await dataplane.run_async(lease, name, request.inputs)
-        if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
-            return encode_predict_response(outputs, request.row_format)
-        return await run_in_threadpool(encode_predict_response, outputs, request.row_format)
+        held = await routes.reserve(body)
+        try:
+            sliced, document = (None, parse_body(body)) if inline else (
+                await run_in_threadpool(_parse_large, body)
+            )
+            name = sliced.signature_name if sliced else signature_name_of(document or {})
+            with await dataplane.hold_async(self.model, version, label) as lease:
+                signature = dataplane.signature(lease, name)
+                if inline:
+                    assert document is not None
+                    request = decode_predict_request(document, signature)
+                else:
+                    request = await run_in_threadpool(
+                        _decode_large, body, sliced, document, signature
+                    )
+                    del document, sliced  # the parsed body: freed before the model runs
+                    held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
+                outputs = await dataplane.run_async(lease, name, request.inputs)
+            if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
+                return encode_predict_response(outputs, request.row_format)
+            return await run_in_threadpool(encode_predict_response, outputs, request.row_format)
+        finally:
+            budget.release(held)
 
     async def _examples(self, version: int | None, label: str | None, body: bytes) -> bytes:
-        return await run_in_threadpool(self._classify_or_regress, version, label, body)
+        held = await self._routes.reserve(body)
+        try:
+            return await run_in_threadpool(self._classify_or_regress, version, label, body)
+        finally:
+            self._routes.budget.release(held)
 
     def _classify_or_regress(self, version: int | None, label: str | None, body: bytes) -> bytes:
         request = decode_examples_request(parse_body(body))

@@ -37,8 +37,10 @@ from loader.manager.manager import Manager, ModelSpec
 from loader.servables.savedmodel import load_saved_model
 from loader.servables.tensor_proto import from_numpy, to_numpy
 from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import DecodeBudget
+from loader.serving.grpc.predict_inputs import INLINE_DECODED_BYTES
 from loader.serving.grpc.server import GrpcServer
-from loader.serving.grpc.services import INLINE_REQUEST_BYTES, GrpcApi
+from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from policies.transition import TRANSITIONS
 
@@ -210,14 +212,99 @@ def test_predict_takes_a_flat_batch_as_tf_serving_does(client: Client) -> None:
 
 @pytest.mark.parametrize("rows", [10_000, 40_000], ids=["on-the-loop", "on-a-thread"])
 def test_predict_of_a_large_tensor_answers_whole(client: Client, rows: int) -> None:
-    # 40,000 floats (160 KB) pass INLINE_REQUEST_BYTES: decoded, run and encoded on a
+    # 40,000 floats (160 KB) pass INLINE_DECODED_BYTES: decoded, run and encoded on a
     # worker thread; 10,000 stay on the event loop. Both answer the same way.
     x = np.arange(rows, dtype=np.float32).reshape(rows, 1)
-    request = predict_request(x=x)
-    assert (request.ByteSize() > INLINE_REQUEST_BYTES) == (rows == 40_000)
-    response = client.predict.Predict(request, timeout=TIMEOUT)
+    assert (x.nbytes > INLINE_DECODED_BYTES) == (rows == 40_000)
+    response = client.predict.Predict(predict_request(x=x), timeout=TIMEOUT)
     assert np.array_equal(to_numpy(response.outputs["y"]), x / 2 + 2)
     assert response.model_spec.version.value == 123
+
+
+def filled_out(rows: int, model: str = "default") -> predict_pb2.PredictRequest:
+    """A few bytes on the wire that TensorFlow's fill rule makes into `rows` x 1 floats."""
+    request = predict_request(model, x=None)
+    request.inputs["x"].dtype = types_pb2.DT_FLOAT
+    request.inputs["x"].tensor_shape.dim.add().size = rows
+    request.inputs["x"].tensor_shape.dim.add().size = 1
+    request.inputs["x"].float_val.append(1.0)
+    return request
+
+
+def test_a_filled_out_tensor_is_decoded_by_its_decoded_size(client: Client) -> None:
+    # Small on the wire, large decoded: decoded off the event loop, answered whole.
+    request = filled_out(40_000)
+    assert request.ByteSize() < 100
+    y = to_numpy(client.predict.Predict(request, timeout=TIMEOUT).outputs["y"])
+    assert y.shape == (40_000, 1) and bool((y == 2.5).all())
+
+
+def test_a_fill_out_past_the_limit_is_refused_and_counted(serving: Serving, connect: Any) -> None:
+    metrics = Metrics()
+    client = connect(GrpcApi(serving.dataplane, metrics=metrics, max_decoded_bytes=1 << 20))
+    assert failure(client.predict.Predict, filled_out(1 << 28)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the request's inputs would take 1073741824 bytes decoded, more than "
+        "server.max_decoded_tensor_bytes (1048576); the largest is x, a DT_FLOAT tensor of "
+        "shape [268435456,1]",
+    )
+    registry = metrics.registry
+    assert registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "grpc", "reason": "decoded_tensor_too_large"}
+    ) == 1
+    assert registry.get_sample_value("modelwatch_requests_total", {
+        "model": "default", "api": "predict", "transport": "grpc", "status": "INVALID_ARGUMENT",
+    }) == 1
+    assert client.predict.Predict(filled_out(1000), timeout=TIMEOUT).outputs["y"]
+
+
+def test_inputs_the_signature_lacks_are_refused_by_name_without_decoding(client: Client) -> None:
+    request = predict_request()
+    for alias in ("z1", "z2"):
+        request.inputs[alias].CopyFrom(filled_out(1 << 40).inputs["x"])
+    code, message = failure(client.predict.Predict, request)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert message.startswith("input size does not match signature: 3!=1")
+    assert "Sent extra: {z1,z2}" in message
+
+
+def test_an_answer_past_the_send_limit_is_refused_and_counted(
+    serving: Serving, connect: Any
+) -> None:
+    metrics = Metrics()
+    client = connect(GrpcApi(serving.dataplane, metrics=metrics, max_message_bytes=1 << 20))
+    code, message = failure(client.predict.Predict, filled_out(400_000))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message.startswith("the answer would take 16")
+    assert message.endswith("bytes, more than the server sends (server.max_request_bytes: 1048576)")
+    assert metrics.registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "grpc", "reason": "response_too_large"}
+    ) == 1
+    assert metrics.registry.get_sample_value("modelwatch_requests_total", {
+        "model": "default", "api": "predict", "transport": "grpc", "status": "RESOURCE_EXHAUSTED",
+    }) == 1
+
+
+def test_large_inputs_wait_for_room_in_the_decode_budget(serving: Serving, connect: Any) -> None:
+    metrics = Metrics()
+    budget = DecodeBudget(1 << 20, wait_seconds=0.05)
+    client = connect(GrpcApi(serving.dataplane, metrics=metrics, decode_budget=budget))
+    assert budget.try_reserve(budget.limit)  # others hold all of it
+    code, message = failure(client.predict.Predict, filled_out(40_000))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert message.startswith("the server is busy decoding other requests")
+    # Small inputs take no part; once there is room, large ones are answered.
+    assert client.predict.Predict(predict_request(), timeout=TIMEOUT).outputs["y"]
+    budget.release(budget.limit)
+    assert client.predict.Predict(filled_out(40_000), timeout=TIMEOUT).outputs["y"]
+    assert budget.used == 0
+    # One that could never fit is refused at once.
+    code, message = failure(client.predict.Predict, filled_out(1 << 19))
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "more than server.max_decoding_bytes (1048576)" in message
+    assert metrics.registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "grpc", "reason": "decode_budget"}
+    ) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,110 @@
+"""The prediction routes' decode budget, over both ways a request reaches them (the fast
+path and ASGI), with real sockets and a batching fake: large bodies reserve what parsing
+them may take, wait for room, and are refused cleanly when there is none."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import orjson
+import pytest
+
+from loader.base import VersionRef
+from loader.config.schema import BatchingConfig
+from loader.manager.manager import Manager, ModelSpec
+from loader.servables.batching import BatchingServable
+from loader.serving.dataplane import DataPlane
+from loader.serving.decode_budget import DecodeBudget
+from loader.serving.metrics import Metrics
+from loader.serving.rest.app import RestApi
+from loader.serving.rest.predictions import INLINE_BODY_BYTES, JSON_DECODE_FACTOR
+from loader.serving.rest.server import RestServer, bind
+from policies.selection import All
+from policies.transition import availability_preserving
+from tests.fakes import refs
+from tests.servables.test_batching import RecordingServable
+
+BUDGET = 1 << 20
+
+
+@dataclass
+class Stack:
+    client: httpx.Client
+    budget: DecodeBudget
+    metrics: Metrics
+
+
+@pytest.fixture(params=["fast", "asgi"])
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    fake = RecordingServable()
+
+    def load(model: str, version: int, ref: VersionRef) -> BatchingServable:
+        return BatchingServable(fake, BatchingConfig(num_batch_threads=1), name=model)
+
+    manager = Manager(load, load_retries=0)
+    manager.set_models([ModelSpec("m", All(), availability_preserving)])
+    manager.on_versions("m", refs(1))
+    assert manager.wait_until(lambda: manager.status("m")[0].state == "AVAILABLE", 10)
+    metrics, budget = Metrics(), DecodeBudget(BUDGET, wait_seconds=0.05)
+    api = RestApi(DataPlane(manager), metrics, max_request_bytes=4 << 20, decode_budget=budget)
+    server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=request.param == "fast")
+    server.start()
+    assert server.wait_started(10)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
+    yield Stack(client, budget, metrics)
+    client.close()
+    server.stop()
+    server.join(10)
+    manager.stop()
+    manager.join()
+
+
+def body(values: int) -> bytes:
+    return orjson.dumps({"signature_name": "echo", "instances": [[1.5] * values]})
+
+
+def refused(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "modelwatch_refused_total", {"transport": "rest", "reason": "decode_budget"}
+    )
+
+
+def test_a_large_body_reserves_while_it_is_decoded_and_gives_it_back(stack: Stack) -> None:
+    large = body(5000)
+    assert len(large) > INLINE_BODY_BYTES and len(large) * JSON_DECODE_FACTOR < BUDGET
+    answer = stack.client.post("/v1/models/m:predict", content=large)
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 5000
+    assert stack.budget.used == 0
+
+
+def test_a_large_body_waits_for_room_then_gets_429(stack: Stack) -> None:
+    assert stack.budget.try_reserve(BUDGET)  # other requests hold all of it
+    try:
+        answer = stack.client.post("/v1/models/m:predict", content=body(5000))
+        assert answer.status_code == 429
+        assert answer.json()["error"].startswith("the server is busy decoding other requests")
+        answer = stack.client.post("/v1/models/m:regress", content=body(5000))
+        assert answer.status_code == 429
+        # Small bodies take no part in the budget.
+        assert stack.client.post("/v1/models/m:predict", content=body(2)).status_code == 200
+    finally:
+        stack.budget.release(BUDGET)
+    assert refused(stack.metrics) == 2
+    assert stack.metrics.registry.get_sample_value("modelwatch_requests_total", {
+        "model": "m", "api": "predict", "transport": "rest", "status": "RESOURCE_EXHAUSTED",
+    }) == 1
+    assert stack.client.post("/v1/models/m:predict", content=body(5000)).status_code == 200
+
+
+def test_a_body_that_could_never_fit_gets_413_at_once(stack: Stack) -> None:
+    huge = body(10_000)
+    assert len(huge) * JSON_DECODE_FACTOR > BUDGET
+    answer = stack.client.post("/v1/models/m:predict", content=huge)
+    assert answer.status_code == 413
+    assert answer.json()["error"] == (
+        f"a JSON body of {len(huge)} bytes (up to 32 times its size) would take "
+        f"{len(huge) * 32} bytes to decode, more than server.max_decoding_bytes ({BUDGET})"
+    )
+    assert refused(stack.metrics) == 1 and stack.budget.used == 0
