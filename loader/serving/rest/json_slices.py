@@ -30,6 +30,30 @@ from loader.serving.rest.json_predict import PredictRequest, fast_instances, inp
 from loader.serving.rest.json_tensors import MAX_RANK, dense_shape, fast_tensor
 from loader.serving.rest.json_values import parse_lenient
 
+# What parsing and decoding a JSON body whole may take, per byte of it, at most: a parsed
+# JSON value is a Python object, and the densest are nested lists, 64 bytes (a list with
+# its GC header, rounded by pymalloc) for every 2 bytes of "[]" (measured: 33x for rows of
+# [], 23x RSS for rows of [1.5] or [NaN]). Only bodies past INLINE_BODY_BYTES reserve.
+JSON_DECODE_FACTOR = 32
+# What splitting a body and decoding it a slice at a time takes per byte: the array's
+# bytes, its comma offsets, one slice's objects and the tensors (~4x, measured).
+SLICED_DECODE_FACTOR = 4
+# Per JSON value (a comma, "[" or "{" starts one) and per object, what parsing makes of it
+# at most beyond twice its text: a list, float, int or short string is under 128 bytes
+# with its pointer, a dict under 256 more.
+_VALUE_BYTES, _OBJECT_BYTES = 128, 256
+
+
+def whole_parse_bytes(body: bytes) -> int:
+    """What parsing `body` whole may take at most (on a worker thread: four passes over
+    the bytes, in C): its values' objects from its structure, never more than
+    JSON_DECODE_FACTOR times its size."""
+    objects = body.count(b"{")
+    values = body.count(b",") + body.count(b"[") + objects
+    estimate = 2 * len(body) + _VALUE_BYTES * values + _OBJECT_BYTES * objects
+    return min(estimate, JSON_DECODE_FACTOR * len(body))
+
+
 SLICE_BYTES = 256 * 1024  # parsed at once: tens of milliseconds of the interpreter lock
 _BLOCK = 1 << 20  # bytes of the array scanned for commas at once
 

@@ -8,10 +8,14 @@ encoded and handed to `reply` in a callback on the loop. Anything else (classify
 a large body or output, a model without batching) runs as one task, which parses and
 encodes the large parts on worker threads. The model never runs on the event loop.
 
-A large body reserves what parsing and decoding it may take (JSON_DECODE_FACTOR times its
-size) in the process's `DecodeBudget` before it is parsed, holds the size of its decoded
-tensors once they are made, and releases it once answered: past the budget it waits a
-moment, then gets 429; a body that could never fit gets 413 at once.
+A large body reserves what parsing and decoding it may take in the process's
+`DecodeBudget` before it is parsed, holds the size of its decoded tensors once they are
+made, and releases it once answered: past the budget it waits a moment, then gets 429; a
+body that could never fit gets 413 at once. What it reserves: SLICED_DECODE_FACTOR times
+its size to be split and decoded a slice at a time (`json_slices`: one array of numbers,
+the usual large body); a body that must be parsed whole reserves, before it is, what its
+values can become as Python objects (`whole_parse_bytes`, from its brackets and commas),
+so a few megabytes of `[]` are refused while megabytes of base64 strings are not.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from loader.base import (
     InvalidArgument,
     ResourceExhausted,
     ServingError,
-    SignatureInfo,
 )
 from loader.manager.handles import Lease
 from loader.servables.inference import classify, examples_from_features, regress
@@ -44,9 +47,15 @@ from loader.serving.rest.json_examples import (
     encode_classify_response,
     encode_regress_response,
 )
-from loader.serving.rest.json_predict import PredictRequest, decode_predict_request
+from loader.serving.rest.json_predict import decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
-from loader.serving.rest.json_slices import SlicedBody, decode_in_slices, split_body
+from loader.serving.rest.json_slices import (
+    SLICED_DECODE_FACTOR,
+    SlicedBody,
+    decode_in_slices,
+    split_body,
+    whole_parse_bytes,
+)
 from loader.serving.rest.json_values import parse_body, signature_name_of
 
 log = logging.getLogger("modelwatch.rest")
@@ -56,11 +65,6 @@ log = logging.getLogger("modelwatch.rest")
 # thread and back); larger ones on a worker thread.
 INLINE_BODY_BYTES = 16 * 1024
 INLINE_OUTPUT_VALUES = 4096
-# What parsing and decoding a JSON body may take, per byte of it, at most: a parsed JSON
-# value is a Python object, and the densest are nested lists, 64 bytes (a list with its
-# GC header, rounded by pymalloc) for every 2 bytes of "[]" (measured: 33x for rows of
-# [], 23x RSS for rows of [1.5] or [NaN]). Only bodies past INLINE_BODY_BYTES reserve it.
-JSON_DECODE_FACTOR = 32
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 
 # TF Serving's mapping (model_servers/http_server.cc: ToHTTPStatusCode).
@@ -126,31 +130,6 @@ def error_answer(error: ServingError) -> tuple[int, bytes]:
         return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
 
 
-def _parse_large(body: bytes) -> tuple[SlicedBody | None, dict[str, Any] | None]:
-    """A large body (on a worker thread): split, when it is one array of numbers (to be
-    decoded a slice at a time), else parsed whole."""
-    sliced = split_body(body)
-    return (sliced, None) if sliced is not None else (None, parse_body(body))
-
-
-def _decode_large(
-    body: bytes,
-    sliced: SlicedBody | None,
-    document: dict[str, Any] | None,
-    signature: SignatureInfo,
-) -> PredictRequest:
-    """A large body decoded (on a worker thread): a slice at a time when it is one array of
-    numbers, else whole (and a sliced one whole too when anything is off, for TF Serving's
-    error)."""
-    if sliced is not None:
-        request = decode_in_slices(sliced, signature)
-        if request is not None:
-            return request
-        document = parse_body(body)
-    assert document is not None
-    return decode_predict_request(document, signature)
-
-
 def parse_version(text: str | None) -> int | None:
     """The version a path names, as TF Serving parses it (None: the latest)."""
     if not text:
@@ -208,19 +187,24 @@ class PredictionRoutes:
         """A request of `api` to `model`, counted as in flight from now."""
         return PredictionCall(self, api, model, reply)
 
-    async def reserve(self, body: bytes) -> int:
-        """Reserve in the decode budget what parsing and decoding `body` may take (nothing
-        for a small body); the caller releases what this returns."""
-        if len(body) <= INLINE_BODY_BYTES:
-            return 0
+    async def reserve(self, nbytes: int, body: bytes, how: str) -> int:
+        """Reserve `nbytes` in the decode budget for `body`, decoded `how` ("parsed whole");
+        the caller releases what this returns."""
         try:
             return await self.budget.reserve(
-                len(body) * JSON_DECODE_FACTOR,
-                f"a JSON body of {len(body)} bytes (up to {JSON_DECODE_FACTOR} times its size)",
+                max(0, nbytes), f"a JSON body of {len(body)} bytes, {how},"
             )
         except ResourceExhausted:
             self.metrics.refuse("rest", "decode_budget")
             raise
+
+    async def reserve_whole(self, body: bytes, held: int) -> int:
+        """Add to `held` what parsing `body` whole may take beyond it; returns the new total."""
+        needed = await run_in_threadpool(whole_parse_bytes, body)
+        # The whole need decides whether it could ever fit (413 at once, naming it); when it
+        # can, only what `held` lacks is added.
+        extra = needed if needed > self.budget.limit else needed - held
+        return held + await self.reserve(extra, body, "parsed whole")
 
     def spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -351,12 +335,20 @@ class PredictionCall:
     async def _predict_in_task(self, version: int | None, label: str | None, body: bytes) -> bytes:
         routes = self._routes
         dataplane, budget = routes.dataplane, routes.budget
-        inline = len(body) <= INLINE_BODY_BYTES
-        held = await routes.reserve(body)
+        inline, held = len(body) <= INLINE_BODY_BYTES, 0
         try:
-            sliced, document = (None, parse_body(body)) if inline else (
-                await run_in_threadpool(_parse_large, body)
-            )
+            sliced: SlicedBody | None = None
+            document: dict[str, Any] | None = None
+            if inline:
+                document = parse_body(body)
+            else:
+                held = await routes.reserve(
+                    len(body) * SLICED_DECODE_FACTOR, body, "split and decoded in slices"
+                )
+                sliced = await run_in_threadpool(split_body, body)
+                if sliced is None:  # not one array of numbers: parsed whole
+                    held = await routes.reserve_whole(body, held)
+                    document = await run_in_threadpool(parse_body, body)
             name = sliced.signature_name if sliced else signature_name_of(document or {})
             with await dataplane.hold_async(self.model, version, label) as lease:
                 signature = dataplane.signature(lease, name)
@@ -364,9 +356,15 @@ class PredictionCall:
                     assert document is not None
                     request = decode_predict_request(document, signature)
                 else:
-                    request = await run_in_threadpool(
-                        _decode_large, body, sliced, document, signature
-                    )
+                    found = None
+                    if sliced is not None:
+                        found = await run_in_threadpool(decode_in_slices, sliced, signature)
+                    if found is None:  # anything off in a slice: whole, for TF Serving's error
+                        if document is None:
+                            held = await routes.reserve_whole(body, held)
+                            document = await run_in_threadpool(parse_body, body)
+                        found = await run_in_threadpool(decode_predict_request, document, signature)
+                    request = found
                     del document, sliced  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
                 outputs = await dataplane.run_async(lease, name, request.inputs)
@@ -377,8 +375,10 @@ class PredictionCall:
             budget.release(held)
 
     async def _examples(self, version: int | None, label: str | None, body: bytes) -> bytes:
-        held = await self._routes.reserve(body)
+        held = 0
         try:
+            if len(body) > INLINE_BODY_BYTES:
+                held = await self._routes.reserve_whole(body, 0)
             return await run_in_threadpool(self._classify_or_regress, version, label, body)
         finally:
             self._routes.budget.release(held)

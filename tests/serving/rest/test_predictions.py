@@ -19,7 +19,8 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
-from loader.serving.rest.predictions import INLINE_BODY_BYTES, JSON_DECODE_FACTOR
+from loader.serving.rest.json_slices import SLICED_DECODE_FACTOR, whole_parse_bytes
+from loader.serving.rest.predictions import INLINE_BODY_BYTES
 from loader.serving.rest.server import RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
@@ -65,6 +66,11 @@ def body(values: int) -> bytes:
     return orjson.dumps({"signature_name": "echo", "instances": [[1.5] * values]})
 
 
+def named_rows(values: int) -> bytes:
+    """Rows of named inputs: objects, which are parsed whole (never in slices)."""
+    return orjson.dumps({"signature_name": "echo", "instances": [{"x": 1.5}] * values})
+
+
 def refused(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value(
         "modelwatch_refused_total", {"transport": "rest", "reason": "decode_budget"}
@@ -73,10 +79,18 @@ def refused(metrics: Metrics) -> float | None:
 
 def test_a_large_body_reserves_while_it_is_decoded_and_gives_it_back(stack: Stack) -> None:
     large = body(5000)
-    assert len(large) > INLINE_BODY_BYTES and len(large) * JSON_DECODE_FACTOR < BUDGET
+    assert len(large) > INLINE_BODY_BYTES and len(large) * SLICED_DECODE_FACTOR < BUDGET
     answer = stack.client.post("/v1/models/m:predict", content=large)
     assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 5000
     assert stack.budget.used == 0
+
+
+def test_an_array_of_numbers_reserves_what_slices_take_not_a_whole_parse(stack: Stack) -> None:
+    numbers = body(40_000)  # 160 KB: as Python objects (a whole parse) past the budget
+    assert whole_parse_bytes(numbers) > BUDGET > len(numbers) * SLICED_DECODE_FACTOR
+    answer = stack.client.post("/v1/models/m:predict", content=numbers)
+    assert answer.status_code == 200 and len(answer.json()["predictions"][0]) == 40_000
+    assert stack.budget.used == 0 and refused(stack.metrics) is None
 
 
 def test_a_large_body_waits_for_room_then_gets_429(stack: Stack) -> None:
@@ -99,12 +113,13 @@ def test_a_large_body_waits_for_room_then_gets_429(stack: Stack) -> None:
 
 
 def test_a_body_that_could_never_fit_gets_413_at_once(stack: Stack) -> None:
-    huge = body(10_000)
-    assert len(huge) * JSON_DECODE_FACTOR > BUDGET
+    huge = named_rows(20_000)
+    needed = whole_parse_bytes(huge)
+    assert needed > BUDGET
     answer = stack.client.post("/v1/models/m:predict", content=huge)
     assert answer.status_code == 413
     assert answer.json()["error"] == (
-        f"a JSON body of {len(huge)} bytes (up to 32 times its size) would take "
-        f"{len(huge) * 32} bytes to decode, more than server.max_decoding_bytes ({BUDGET})"
+        f"a JSON body of {len(huge)} bytes, parsed whole, would take {needed} bytes to "
+        f"decode, more than server.max_decoding_bytes ({BUDGET})"
     )
     assert refused(stack.metrics) == 1 and stack.budget.used == 0
