@@ -93,7 +93,7 @@ class ServerConfig(_Strict):
     # any is decoded, as TensorFlow's fill rule makes a few bytes any size) is refused, 400.
     max_decoded_tensor_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
     # Bytes that large requests being decoded and run hold at once (a TensorProto its
-    # decoded size, a JSON body 4x its size in slices, up to 32x parsed whole); past it a
+    # decoded size, a JSON body 5x its size in slices, up to 32x parsed whole); past it a
     # request waits 1 s, then gets 429 (RESOURCE_EXHAUSTED); one that never fits gets 413.
     max_decoding_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
 

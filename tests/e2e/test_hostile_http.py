@@ -196,7 +196,7 @@ def test_silent_connections_are_closed_and_never_starve_the_source_or_a_steady_c
         wait_until(flood.all_closed_by_server, 10 * HEADER_TIMEOUT,
                    "the silent connections to be closed after server.header_timeout_seconds")
         assert steady_predicts() == 3.0
-    assert served.refusals("too_many_connections") > 0
+    assert served.refusals("silent_connection_evicted") > 0  # the flood made room for others
     assert served.refusals("header_timeout") > 0
     assert "Too many open files" not in served.daemon.log()
 

@@ -198,7 +198,7 @@ def test_a_json_body_that_could_never_be_decoded_within_the_budget_gets_413(daem
 
 def test_the_issues_60_mb_of_nan_rows_are_answered_in_slices_within_bounds(daemon) -> None:
     # The issue's body: 10M rows of [NaN] peaked at 4.2 GB whole. One array of numbers is
-    # decoded a slice at a time (it reserves 4x its size), so it is answered, in bounds.
+    # decoded a slice at a time (it reserves 5x its size), so it is answered, in bounds.
     rows = 10_000_000
     body = b'{"instances": [' + b",".join([b"[NaN]"] * rows) + b"]}"
     with SteadyClient(daemon) as steady, ResidentSampler(daemon.pid) as memory:

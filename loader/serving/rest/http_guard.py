@@ -8,7 +8,9 @@ the app: both REST paths (plain uvicorn, and the fast path built on this) use it
 - A connection's first request, and each request's head once begun, must arrive within
   `header_timeout_seconds` (slowloris); a connection that never sends a byte is closed then.
 - Connections past `max_connections` are closed at once, as nginx does past
-  `worker_connections`, so that clients cannot take the descriptors the model sources need.
+  `worker_connections`, so that clients cannot take the descriptors the model sources need;
+  but first the oldest connection that has not sent a byte is closed to make room, so a
+  flood of silent connections holds no slot a speaking client needs.
 - A request that asks to switch protocols (`Connection: Upgrade`) and has a body is refused
   (400) and its connection closed: httptools then skips the body and would read it as the
   next request (httptools #124, uvicorn #2722). One without a body is answered as plain
@@ -73,6 +75,9 @@ class ConnectionGuard:
         self.limits = limits
         self._metrics = metrics
         self._log = RateLimitedLog(log)
+        # Connections that have not sent a byte yet, oldest first: at the cap, the oldest
+        # makes room for a newcomer, so silent connections cannot shut clients out.
+        self.silent: dict[GuardedProtocol, None] = {}
 
     def refused(self, reason: str, message: str) -> None:
         """Count a refusal and log it (at most once per interval per reason)."""
@@ -125,26 +130,44 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_open = False  # the body (or trailers) of self.cycle's request is arriving
         self._stopped = False  # refused: read nothing more
+        self._silent = False  # in guard.silent: open, and no byte received yet
 
     # -- the connection ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        silent = self.guard.silent
         if len(self.connections) > self.guard.limits.max_connections:
-            self._stopped = True
-            self.guard.refused(
-                "too_many_connections",
-                f"a connection was closed: server.max_connections "
-                f"({self.guard.limits.max_connections}) are open",
-            )
-            transport.close()
-            return
+            if silent:  # the oldest connection that never spoke makes room
+                oldest = next(iter(silent))
+                del silent[oldest]
+                oldest._stopped = True
+                self.guard.refused(
+                    "silent_connection_evicted",
+                    f"a connection that had sent nothing was closed for a new one: "
+                    f"server.max_connections ({self.guard.limits.max_connections}) are open",
+                )
+                oldest.transport.close()
+            else:
+                self._stopped = True
+                self.guard.refused(
+                    "too_many_connections",
+                    f"a connection was closed: server.max_connections "
+                    f"({self.guard.limits.max_connections}) are open",
+                )
+                transport.close()
+                return
+        silent[self] = None
+        self._silent = True
         self._head_started = self.loop.time()  # the first request's deadline counts from here
         self._head_timer = self.loop.call_at(
             self._head_started + self.guard.limits.header_timeout_seconds, self._check_head
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._silent:
+            self._silent = False
+            self.guard.silent.pop(self, None)
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
@@ -172,6 +195,9 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- reading -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._silent:  # it spoke: no longer the first to make room
+            self._silent = False
+            self.guard.silent.pop(self, None)
         self._unset_keepalive_if_required()
         left: bytes | memoryview = data
         while left and not self._stopped:

@@ -35,9 +35,10 @@ from loader.serving.rest.json_values import parse_lenient
 # its GC header, rounded by pymalloc) for every 2 bytes of "[]" (measured: 33x for rows of
 # [], 23x RSS for rows of [1.5] or [NaN]). Only bodies past INLINE_BODY_BYTES reserve.
 JSON_DECODE_FACTOR = 32
-# What splitting a body and decoding it a slice at a time takes per byte: the array's
-# bytes, its comma offsets, one slice's objects and the tensors (~4x, measured).
-SLICED_DECODE_FACTOR = 4
+# What splitting a body and decoding it a slice at a time takes per byte, answer included:
+# the array's bytes, its comma offsets, one slice's objects, the tensors and the encoded
+# answer (measured: two 60 MB bodies of [NaN] rows at once, +595 MiB of RSS).
+SLICED_DECODE_FACTOR = 5
 # Per JSON value (a comma, "[" or "{" starts one) and per object, what parsing makes of it
 # at most beyond twice its text: a list, float, int or short string is under 128 bytes
 # with its pointer, a dict under 256 more.

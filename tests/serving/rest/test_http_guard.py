@@ -190,6 +190,25 @@ def test_connections_past_the_cap_are_closed_at_once_and_open_ones_serve_on(path
         assert refusals(stack, "too_many_connections") == 5
 
 
+@pytest.mark.parametrize("path", ["fast", "asgi"])
+def test_at_the_cap_the_oldest_silent_connection_makes_room_for_a_new_one(path):
+    for stack in _stack(path, limits=HttpLimits(max_connections=3)):
+        with stack.connect() as talker, stack.connect() as silent, stack.connect() as quiet:
+            talker_reader = Reader(talker)
+            talker.sendall(post())
+            assert talker_reader.response()[0] == 200
+            with stack.connect() as newcomer:  # past the cap: `silent` makes room
+                newcomer_reader = Reader(newcomer)
+                newcomer.sendall(post())
+                assert newcomer_reader.response()[0] == 200
+                assert Reader(silent).closed()
+            quiet.sendall(post())  # not the oldest silent one: kept
+            assert Reader(quiet).response()[0] == 200
+            talker.sendall(post())  # it had spoken: never evicted
+            assert talker_reader.response()[0] == 200
+        assert refusals(stack, "silent_connection_evicted") == 1
+
+
 # -- malformed requests ---------------------------------------------------------------------
 
 class _Lines(logging.Handler):
