@@ -66,6 +66,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+def replace_between(docs: Path, start: str, end: str, text: str) -> None:
+    """Put `text` between the markers `start` and `end` in `docs`, if both are there (a
+    benchmark's `--render` writing its table into docs/benchmarks.md)."""
+    page = docs.read_text()
+    if start in page and end in page:
+        before, rest = page.split(start, 1)
+        _, after = rest.split(end, 1)
+        docs.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
 def write_result(out: str | Path, result: Mapping[str, Any]) -> Path:
     """Write `result` as JSON (with the machine and the time) and print it."""
     document = {

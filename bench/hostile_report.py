@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.common import percentile
+from bench.common import percentile, replace_between
 
 TARGETS = {"p99_ms": 250.0, "failures": 0, "rss_delta_mib": 512.0}
 TABLE_START, TABLE_END = "<!-- hostile-table:start -->", "<!-- hostile-table:end -->"
@@ -113,9 +113,5 @@ def render(result_path: Path, docs: Path) -> str:
             + (f" ({parameters['note']})" if parameters.get("note") else "") + ":"
             "\n\n" + table(document))
     print(text)
-    page = docs.read_text()
-    if TABLE_START in page and TABLE_END in page:
-        before, rest = page.split(TABLE_START, 1)
-        _, after = rest.split(TABLE_END, 1)
-        docs.write_text(f"{before}{TABLE_START}\n{text}\n{TABLE_END}{after}")
+    replace_between(docs, TABLE_START, TABLE_END, text)
     return text

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.common import replace_between
 from bench.rounds import median_round, ratios_over
 
 BASELINE = "flask"
@@ -155,9 +156,5 @@ def render(result_path: Path, docs: Path, image: str | None = None) -> str:
     if image:
         text += f"\n\n![answers/s and server CPU per request, each server]({image})"
     print(text)
-    page = docs.read_text()
-    if TABLE_START in page and TABLE_END in page:
-        before, rest = page.split(TABLE_START, 1)
-        _, after = rest.split(TABLE_END, 1)
-        docs.write_text(f"{before}{TABLE_START}\n{text}\n{TABLE_END}{after}")
+    replace_between(docs, TABLE_START, TABLE_END, text)
     return text

@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.daemon_process import DaemonProcess, wait_until
-from tests.s3_storage import CREDENTIALS, delete_prefix, upload
+from tests.s3_storage import CREDENTIALS, bucket_client, upload
 from tests.savedmodels import upload_order, write_sharded_model
 
 pytestmark = pytest.mark.e2e
@@ -38,13 +37,7 @@ POLLS_TO_LOAD = 4
 @pytest.fixture(scope="module")
 def s3(moto_server: str) -> Iterator[Any]:
     with pytest.MonkeyPatch.context() as env:
-        for key, value in CREDENTIALS.items():
-            env.setenv(key, value)
-        client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
-        delete_prefix(client, "", bucket=BUCKET)
-        client.delete_bucket(Bucket=BUCKET)
+        yield from bucket_client(moto_server, BUCKET, env)
 
 
 @pytest.fixture(scope="module")
