@@ -212,6 +212,11 @@ class PredictionRoutes:
         task.add_done_callback(self._tasks.discard)
 
 
+def _replied(status: int, answer: bytes, retry_after: int | None) -> None:
+    """A call's `reply` once used or cancelled: the request's bound method dropped, no cycle
+    is left between the two, so both go with the connection, not at a cyclic collection."""
+
+
 class PredictionCall:
     """One prediction request, from its headers to its answer: `run` it with its body, or
     `refuse` it (413, 408) or `cancel` it (the client left) before. `reply` is called
@@ -253,6 +258,7 @@ class PredictionCall:
             self._outcome.code = Code.CANCELLED
             self._outcome.__exit__(None)
             self._outcome = None
+            self._reply = _replied
 
     def _finish(
         self, status: int, answer: bytes, code: Code = Code.OK, retry_after: int | None = None
@@ -263,7 +269,8 @@ class PredictionCall:
         self._outcome = None
         outcome.code = code
         outcome.__exit__(None)
-        self._reply(status, answer, retry_after)
+        reply, self._reply = self._reply, _replied  # no cycle left with the connection
+        reply(status, answer, retry_after)
 
     def _failed(self, error: BaseException) -> None:
         if isinstance(error, ServingError):

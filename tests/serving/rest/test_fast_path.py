@@ -5,6 +5,7 @@ runs on both paths (`fast` and plain uvicorn with ASGI, `asgi`), which must answ
 
 from __future__ import annotations
 
+import gc
 import select
 import socket
 import threading
@@ -366,3 +367,20 @@ def test_requests_in_flight_are_answered_on_stop_and_idle_connections_closed(sta
             status, headers, _ = Reader(sock).response()
             assert status == 200 and headers[b"connection"] == b"close"
         stack.server.join(10)
+
+
+def test_an_answered_request_leaves_no_reference_cycle_behind(stack):
+    # A request and its call referred to each other until the cyclic collector ran, so what
+    # they held (a long model name) outlived them by a collection.
+    gc.collect()
+    gc.disable()
+    try:
+        with stack.connect() as sock:
+            reader = Reader(sock)
+            for _ in range(20):
+                sock.sendall(request(PREDICT, BODY))
+                assert reader.response()[0] == 200
+        left = gc.collect()
+    finally:
+        gc.enable()
+    assert left < 20, f"{left} objects only the cyclic collector could free"
