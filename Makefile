@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo model, and TF Serving's own test model as `default` (the README's classify and
+# regress examples read its signatures; Apache-2.0, see tests/testdata/tfserving).
+TFS_DEFAULT_MODEL := tests/testdata/tfserving/saved_model_half_plus_two_cpu
 serve: $(STAMP)
 	$(PY) -m loader prepare-demo models
+	@[ -d models/default ] || cp -r $(TFS_DEFAULT_MODEL) models/default
 	$(PY) -m loader serve --config config.yaml
 
 # The tests also need Ray Serve (the optional `ray` extra); `make serve` stays light.

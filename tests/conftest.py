@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
-TFSERVING_TESTDATA = ROOT.parent / "shared" / "testdata" / "tfserving"
+TFSERVING_TESTDATA = ROOT / "tests" / "testdata" / "tfserving"
 
 # Threads some libraries start once per process and keep by design.
 _PROCESS_THREADS = ("ThreadPoolExecutor", "pydevd", "asyncio_", "grpc", "Dummy-")
@@ -46,7 +46,7 @@ def no_leaked_threads() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def tfserving_testdata() -> Path:
-    """TF Serving's own test models, from ../shared/testdata/tfserving."""
+    """TF Serving's own test models, kept in tests/testdata/tfserving (Apache-2.0, see its README)."""
     if not TFSERVING_TESTDATA.is_dir():
         pytest.fail(f"TF Serving's test data is missing at {TFSERVING_TESTDATA}")
     return TFSERVING_TESTDATA

@@ -6,7 +6,7 @@ Usage (see docs/tfserving_suite.md): put TF Serving's two test files in SUITE/sr
 
 builds SUITE/srcdir (the test's TEST_SRCDIR): the `tensorflow_model_server` shim that runs
 this worktree's `modelwatch serve "$@"`, TF Serving's test models (from
-/work/shared/testdata/tfserving), the half_plus_three model (generated with TensorFlow:
+tests/testdata/tfserving), the half_plus_three model (generated with TensorFlow:
 the public tree's copy is a binary blob not stored here), the two TFLite test models
 (converted by TensorFlow, as tests/savedmodels.py builds them for our own tests), and the
 small config files the tests read. Nothing of TF Serving's code is copied into this repository.
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHARED = ROOT.parent / "shared" / "testdata" / "tfserving"
+TESTDATA = ROOT / "tests" / "testdata" / "tfserving"
 
 GOOD_MODEL_CONFIG = """model_config_list: {
   config: {
@@ -69,7 +69,7 @@ def main(suite: Path) -> None:
                  "half_plus_two_model_metadata.json"):
         link = testdata / name
         if not link.is_symlink():
-            link.symlink_to(SHARED / name)
+            link.symlink_to(TESTDATA / name)
     (testdata / "good_model_config.txt").write_text(GOOD_MODEL_CONFIG)
     (testdata / "bad_model_config.txt").write_text("improperly formatted file")
     (testdata / "monitoring_config.txt").write_text(MONITORING_CONFIG)

@@ -158,7 +158,6 @@ def _exit_past_abandoned_threads(code: int = 0) -> None:
 
 
 def _prepare_demo(args: argparse.Namespace) -> int:
-    import_tensorflow()
     from loader.app.demo import prepare_demo_repository
 
     base = prepare_demo_repository(args.models_dir)

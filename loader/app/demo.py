@@ -10,10 +10,14 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from loader.servables.quiet_tf import import_tensorflow
 
-import tensorflow as tf  # after the log level, which it reads at import
+# TensorFlow is imported where a model is written, not here: a second `make serve`, whose
+# versions exist, then costs no TensorFlow import (seconds) before the daemon's own.
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 DEMO_MODEL = "half_plus_two"
 _DEMO_VERSIONS = {1: 2.0, 2: 3.0}  # version -> intercept; the slope is 0.5 for both
@@ -21,6 +25,9 @@ _DEMO_VERSIONS = {1: 2.0, 2: 3.0}  # version -> intercept; the slope is 0.5 for 
 
 def _linear_model(slope: float, intercept: float) -> tf.Module:
     """y = slope * x + intercept, with both held in variables so `variables/` is written."""
+    import_tensorflow()
+    import tensorflow as tf
+
     model = tf.Module()
     model.slope = tf.Variable(slope, dtype=tf.float32, name="slope")
     model.intercept = tf.Variable(intercept, dtype=tf.float32, name="intercept")
@@ -48,6 +55,8 @@ def write_linear_model(path: str | Path, *, slope: float = 0.5, intercept: float
     staging = target.parent / f".{target.name}.{uuid.uuid4().hex}.tmp"
     try:
         model = _linear_model(slope, intercept)
+        import tensorflow as tf
+
         tf.saved_model.save(model, str(staging), signatures={"serving_default": model.serve})
         os.replace(staging, target)
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +76,16 @@ def test_write_linear_model_refuses_to_overwrite_and_leaves_no_staging_folder(
         np.testing.assert_allclose(servable.run("serving_default", {"x": [[3.0]]})["y"], [[7.0]])
     finally:
         servable.unload()
+
+
+def test_preparing_a_ready_repository_imports_no_tensorflow(demo_repository: Path) -> None:
+    """A second `make serve` pays for one TensorFlow import (the daemon's), not two."""
+    probe = (
+        "import sys; from loader.app.cli import main; code = main(['prepare-demo', sys.argv[1]]);"
+        " print('tensorflow' in sys.modules); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(demo_repository.parent)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )
+    assert done.stdout.splitlines()[-1] == "False", done.stdout

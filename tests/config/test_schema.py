@@ -22,8 +22,9 @@ def write(tmp_path: Path, text: str, name: str = "config.yaml") -> Path:
 def test_the_shipped_config_is_valid():
     config = load_config(ROOT / "config.yaml")
     assert config.server.host == "127.0.0.1"
-    assert [m.name for m in config.models] == ["half_plus_two"]
+    assert [m.name for m in config.models] == ["half_plus_two", "default"]
     assert config.models[0].base_path == str(ROOT / "models" / "half_plus_two")
+    assert config.models[1].base_path == str(ROOT / "models" / "default")  # make serve copies it
 
 
 def test_defaults_and_relative_paths(tmp_path):

@@ -1,5 +1,5 @@
 """TF Serving's published REST behaviour, replayed against modelwatch with TF Serving's own
-test models (see ../shared/testdata/tfserving/README.md for the answers quoted here)."""
+test models (see tests/testdata/tfserving/README.md for the answers quoted here)."""
 
 from __future__ import annotations
 
