@@ -62,18 +62,26 @@ def _non_finite_token(value: float) -> bytes:
 
 
 def _non_finite_fragment(array: np.ndarray) -> orjson.Fragment:
-    # orjson writes non-finite floats as null, and a numeric array has no other null.
-    written = orjson.dumps(array, option=_NUMPY) if array.size <= SLICE_VALUES else _in_slices(array)
+    if array.size > SLICE_VALUES:
+        return orjson.Fragment(b"".join(_in_slices(array)))
+    return orjson.Fragment(_with_tokens(orjson.dumps(array, option=_NUMPY), array))
+
+
+def _with_tokens(written: bytes, array: np.ndarray) -> bytes:
+    """orjson's text of `array` with its nulls (orjson's non-finite floats; a numeric array
+    has no other null) written as TF Serving's tokens."""
     non_finite = array[~np.isfinite(array)]
+    if not non_finite.size:
+        return written
     first = _non_finite_token(float(non_finite[0]))
     if (first == b"NaN" and np.isnan(non_finite).all()) or bool((non_finite == non_finite[0]).all()):
         # One token for all of them (the usual case): one replace, no object per value.
-        return orjson.Fragment(written.replace(b"null", first))
+        return written.replace(b"null", first)
     parts = written.split(b"null")
     tokens = [_non_finite_token(v) for v in non_finite.tolist()]
     assert len(parts) == len(tokens) + 1
     pairs = zip(parts, tokens, strict=False)  # parts has one more item than tokens
-    return orjson.Fragment(b"".join(chain.from_iterable(pairs)) + parts[-1])
+    return b"".join(chain.from_iterable(pairs)) + parts[-1]
 
 
 def _strings_to_jsonable(array: np.ndarray, b64: bool) -> Any:
@@ -160,25 +168,32 @@ def _one_numeric_output(outputs: Mapping[str, Any], row_format: bool) -> bytes |
         return None
     key = b'{"predictions":' if row_format else b'{"outputs":'
     try:
-        if tensor.size <= SLICE_VALUES:
-            body = key + orjson.dumps(tensor, option=_NUMPY) + b"}"
-        else:
-            body = key + _in_slices(tensor) + b"}"
+        if tensor.size > SLICE_VALUES:  # non-finite values included, a slice at a time
+            return b"".join((key, *_in_slices(tensor), b"}"))
+        body = key + orjson.dumps(tensor, option=_NUMPY) + b"}"
     except orjson.JSONEncodeError:  # a dtype orjson does not write: the long way says why
         return None
     return None if b"null" in body else body
 
 
-def _in_slices(tensor: np.ndarray) -> bytes:
-    """orjson's text for a large array, written SLICE_VALUES at a time along its first
-    axis: the same bytes, but the interpreter lock is let go between slices (one call for
-    millions of values held it, and so every other client, for a third of a second)."""
+def _in_slices(tensor: np.ndarray) -> list[bytes]:
+    """orjson's text for a large array (at least one row) as parts to join, written
+    SLICE_VALUES at a time along its first axis, non-finite floats as TF Serving's tokens.
+
+    The interpreter lock is let go between slices: one call for millions of values held
+    it, and so every other client, for a third of a second. Each slice's tokens are put in
+    as it is written, and the caller joins the parts once: a whole answer's text written
+    twice, searched and copied held the lock for over a second on 10M NaN (measured)."""
     rows = max(1, SLICE_VALUES * tensor.shape[0] // tensor.size)
-    parts = [
-        orjson.dumps(tensor[start : start + rows], option=_NUMPY)[1:-1]
-        for start in range(0, tensor.shape[0], rows)
-    ]
-    return b"[" + b",".join(parts) + b"]"
+    parts = [b"["]
+    for start in range(0, tensor.shape[0], rows):
+        part = tensor[start : start + rows]
+        text = orjson.dumps(part, option=_NUMPY)[1:-1]
+        if part.dtype.kind == "f":
+            text = _with_tokens(text, part)
+        parts += (text, b",")
+    parts[-1] = b"]"
+    return parts
 
 
 def encode_json(document: Any) -> bytes:

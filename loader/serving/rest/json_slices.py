@@ -61,7 +61,7 @@ _BLOCK = 1 << 20  # bytes of the array scanned for commas at once
 _NAME = rb'"signature_name"\s*:\s*"([A-Za-z0-9_.\-/]*)"'
 _HEAD = re.compile(rb'\s*\{\s*(?:' + _NAME + rb'\s*,\s*)?"(instances|inputs)"\s*:\s*\[')
 _TAIL = re.compile(rb'\]\s*(?:,\s*' + _NAME + rb'\s*)?\}\s*\Z')
-_NOT_NUMBERS = b'"{}'  # strings and objects: the whole-body way
+_NOT_NUMBERS = (b'"', b"{", b"}")  # strings and objects: the whole-body way
 
 
 class SlicedBody(NamedTuple):
@@ -70,7 +70,7 @@ class SlicedBody(NamedTuple):
 
     row_format: bool  # "instances"
     signature_name: str
-    values: bytes
+    values: memoryview  # a view of the body: copying tens of MB held the interpreter lock
     commas: np.ndarray  # offsets of the top-level commas in `values`
 
 
@@ -84,9 +84,10 @@ def split_body(body: bytes) -> SlicedBody | None:
     if head.group(1) is not None and tail.group(1) is not None:
         return None  # the name twice: which one counts is the whole-body parser's to say
     name = head.group(1) if head.group(1) is not None else tail.group(1)
-    values = body[head.end() : tail.start()]
-    if any(char in values for char in _NOT_NUMBERS):
+    start, end = head.end(), tail.start()
+    if any(body.find(char, start, end) >= 0 for char in _NOT_NUMBERS):
         return None
+    values = memoryview(body)[start:end]
     commas = _top_level_commas(values)
     if commas is None:
         return None
@@ -95,7 +96,7 @@ def split_body(body: bytes) -> SlicedBody | None:
     )
 
 
-def _top_level_commas(values: bytes) -> np.ndarray | None:
+def _top_level_commas(values: memoryview) -> np.ndarray | None:
     """Offsets of the commas outside any bracket; None if the brackets do not balance."""
     chars = np.frombuffer(values, np.uint8)
     found, depth = [], 0

@@ -781,3 +781,9 @@ def test_large_answers_written_in_slices_are_orjsons_own_bytes(
     array.reshape(-1)[::3] = np.nan
     expected = orjson.dumps({"predictions": array}, option=orjson.OPT_SERIALIZE_NUMPY)
     assert encode_predict_response({"y": array}, True) == expected.replace(b"null", b"NaN")
+    # Mixed tokens, some slices with none: each slice gets its own, as the whole array would.
+    array.reshape(-1)[1::5], array.reshape(-1)[2::11] = np.inf, -np.inf
+    sliced = encode_predict_response({"y": array}, True)
+    monkeypatch.setattr(json_responses, "SLICE_VALUES", array.size)
+    assert sliced == encode_predict_response({"y": array}, True)
+    assert b"Infinity" in sliced and b"-Infinity" in sliced and b"NaN" in sliced
