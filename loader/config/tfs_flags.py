@@ -170,7 +170,10 @@ def _check_flags(given: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name, flag in ((n, FLAGS[n]) for n in given):
         if flag.role == "refused" and given[name] != flag.default:
             raise ConfigError(f"--{name} is not supported: {flag.help}")
-    if all(value(f"tensorflow_{n}_parallelism") > 0 for n in ("session", "intra_op", "inter_op")):
+    # TF Serving checks this only when the flags fill the session bundle.
+    if not value("platform_config_file") and all(
+        value(f"tensorflow_{n}_parallelism") > 0 for n in ("session", "intra_op", "inter_op")
+    ):
         raise ConfigError(
             "Either configure server_options.tensorflow_session_parallelism or "
             "(server_options.tensorflow_intra_op_parallelism, "

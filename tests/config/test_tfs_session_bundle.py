@@ -129,14 +129,16 @@ def test_the_platform_config_replaces_the_flags_that_set_the_bundle(tmp_path, ca
     path = write(tmp_path, "platform.txt", platform('mixed_precision: "bfloat16"'))
     with caplog.at_level(logging.WARNING, "modelwatch.tfs_flags"):
         result = parse(tmp_path, f"--platform_config_file={path}", "--enable_batching",
-                       "--saved_model_tags=custom")
-    assert (result.batching, result.config.tensorflow.saved_model_tags) == (None, ("serve",))
+                       "--saved_model_tags=custom", "--tensorflow_session_parallelism=2",
+                       "--tensorflow_intra_op_parallelism=2", "--tensorflow_inter_op_parallelism=2")
+    assert (result.batching, result.config.tensorflow) == (None, TensorFlowConfig())
     where = f"--platform_config_file={path}"
-    assert result.ignored == ("--enable_batching", "--saved_model_tags",
-                              f"mixed_precision in {where}")
+    flags = ["enable_batching", "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+             "tensorflow_inter_op_parallelism", "saved_model_tags"]
+    assert result.ignored == (*(f"--{flag}" for flag in flags), f"mixed_precision in {where}")
     assert [r.getMessage() for r in caplog.records] == [
-        "--enable_batching is ignored: --platform_config_file sets what it would (as in TF Serving)",
-        "--saved_model_tags is ignored: --platform_config_file sets what it would (as in TF Serving)",
+        *(f"--{flag} is ignored: --platform_config_file sets what it would (as in TF Serving)"
+          for flag in flags),
         f"mixed_precision in {where} is ignored: it has no counterpart in modelwatch",
     ]
 
