@@ -1,9 +1,11 @@
 """TF Serving's protobuf text files, as its flags name them.
 
 `read_text_proto` reads any of them into a message (`--model_config_file` included).
-`read_batching_parameters` (`--batching_parameters_file`) and `read_metrics_path`
-(`--monitoring_config_file`) read the two whose messages tensorflow-serving-api does not
-ship, from a private descriptor pool. A problem raises `ConfigError` naming the flag.
+`read_batching_parameters` (`--batching_parameters_file`), `read_version_batching` (a
+version folder's `batching_params.pbtxt`) and `read_metrics_path` (`--monitoring_config_file`)
+read messages tensorflow-serving-api does not ship, from a private descriptor pool;
+`bundle_pool` adds TF Serving's SessionBundleConfig to it, with TensorFlow's ConfigProto
+(which imports TensorFlow). A problem raises `ConfigError` naming the flag or the file.
 """
 
 from __future__ import annotations
