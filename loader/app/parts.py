@@ -83,7 +83,7 @@ class Storage:
         options = self._config.tensorflow
         batching = self.batching.get(model)
         if batching is not None and options.per_model_batching_parameters:
-            batching = version_batching(path)
+            batching = version_batching(path, batching.num_batch_threads)
         servable = load_version(
             path, prefer_tflite_model=options.prefer_tflite_model,
             num_tflite_interpreters=options.num_tflite_interpreters,
@@ -110,12 +110,13 @@ class Storage:
             self._s3_fetcher.release(model, version, ref)
 
 
-def version_batching(path: str) -> BatchingConfig | None:
-    """The batching a version's own batching_params.pbtxt asks for; None (not batched)
-    without one, as TF Serving's --enable_per_model_batching_parameters. A bad file fails
-    the version's load (INVALID_ARGUMENT, its status says why)."""
+def version_batching(path: str, num_batch_threads: int) -> BatchingConfig | None:
+    """The batching a version's own batching_params.pbtxt asks for, on the model's
+    `num_batch_threads`; None (not batched) without one, as TF Serving's
+    --enable_per_model_batching_parameters. A bad file fails the version's load
+    (INVALID_ARGUMENT, its status says why)."""
     try:
-        found = read_version_batching(Path(path))
+        found = read_version_batching(Path(path), num_batch_threads)
     except ConfigError as error:
         raise InvalidArgument(str(error)) from None
     if found is None:

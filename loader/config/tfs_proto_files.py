@@ -139,11 +139,9 @@ _BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batc
                     "num_batch_threads")
 BATCHING_PARAMS_FILE = "batching_params.pbtxt"  # TF Serving's kBatchingParamsFilename
 # What a version's batching_params.pbtxt may ask for. Storage is trusted more than clients,
-# but a slip there must not pad batches to millions of rows, start hundreds of threads per
-# version or hold requests for minutes.
+# but a slip there must not pad batches to millions of rows or hold requests for minutes.
 VERSION_FILE_LIMITS = {"max_batch_size": 65_536, "batch_timeout_micros": 60_000_000,
-                       "max_enqueued_batches": 100_000, "num_batch_threads": 64,
-                       "allowed_batch_sizes": 64}
+                       "max_enqueued_batches": 100_000, "allowed_batch_sizes": 64}
 MAX_VERSION_FILE_BYTES = 64 * 1024
 
 
@@ -155,10 +153,14 @@ def read_batching_parameters(path: Path) -> tuple[BatchingConfig, list[tuple[str
     return batching_config(params, f"--batching_parameters_file={path}")
 
 
-def read_version_batching(folder: Path) -> tuple[BatchingConfig, list[tuple[str, str]]] | None:
+def read_version_batching(
+    folder: Path, num_batch_threads: int
+) -> tuple[BatchingConfig, list[tuple[str, str]]] | None:
     """What a version folder's batching_params.pbtxt asks for (TF Serving's
-    --enable_per_model_batching_parameters), within `VERSION_FILE_LIMITS`; None when the
-    folder has none. A bad file raises `ConfigError` naming it."""
+    --enable_per_model_batching_parameters), within `VERSION_FILE_LIMITS`, and its fields
+    that have no effect; None when the folder has none. As in TF Serving, the batch threads
+    are the server's (`num_batch_threads`), not the file's. A bad file raises `ConfigError`
+    naming it."""
     path = folder / BATCHING_PARAMS_FILE
     if not path.is_file():
         return None
@@ -174,14 +176,22 @@ def read_version_batching(folder: Path) -> tuple[BatchingConfig, list[tuple[str,
     except text_format.ParseError as exc:
         raise ConfigError(f"{path}: {parse_error_text(params, exc)}") from None
     too_large = [
-        f"{name} {value} is over {VERSION_FILE_LIMITS[name]}" for name, value in (
-            *((f, getattr(params, f).value) for f in _BATCHING_FIELDS),
-            ("allowed_batch_sizes", len(params.allowed_batch_sizes)),
-        ) if value > VERSION_FILE_LIMITS[name]
+        f"{name} {value} is over {limit}" for name, value, limit in (
+            *((f, getattr(params, f).value, VERSION_FILE_LIMITS[f]) for f in _BATCHING_FIELDS
+              if f in VERSION_FILE_LIMITS),
+            ("allowed_batch_sizes", len(params.allowed_batch_sizes),
+             VERSION_FILE_LIMITS["allowed_batch_sizes"]),
+        ) if value > limit
     ]
     if too_large:
         raise ConfigError(f"{path}: {'; '.join(too_large)} (modelwatch's limits for this file)")
-    return batching_config(params, str(path))
+    unused = []
+    if params.HasField("num_batch_threads"):
+        unused.append((f"num_batch_threads in {path}", "the batch threads are the server's "
+                       "(--batching_parameters_file), as in TF Serving"))
+    params.num_batch_threads.value = num_batch_threads
+    batching, more = batching_config(params, str(path))
+    return batching, unused + more
 
 
 def batching_config(params: Any, where: str) -> tuple[BatchingConfig, list[tuple[str, str]]]:

@@ -174,21 +174,26 @@ def test_a_platform_config_that_cannot_be_honoured_is_refused_saying_why(tmp_pat
 
 
 def test_a_version_without_batching_params_has_none(tmp_path):
-    assert read_version_batching(tmp_path) is None
+    assert read_version_batching(tmp_path, 3) is None
 
 
-def test_a_versions_batching_params(tmp_path):
-    write(tmp_path, "batching_params.pbtxt", "max_batch_size { value: 4 } "
-          'allowed_batch_sizes: 2 allowed_batch_sizes: 4 thread_pool_name { value: "p" }')
-    batching, unused = read_version_batching(tmp_path)
-    assert batching == BatchingConfig(max_batch_size=4, allowed_batch_sizes=[2, 4])
-    assert unused == [(f"thread_pool_name in {tmp_path}/batching_params.pbtxt",
-                       "each batching model has its own threads")]
+def test_a_versions_batching_params_on_the_servers_batch_threads(tmp_path):
+    path = write(tmp_path, "batching_params.pbtxt", "max_batch_size { value: 4 } "
+                 'allowed_batch_sizes: 2 allowed_batch_sizes: 4 thread_pool_name { value: "p" } '
+                 "num_batch_threads { value: 200 }")
+    batching, unused = read_version_batching(tmp_path, 3)
+    assert batching == BatchingConfig(max_batch_size=4, allowed_batch_sizes=[2, 4],
+                                      num_batch_threads=3)
+    assert unused == [
+        (f"num_batch_threads in {path}",
+         "the batch threads are the server's (--batching_parameters_file), as in TF Serving"),
+        (f"thread_pool_name in {path}", "each batching model has its own threads"),
+    ]
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("max_batch_size { value: 1000000 } num_batch_threads { value: 200 }",
-     "{path}: max_batch_size 1000000 is over 65536; num_batch_threads 200 is over 64 "
+    ("max_batch_size { value: 1000000 } max_enqueued_batches { value: 100001 }",
+     "{path}: max_batch_size 1000000 is over 65536; max_enqueued_batches 100001 is over 100000 "
      "(modelwatch's limits for this file)"),
     ("batch_timeout_micros { value: 600000000 }", "{path}: batch_timeout_micros 600000000 is "
      "over 60000000"),
@@ -203,6 +208,6 @@ def test_a_versions_batching_params(tmp_path):
 def test_a_bad_batching_params_file_is_refused_naming_it(tmp_path, text, message):
     path = write(tmp_path, "batching_params.pbtxt", text)
     with pytest.raises(ConfigError) as error:
-        read_version_batching(tmp_path)
+        read_version_batching(tmp_path, 1)
     assert message.format(path=path) in str(error.value)
     assert "\n" not in str(error.value)
