@@ -1,6 +1,7 @@
 """`modelwatch serve` with TF Serving's session bundle flags, as TF Serving's clients see it:
 a tag set other than `serve` (on the TF1 session path), each version's batching_params.pbtxt,
-and gRPC answers in tensor_content. One daemon for the module."""
+and gRPC answers in tensor_content: one daemon for the module; and one more for
+--platform_config_file, which replaces those flags."""
 
 from __future__ import annotations
 
@@ -143,3 +144,30 @@ def test_grpc_answers_carry_tensor_content(daemon, model):
         answer = stub.Predict(request, timeout=30).outputs["y"]
     assert answer.tensor_content and not answer.float_val
     np.testing.assert_array_equal(tf.make_ndarray(answer), np.array([[2.0], [5.0]], np.float32))
+
+
+def test_a_platform_config_file_sets_the_tag_set_and_batching(tmp_path):
+    """--platform_config_file in place of the flags: its tensorflow platform's tag set and
+    batching parameters, with the thread counts of its session config."""
+    write_tf1_model_without_variables(tmp_path / "m" / "1", TAGS)
+    platform = tmp_path / "platform.config"
+    platform.write_text(
+        'platform_configs { key: "tensorflow" value { source_adapter_config { '
+        "[type.googleapis.com/tensorflow.serving.SavedModelBundleSourceAdapterConfig] { "
+        'legacy_config { saved_model_tags: "serve" saved_model_tags: "custom" '
+        "session_config { intra_op_parallelism_threads: 1 inter_op_parallelism_threads: 1 } "
+        "batching_parameters { max_batch_size { value: 2 } } } } } } }"
+    )
+    rest_port = free_port()
+    server = Server(tmp_path, ["--host=127.0.0.1", "--port=0", f"--rest_api_port={rest_port}",
+                               "--model_name=m", f"--model_base_path={tmp_path / 'm'}",
+                               f"--platform_config_file={platform}"])
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{rest_port}", timeout=30) as client:
+            server.wait_available(client, "m", timeout=120)
+            response = client.post("/v1/models/m:predict", json=rows(2))
+            assert response.json() == {"predictions": [[0.0], [2.0]]}, response.text
+            refused = client.post("/v1/models/m:predict", json=rows(3))
+            assert refused.json() == {"error": "Task size 3 is larger than maximum batch size 2"}
+    finally:
+        assert server.stop() == 0, server.log()
