@@ -194,9 +194,10 @@ def write_sharded_model(path: Path, intercept: float, shards: int = 2) -> Path:
     return path
 
 
-def write_tf1_model_without_variables(path: Path) -> Path:
+def write_tf1_model_without_variables(path: Path, tags: tuple[str, ...] = ("serve",)) -> Path:
     """y = 2 * x as a TF1 SavedModel with no variables: no SaverDef, no variables folder
-    (TF1's builder writes an empty one, which a copy to S3 drops)."""
+    (TF1's builder writes an empty one, which a copy to S3 drops). Its one MetaGraph has
+    the tag set `tags`."""
     import tensorflow as tf
 
     graph = tf.Graph()
@@ -206,7 +207,7 @@ def write_tf1_model_without_variables(path: Path) -> Path:
         builder = tf.compat.v1.saved_model.Builder(str(path))
         signature = tf.compat.v1.saved_model.predict_signature_def({"x": x}, {"y": y})
         builder.add_meta_graph_and_variables(
-            session, ["serve"], signature_def_map={"serving_default": signature}
+            session, list(tags), signature_def_map={"serving_default": signature}
         )
         builder.save()
     return path

@@ -60,6 +60,7 @@ HEAVY: dict[str, set[str]] = {
         "loader.servables.savedmodel",
         "loader.servables.signature_io",
         "loader.servables.tensor_proto",
+        "loader.servables.tf_protos",
         "loader.servables.tflite",
         "loader.servables.warmup",
     },

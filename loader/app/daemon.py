@@ -116,6 +116,7 @@ class Daemon:
                 self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard,
                 max_decoded_bytes=server.max_decoded_tensor_bytes, decode_budget=budget,
                 max_message_bytes=server.max_request_bytes,
+                tensor_content=server.grpc_tensor_content,
             )
             if server.enable_profiler:
                 from loader.servables.profiler import start_profiler_server

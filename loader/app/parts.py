@@ -5,11 +5,14 @@ turns a reported version into a servable, and the sources that watch storage.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from loader.base import Servable, VersionRef
-from loader.config.schema import BatchingConfig, Config, ModelConfig
+from loader.base import InvalidArgument, Servable, VersionRef
+from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig
+from loader.config.tfs_proto_files import read_version_batching
 from loader.manager.manager import Manager, ModelSpec
 from loader.manager.memory_guard import MemoryGuard
 from loader.manager.process_memory import default_limit_bytes
@@ -19,6 +22,8 @@ from loader.sources.local import LocalSource
 from policies.base import SelectionPolicy
 from policies.selection import All, Latest, Specific
 from policies.transition import TRANSITIONS
+
+log = logging.getLogger("modelwatch.storage")
 
 EVENT_SETTLE_SECONDS = 1.0
 
@@ -76,11 +81,14 @@ class Storage:
             self.s3_client()
             path = self._s3_fetcher.fetch(model, version, ref)
         options = self._config.tensorflow
+        batching = self.batching.get(model)
+        if batching is not None and options.per_model_batching_parameters:
+            batching = version_batching(path, batching.num_batch_threads)
         servable = load_version(
             path, prefer_tflite_model=options.prefer_tflite_model,
             num_tflite_interpreters=options.num_tflite_interpreters,
+            tags=options.saved_model_tags,
         )
-        batching = self.batching.get(model)
         try:
             # On the bare servable, before batching wraps it: warmup is not traffic. Only
             # the configured batch sizes are warmed; without them sizes vary freely.
@@ -100,6 +108,23 @@ class Storage:
     def release(self, model: str, version: int, ref: VersionRef) -> None:
         if ref.uri.startswith("s3://") and self._s3_fetcher is not None:
             self._s3_fetcher.release(model, version, ref)
+
+
+def version_batching(path: str, num_batch_threads: int) -> BatchingConfig | None:
+    """The batching a version's own batching_params.pbtxt asks for, on the model's
+    `num_batch_threads`; None (not batched) without one, as TF Serving's
+    --enable_per_model_batching_parameters. A bad file fails the version's load
+    (INVALID_ARGUMENT, its status says why)."""
+    try:
+        found = read_version_batching(Path(path), num_batch_threads)
+    except ConfigError as error:
+        raise InvalidArgument(str(error)) from None
+    if found is None:
+        return None
+    batching, unused = found
+    for what, why in unused:
+        log.warning("%s is ignored: %s", what, why)
+    return batching
 
 
 def make_manager(config: Config, storage: Storage, metrics: Metrics) -> Manager:

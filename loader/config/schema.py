@@ -96,6 +96,10 @@ class ServerConfig(_Strict):
     # decoded size, a JSON body 5x its size in slices, up to 32x parsed whole); past it a
     # request waits 1 s, then gets 429 (RESOURCE_EXHAUSTED); one that never fits gets 413.
     max_decoding_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
+    # -- TF Serving's answer format (issue 23) --
+    # gRPC Predict answers carry numbers as raw bytes in tensor_content, not the typed *_val
+    # fields (TF Serving's --enable_serialization_as_tensor_content); strings stay in string_val.
+    grpc_tensor_content: bool = False
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:
@@ -199,6 +203,15 @@ class TensorFlowConfig(_Strict):
     prefer_tflite_model: bool = False
     # TF Serving's --num_tflite_pools: interpreters per TFLite version; null: one per CPU.
     num_tflite_interpreters: Annotated[int, Field(ge=1, le=1024)] | None = None
+    # -- TF Serving's SessionBundleConfig (issue 23) --
+    # The tag set of the MetaGraph loaded from each SavedModel (TF Serving's --saved_model_tags).
+    saved_model_tags: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=256)], ...],
+        Field(min_length=1, max_length=64),
+    ] = ("serve",)
+    # For models with batching: each version's batching_params.pbtxt replaces the model's
+    # parameters, and a version without one is not batched (--enable_per_model_batching_parameters).
+    per_model_batching_parameters: bool = False
 
 
 class LatestPolicy(_Strict):

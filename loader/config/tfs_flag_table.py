@@ -68,6 +68,8 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         prefer_tflite_model | false | serve a version's model.tflite when it has one -> tensorflow.prefer_tflite_model
         enable_profiler | true | TensorFlow's ProfilerService on the gRPC port -> server.enable_profiler
         version | false | print the versions and exit
+        enable_per_model_batching_parameters | false | with --enable_batching, a version's batching_params.pbtxt sets its batching (none: not batched) -> tensorflow.per_model_batching_parameters
+        enable_serialization_as_tensor_content | false | gRPC Predict answers numbers in tensor_content -> server.grpc_tensor_content
     """),
     *_table(str, "supported", """
         model_name | default | the single model's name (ignored with --model_config_file)
@@ -77,6 +79,9 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         monitoring_config_file | | MonitoringConfig text file: prometheus_config { enable path }
         grpc_socket_path | | also serve gRPC on this Unix domain socket -> server.grpc_socket_path
         grpc_channel_arguments | | gRPC server arguments, key=value,... -> server.grpc_channel_arguments
+        saved_model_tags | serve | the MetaGraph tag set loaded, tag,tag,... -> tensorflow.saved_model_tags
+        tensorflow_session_config_file | | ConfigProto text file: its thread counts size the pools below unless those flags do; other fields are warned about
+        platform_config_file | | PlatformConfigMap text file: the tensorflow platform's SessionBundleConfig, in place of the flags that set it
     """),
     *_table(int, "ignored", """
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
@@ -96,23 +101,18 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         xla_cpu_compilation_enabled | false | TensorFlow's default JIT setting is used
         xla_gpu_compilation_enabled | false | TensorFlow's default JIT setting is used
         skip_initialize_tpu | false | no TPU support
-        enable_serialization_as_tensor_content | false | responses use typed value fields
     """),
     *_table(str, "ignored", """
-        tensorflow_session_config_file | | TensorFlow's default session options are used
         thread_pool_factory_config_file | | TensorFlow picks its thread pools
         mixed_precision | | models run in the precision they were saved in
     """),
     *_table(bool, "refused", """
         rest_api_enable_cors_support | false | no CORS headers are sent
-        enable_per_model_batching_parameters | false | batching_params.pbtxt files are not read
         use_alts_credentials | false | no ALTS credentials
         enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
     """),
     *_table(str, "refused", """
         ssl_config_file | | no TLS; terminate TLS in front of modelwatch
-        platform_config_file | | modelwatch serves the tensorflow platform only
-        saved_model_tags | serve | only the serve tag set is loaded
     """),
     *_table(str, "modelwatch", """
         host | 0.0.0.0 | bind address for gRPC and REST (TF Serving binds every interface)

@@ -9,7 +9,7 @@ defaults, each marked:
 - ignored: accepted, and a non-default value logs one warning naming the flag (tuning
   that has no counterpart here, such as TensorFlow's thread pools);
 - refused: a non-default value is a `ConfigError`, because ignoring it would change what
-  clients see (TLS, CORS, a UNIX socket, other tag sets, ...).
+  clients see (TLS, CORS, ...).
 
 Both `--flag=value` and `--flag value` are read (TF Serving reads only the first);
 booleans are `--flag` or `--flag=true|false|1|0`. Where TF Serving has an error text for
@@ -47,12 +47,8 @@ from loader.config.schema import (
 )
 from loader.config.tfs_flag_table import BOOLEANS, FLAGS, NOT_FLAGS, convert
 from loader.config.tfs_model_config import parse_model_server_config
-from loader.config.tfs_proto_files import (
-    PROMETHEUS_PATH,
-    read_batching_parameters,
-    read_metrics_path,
-    read_text_proto,
-)
+from loader.config.tfs_proto_files import PROMETHEUS_PATH, read_metrics_path, read_text_proto
+from loader.config.tfs_session_bundle import from_flags, from_platform_config
 
 log = logging.getLogger("modelwatch.tfs_flags")
 
@@ -106,19 +102,11 @@ def parse_tfs_flags(
         return _absolute(value(name), cwd) if value(name) else None
 
     notes = _check_flags(given)  # (what is ignored, why)
-    batching = None
-    if value("enable_batching"):
-        batching = BatchingConfig()
-        if value("batching_parameters_file"):
-            batching, unused = read_batching_parameters(
-                _absolute(value("batching_parameters_file"), cwd)
-            )
-            notes += unused
-    elif value("batching_parameters_file"):
-        raise ConfigError(
-            "server_options.batching_parameters_file is set without setting "
-            "server_options.enable_batching to true."
-        )
+    platform_file = path("platform_config_file")
+    bundle = (from_flags(given, value, path) if platform_file is None
+              else from_platform_config(platform_file, given))
+    batching = bundle.batching
+    notes += bundle.notes
 
     config_file, poll = path("model_config_file"), value("model_config_file_poll_wait_seconds")
     if config_file is not None:
@@ -142,6 +130,7 @@ def parse_tfs_flags(
         grpc_channel_arguments=_channel_arguments(value("grpc_channel_arguments")),
         # TF Serving's default is on; it needs the gRPC port (--port=0 turns gRPC off here).
         enable_profiler=value("enable_profiler") and value("port") != 0,
+        grpc_tensor_content=value("enable_serialization_as_tensor_content"),
     )
     data["watch"]["poll_interval_seconds"] = value("file_system_poll_wait_seconds")
     loading = data["loading"]
@@ -153,14 +142,7 @@ def parse_tfs_flags(
         loading["max_retries"] = value("max_num_load_retries")
     if "load_retry_interval_micros" in given:
         loading["retry_backoff_seconds"] = max(0, value("load_retry_interval_micros")) / 1e6
-    session = max(0, value("tensorflow_session_parallelism"))
-    data["tensorflow"] = {  # as TF Serving: a session parallelism sizes both pools
-        "intra_op_parallelism": session or max(0, value("tensorflow_intra_op_parallelism")),
-        # Negative: TensorFlow runs a session's ops on the calling thread.
-        "inter_op_parallelism": session or max(-1, value("tensorflow_inter_op_parallelism")),
-        "prefer_tflite_model": value("prefer_tflite_model"),
-        "num_tflite_interpreters": max(1, value("num_tflite_pools")) if "num_tflite_pools" in given else None,
-    }
+    data["tensorflow"] = bundle.tensorflow
     _s3_from_environ(data["storage"]["s3"], os.environ if environ is None else environ)
     config = resolve_paths(_validate(data), cwd)
     monitoring = path("monitoring_config_file")
@@ -188,7 +170,10 @@ def _check_flags(given: Mapping[str, Any]) -> list[tuple[str, str]]:
     for name, flag in ((n, FLAGS[n]) for n in given):
         if flag.role == "refused" and given[name] != flag.default:
             raise ConfigError(f"--{name} is not supported: {flag.help}")
-    if all(value(f"tensorflow_{n}_parallelism") > 0 for n in ("session", "intra_op", "inter_op")):
+    # TF Serving checks this only when the flags fill the session bundle.
+    if not value("platform_config_file") and all(
+        value(f"tensorflow_{n}_parallelism") > 0 for n in ("session", "intra_op", "inter_op")
+    ):
         raise ConfigError(
             "Either configure server_options.tensorflow_session_parallelism or "
             "(server_options.tensorflow_intra_op_parallelism, "
@@ -356,6 +341,7 @@ _FLAG_OF: dict[tuple[int | str, ...], str] = {
     ("loading", "num_load_threads"): "--num_load_threads",
     ("loading", "max_retries"): "--max_num_load_retries",
     ("loading", "retry_backoff_seconds"): "--load_retry_interval_micros",
+    ("tensorflow", "saved_model_tags"): "--saved_model_tags",
 }
 
 

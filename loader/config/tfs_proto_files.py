@@ -1,9 +1,11 @@
 """TF Serving's protobuf text files, as its flags name them.
 
 `read_text_proto` reads any of them into a message (`--model_config_file` included).
-`read_batching_parameters` (`--batching_parameters_file`) and `read_metrics_path`
-(`--monitoring_config_file`) read the two whose messages tensorflow-serving-api does not
-ship, from a private descriptor pool. A problem raises `ConfigError` naming the flag.
+`read_batching_parameters` (`--batching_parameters_file`), `read_version_batching` (a
+version folder's `batching_params.pbtxt`) and `read_metrics_path` (`--monitoring_config_file`)
+read messages tensorflow-serving-api does not ship, from a private descriptor pool;
+`bundle_pool` adds TF Serving's SessionBundleConfig to it, with TensorFlow's ConfigProto
+(which imports TensorFlow). A problem raises `ConfigError` naming the flag or the file.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ message_type { name: "BatchingParameters"
   field { name: "thread_pool_name" number: 5 type: TYPE_MESSAGE type_name: ".google.protobuf.StringValue" }
   field { name: "allowed_batch_sizes" number: 6 label: LABEL_REPEATED type: TYPE_INT64 }
   field { name: "pad_variable_length_inputs" number: 7 type: TYPE_BOOL }
-  field { name: "enable_large_batch_splitting" number: 9 type: TYPE_MESSAGE type_name: ".google.protobuf.BoolValue" }
-  field { name: "max_execution_batch_size" number: 10 type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
+  field { name: "enable_large_batch_splitting" number: 8 type: TYPE_MESSAGE type_name: ".google.protobuf.BoolValue" }
+  field { name: "max_execution_batch_size" number: 9 type: TYPE_MESSAGE type_name: ".google.protobuf.Int64Value" }
 }
 message_type { name: "PrometheusConfig"
   field { name: "enable" number: 1 type: TYPE_BOOL }
@@ -55,16 +57,92 @@ message_type { name: "MonitoringConfig"
 """
 
 
+# TF Serving's session_bundle_config.proto and saved_model_bundle_source_adapter.proto, for
+# --platform_config_file (a PlatformConfigMap holds them in an Any, read in binary: these
+# numbers are TF Serving's). They embed TensorFlow's ConfigProto.
+_BUNDLE_SCHEMA = """
+name: "modelwatch/tfs_session_bundle.proto" package: "tensorflow.serving" syntax: "proto3"
+dependency: "google/protobuf/wrappers.proto" dependency: "modelwatch/tfs_flags.proto"
+dependency: "tensorflow/core/protobuf/config.proto"
+dependency: "tensorflow/core/protobuf/named_tensor.proto"
+message_type { name: "ModelWarmupOptions"
+  field { name: "num_request_iterations" number: 1 type: TYPE_MESSAGE type_name: ".google.protobuf.Int32Value" }
+  field { name: "num_model_warmup_threads" number: 2 type: TYPE_MESSAGE type_name: ".google.protobuf.Int32Value" }
+  field { name: "model_name" number: 3 type: TYPE_STRING }
+  field { name: "model_version" number: 4 type: TYPE_INT64 }
+  field { name: "enable_all_batch_sizes_warmup" number: 5 type: TYPE_BOOL }
+}
+message_type { name: "SessionBundleConfig"
+  field { name: "session_target" number: 1 type: TYPE_STRING }
+  field { name: "session_config" number: 2 type: TYPE_MESSAGE type_name: ".tensorflow.ConfigProto" }
+  field { name: "batching_parameters" number: 3 type: TYPE_MESSAGE type_name: ".tensorflow.serving.BatchingParameters" }
+  field { name: "in_graph_batching_parameters" number: 7 type: TYPE_MESSAGE type_name: ".tensorflow.BatchingOptions" }
+  field { name: "session_run_load_threadpool_index" number: 4 type: TYPE_MESSAGE type_name: ".google.protobuf.Int32Value" }
+  field { name: "experimental_transient_ram_bytes_during_load" number: 5 type: TYPE_UINT64 }
+  field { name: "saved_model_tags" number: 6 label: LABEL_REPEATED type: TYPE_STRING }
+  field { name: "experimental_fixed_input_tensors" number: 778 label: LABEL_REPEATED type: TYPE_MESSAGE type_name: ".tensorflow.NamedTensorProto" }
+  field { name: "enable_model_warmup" number: 779 type: TYPE_BOOL }
+  field { name: "model_warmup_options" number: 780 type: TYPE_MESSAGE type_name: ".tensorflow.serving.ModelWarmupOptions" }
+  field { name: "enable_session_metadata" number: 781 type: TYPE_BOOL }
+  field { name: "remove_unused_fields_from_bundle_metagraph" number: 782 type: TYPE_BOOL }
+  field { name: "prefer_tflite_model" number: 783 type: TYPE_BOOL }
+  field { name: "resource_estimation_uses_validation_result" number: 784 type: TYPE_BOOL }
+  field { name: "num_tflite_interpreters" number: 785 type: TYPE_INT32 }
+  field { name: "num_tflite_interpreters_per_pool" number: 786 type: TYPE_INT32 }
+  field { name: "num_tflite_pools" number: 787 type: TYPE_INT32 }
+  field { name: "wrap_session_with_no_threading_params" number: 788 type: TYPE_BOOL }
+  field { name: "enable_per_model_batching_params" number: 789 type: TYPE_BOOL }
+  field { name: "enable_saved_model_config" number: 790 type: TYPE_BOOL }
+  field { name: "mixed_precision" number: 791 type: TYPE_STRING }
+}
+message_type { name: "SavedModelBundleSourceAdapterConfig"
+  field { name: "legacy_config" number: 1000 type: TYPE_MESSAGE type_name: ".tensorflow.serving.SessionBundleConfig" }
+}
+"""
+
+
 @functools.cache
-def _message_class(name: str) -> Callable[[], message.Message]:
+def _pool() -> descriptor_pool.DescriptorPool:
     pool = descriptor_pool.DescriptorPool()  # private: no clash with any installed protos
     pool.AddSerializedFile(wrappers_pb2.DESCRIPTOR.serialized_pb)
     pool.Add(text_format.Parse(_SCHEMA, descriptor_pb2.FileDescriptorProto()))
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+    return pool
+
+
+@functools.cache
+def _message_class(name: str) -> Callable[[], message.Message]:
+    return message_factory.GetMessageClass(_pool().FindMessageTypeByName(f"tensorflow.serving.{name}"))
+
+
+@functools.cache
+def bundle_pool() -> descriptor_pool.DescriptorPool:
+    """The pool that also holds TF Serving's SessionBundleConfig and TensorFlow's
+    ConfigProto (importing TensorFlow the first time)."""
+    from loader.servables.tf_protos import session_config_files
+
+    pool = _pool()
+    for file in session_config_files():
+        try:
+            pool.FindFileByName(file.name)
+        except KeyError:
+            pool.AddSerializedFile(file.serialized_pb)
+    pool.Add(text_format.Parse(_BUNDLE_SCHEMA, descriptor_pb2.FileDescriptorProto()))
+    return pool
+
+
+def bundle_message(full_name: str) -> message.Message:
+    """An empty message of `bundle_pool` (e.g. "tensorflow.ConfigProto")."""
+    return message_factory.GetMessageClass(bundle_pool().FindMessageTypeByName(full_name))()
 
 
 _BATCHING_FIELDS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches",
                     "num_batch_threads")
+BATCHING_PARAMS_FILE = "batching_params.pbtxt"  # TF Serving's kBatchingParamsFilename
+# What a version's batching_params.pbtxt may ask for. Storage is trusted more than clients,
+# but a slip there must not pad batches to millions of rows or hold requests for minutes.
+VERSION_FILE_LIMITS = {"max_batch_size": 65_536, "batch_timeout_micros": 60_000_000,
+                       "max_enqueued_batches": 100_000, "allowed_batch_sizes": 64}
+MAX_VERSION_FILE_BYTES = 64 * 1024
 
 
 def read_batching_parameters(path: Path) -> tuple[BatchingConfig, list[tuple[str, str]]]:
@@ -72,7 +150,53 @@ def read_batching_parameters(path: Path) -> tuple[BatchingConfig, list[tuple[str
     params: Any = read_text_proto(
         "batching_parameters_file", path, _message_class("BatchingParameters")()
     )
-    where = f"--batching_parameters_file={path}"
+    return batching_config(params, f"--batching_parameters_file={path}")
+
+
+def read_version_batching(
+    folder: Path, num_batch_threads: int
+) -> tuple[BatchingConfig, list[tuple[str, str]]] | None:
+    """What a version folder's batching_params.pbtxt asks for (TF Serving's
+    --enable_per_model_batching_parameters), within `VERSION_FILE_LIMITS`, and its fields
+    that have no effect; None when the folder has none. As in TF Serving, the batch threads
+    are the server's (`num_batch_threads`), not the file's. A bad file raises `ConfigError`
+    naming it."""
+    path = folder / BATCHING_PARAMS_FILE
+    if not path.is_file():
+        return None
+    params: Any = _message_class("BatchingParameters")()
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_VERSION_FILE_BYTES + 1)
+        if len(raw) > MAX_VERSION_FILE_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_VERSION_FILE_BYTES} bytes")
+        text_format.Parse(raw.decode("utf-8"), params)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    except text_format.ParseError as exc:
+        raise ConfigError(f"{path}: {parse_error_text(params, exc)}") from None
+    too_large = [
+        f"{name} {value} is over {limit}" for name, value, limit in (
+            *((f, getattr(params, f).value, VERSION_FILE_LIMITS[f]) for f in _BATCHING_FIELDS
+              if f in VERSION_FILE_LIMITS),
+            ("allowed_batch_sizes", len(params.allowed_batch_sizes),
+             VERSION_FILE_LIMITS["allowed_batch_sizes"]),
+        ) if value > limit
+    ]
+    if too_large:
+        raise ConfigError(f"{path}: {'; '.join(too_large)} (modelwatch's limits for this file)")
+    unused = []
+    if params.HasField("num_batch_threads"):
+        unused.append((f"num_batch_threads in {path}", "the batch threads are the server's "
+                       "(--batching_parameters_file), as in TF Serving"))
+    params.num_batch_threads.value = num_batch_threads
+    batching, more = batching_config(params, str(path))
+    return batching, unused + more
+
+
+def batching_config(params: Any, where: str) -> tuple[BatchingConfig, list[tuple[str, str]]]:
+    """A parsed BatchingParameters as a BatchingConfig, and its fields that have no effect
+    here; `where` names the file in errors."""
     if params.enable_large_batch_splitting.value:
         raise ConfigError(
             f"{where}: enable_large_batch_splitting is not supported; requests larger than "
@@ -114,16 +238,19 @@ def read_metrics_path(path: Path) -> str | None:
     return prometheus.path or PROMETHEUS_PATH
 
 
-def read_text_proto(flag: str, path: Path, proto: message.Message) -> message.Message:
-    """Parse the text-format file `path`, which `--flag` names, into `proto`; a file that
-    cannot be read or parsed raises `ConfigError` naming the flag and the file."""
+def read_text_proto(
+    flag: str, path: Path, proto: message.Message, pool: descriptor_pool.DescriptorPool | None = None
+) -> message.Message:
+    """Parse the text-format file `path`, which `--flag` names, into `proto` (its Any fields
+    expanded with the types of `pool`); a file that cannot be read or parsed raises
+    `ConfigError` naming the flag and the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise ConfigError(f"--{flag}={path} cannot be read ({reason})") from None
     try:
-        text_format.Parse(text, proto)
+        text_format.Parse(text, proto, descriptor_pool=pool)
     except text_format.ParseError as exc:
         # TF Serving's two lines: protobuf's parse error, then its own verdict on the file.
         raise ConfigError(

@@ -99,6 +99,17 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("prefer_tflite_model", "true", MODEL, lambda t: t.config.tensorflow.prefer_tflite_model, True),
     ("num_tflite_pools", "3", MODEL, lambda t: t.config.tensorflow.num_tflite_interpreters, 3),
     ("num_tflite_pools", "0", MODEL, lambda t: t.config.tensorflow.num_tflite_interpreters, 1),
+    ("saved_model_tags", "serve,gpu", MODEL, lambda t: t.config.tensorflow.saved_model_tags,
+     ("serve", "gpu")),
+    ("saved_model_tags", " custom ", MODEL, lambda t: t.config.tensorflow.saved_model_tags,
+     ("custom",)),
+    ("enable_serialization_as_tensor_content", "true", MODEL,
+     lambda t: t.config.server.grpc_tensor_content, True),
+    ("enable_per_model_batching_parameters", "true", MODEL + ["--enable_batching"],
+     lambda t: (t.config.tensorflow.per_model_batching_parameters, t.ignored), (True, ())),
+    ("enable_per_model_batching_parameters", "true", MODEL,
+     lambda t: (t.config.tensorflow.per_model_batching_parameters, t.ignored),
+     (False, ("--enable_per_model_batching_parameters",))),
 ]
 
 
@@ -396,6 +407,9 @@ ERRORS: list[tuple[list[str], str]] = [
      "prometheus_config.path must start with /, got 'metrics'"),
     (MODEL + ["--monitoring_config_file=missing.txt"],
      "--monitoring_config_file={tmp}/missing.txt cannot be read"),
+    (MODEL + ["--saved_model_tags=serve,"],
+     "--saved_model_tags: 'serve,' has an empty tag; give tags separated by commas"),
+    (MODEL + ["--saved_model_tags="], "--saved_model_tags: '' has an empty tag"),
 ]
 
 BAD_FILES = {
