@@ -151,7 +151,8 @@ class Daemon:
                 self.request_log.configure(log_targets(models))
             except OSError as error:
                 raise ConfigError(
-                    f"cannot write request logs: {error.strerror or error}: {error.filename}"
+                    "request_logging.filename_prefix: cannot make its folder "
+                    f"({error.strerror or error}: {error.filename})"
                 ) from None
             self._storage.batching = {m.name: m.batching for m in models}
             # The manager first: it ignores reports for models it no longer serves.
