@@ -135,7 +135,7 @@ class Metrics:
         )
         self.request_log_dropped = Counter(
             "modelwatch_request_log_dropped",
-            "Sampled requests not written to the request log, by reason (queue_full, error).",
+            "Sampled requests not written to the request log, by reason (queue_full, error, stopped).",
             ["model", "reason"], registry=r,
         )
 

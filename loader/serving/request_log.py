@@ -6,13 +6,13 @@ A model with a `LogTarget` has each answered request chosen with its sampling ra
 request is handed to `record` with a function that fills the record's request and
 response; the record itself (`log_metadata` with the model spec, the sampling config and
 the SavedModel tags, as `RequestLogger::Log` fills it) is made, serialized and written on
-the log's one writer thread, so a request pays only for the draw and for queueing a
-reference. Logging never blocks or fails a request: the queue holds at most `queue_bytes`
-(estimated from what the caller says a record will take); a record that does not fit is
+the log's one writer thread, so a request pays only for the draw and, if chosen, for an
+estimate of its size and queueing a reference. Logging never blocks or fails a request:
+the queue holds at most `queue_bytes` (by those estimates); a record that does not fit is
 dropped, as is one that cannot be made or written, and each drop is counted
-(`modelwatch_request_log_dropped_total{model, reason}`). Files go through
-`loader.servables.tfrecord_files`, one set per filename prefix, flushed whenever the queue
-runs empty and closed by `stop`, which first writes everything queued.
+(`modelwatch_request_log_dropped_total{model, reason}`: queue_full, error, stopped).
+Files go through `loader.servables.tfrecord_files`, one set per filename prefix, flushed
+whenever the queue runs empty and closed by `stop`, which first writes everything queued.
 """
 
 from __future__ import annotations
@@ -127,15 +127,17 @@ class RequestLog:
         entry = _Record(model, target, spec, int(time.time()), fill,
                         size + RECORD_OVERHEAD_BYTES)
         with self._cond:
-            if self._stopping or self._queued_bytes + entry.size > self._queue_bytes:
-                fits = False
+            if self._stopping:
+                refused = "stopped"
+            elif self._queued_bytes + entry.size > self._queue_bytes:
+                refused = "queue_full"
             else:
-                fits = True
+                refused = ""
                 self._queue.append(entry)
                 self._queued_bytes += entry.size
                 self._cond.notify()
-        if not fits:
-            self._dropped(model, "queue_full")
+        if refused:
+            self._dropped(model, refused)
 
     def start(self) -> None:
         self._thread.start()
@@ -194,8 +196,11 @@ class RequestLog:
             metadata.timestamp_secs = entry.timestamp
             entry.fill(prediction_log)
             record = prediction_log.SerializeToString()
-        except Exception:  # a bug: this record is lost, the request was answered
-            log.exception("a request of model %s could not be logged", entry.model)
+        except Exception as error:  # a bug: this record is lost, the request was answered
+            self._warnings.warning(
+                "request_log_record", "a request of model %s could not be logged: %s: %s",
+                entry.model, type(error).__name__, error,
+            )
             self._dropped(entry.model, "error")
             return
         if prefix not in files:

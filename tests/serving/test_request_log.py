@@ -106,6 +106,9 @@ def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) -> None:
     request_log.stop()
     request_log.join(30)
     assert len(read_logs(tmp_path / "m")) == 1
+    request_log.record("m", target, ("m", 1, "s"), filler("m"), 10)  # after stop: not kept
+    assert counted(metrics, "modelwatch_request_log_dropped_total", model="m",
+                   reason="stopped") == 1
 
 
 def test_a_record_that_cannot_be_written_is_counted_and_the_next_one_written(
