@@ -3,6 +3,7 @@ by size, a bounded queue whose overflow is dropped and counted, flushed on stop.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,18 @@ def read_logs(prefix: Path) -> list[prediction_log_pb2.PredictionLog]:
     files = sorted(str(p) for p in prefix.parent.glob(prefix.name + "-*"))
     return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
             for record in tf.data.TFRecordDataset(files)]
+
+
+def open_files(name_start: str) -> list[str]:
+    """The files this process holds open whose names start so."""
+    fds = Path("/proc/self/fd")
+    names = []
+    for fd in fds.iterdir():
+        try:
+            names.append(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            pass
+    return [n for n in names if Path(n).name.startswith(name_start)]
 
 
 def filler(model: str, payload: bytes = b"") -> object:
@@ -136,3 +149,25 @@ def test_a_prefix_whose_folder_cannot_be_made_is_refused(tmp_path: Path) -> None
     (tmp_path / "a_file").write_text("")
     with pytest.raises(OSError):
         RequestLog(Metrics()).configure({"m": LogTarget(1.0, str(tmp_path / "a_file" / "m"))})
+
+
+def test_a_reload_moves_a_model_to_its_new_prefix_and_closes_the_old_files(
+    tmp_path: Path, running: list[RequestLog]
+) -> None:
+    request_log = RequestLog(Metrics())
+    running.append(request_log)
+    before, after = LogTarget(1.0, str(tmp_path / "before")), LogTarget(0.5, str(tmp_path / "after"))
+    request_log.configure({"m": before})
+    request_log.start()
+    request_log.record("m", before, ("m", 1, "s"), filler("m"), 10)
+    request_log.configure({"m": after})
+    assert request_log.sample("m") in (None, after)
+    request_log.record("m", after, ("m", 1, "s"), filler("m"), 10)
+    # The old prefix's file is closed while the log runs on.
+    wait_until(lambda: open_files("after-") and not open_files("before-"), 30,
+               "the old file closed, the new one open")
+    assert len(read_logs(tmp_path / "before")) == 1
+    request_log.stop()
+    request_log.join(30)
+    (logged,) = read_logs(tmp_path / "after")
+    assert logged.log_metadata.sampling_config.sampling_rate == 0.5
