@@ -26,11 +26,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.operator_view", "loader.serving.rest",
         "loader.serving.decode_budget", "loader.serving.rate_limited_log", "policies",
+        "loader.serving.request_log", "loader.serving.prediction_protos",
     ),
     "loader.serving.grpc": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.grpc", "loader.serving.decode_budget",
-        "loader.serving.rate_limited_log", "policies",
+        "loader.serving.rate_limited_log", "policies", "loader.serving.request_log",
+        "loader.serving.prediction_protos",
     ),
     "loader.serving": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving", "policies",
@@ -61,6 +63,7 @@ HEAVY: dict[str, set[str]] = {
         "loader.servables.signature_io",
         "loader.servables.tensor_proto",
         "loader.servables.tf_protos",
+        "loader.servables.tfrecord_files",
         "loader.servables.tflite",
         "loader.servables.warmup",
     },

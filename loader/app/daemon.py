@@ -16,6 +16,7 @@ from tensorflow_serving.config import model_server_config_pb2
 from loader.app.parts import (
     Storage,
     locations,
+    log_targets,
     make_manager,
     make_source,
     model_spec,
@@ -34,6 +35,7 @@ from loader.serving.grpc.server import GrpcLimits, GrpcServer
 from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
+from loader.serving.request_log import RequestLog
 from loader.serving.rest.allowed_hosts import allowed_hosts
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.http_guard import HttpLimits
@@ -82,6 +84,11 @@ class Daemon:
         )
         server = config.server
         budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
+        self.request_log = RequestLog(  # one writer thread for every model's request logs
+            self.metrics, file_bytes=server.request_log_file_bytes,
+            queue_bytes=server.request_log_queue_bytes,
+            saved_model_tags=config.tensorflow.saved_model_tags,
+        )
         self.operator_view: OperatorView | None = None
         if serve_rest and server.operator_page:
             self.operator_view = OperatorView(
@@ -100,7 +107,7 @@ class Daemon:
                     self.operator_view, metrics=self.metrics,
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
-                decode_budget=budget,
+                decode_budget=budget, request_log=self.request_log,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
@@ -115,7 +122,7 @@ class Daemon:
             grpc_api = GrpcApi(
                 self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard,
                 max_decoded_bytes=server.max_decoded_tensor_bytes, decode_budget=budget,
-                max_message_bytes=server.max_request_bytes,
+                max_message_bytes=server.max_request_bytes, request_log=self.request_log,
                 tensor_content=server.grpc_tensor_content,
             )
             if server.enable_profiler:
@@ -142,6 +149,13 @@ class Daemon:
         """Serve exactly these models from now on: new ones are watched and loaded,
         removed ones unloaded, changed policies and labels applied. Paths must be resolved."""
         with self._reload_lock:
+            try:  # first: a folder that cannot be made refuses the reload before it changes a thing
+                self.request_log.configure(log_targets(models))
+            except OSError as error:
+                raise ConfigError(
+                    "request_logging.filename_prefix: cannot make its folder "
+                    f"({error.strerror or error}: {error.filename})"
+                ) from None
             self._storage.batching = {m.name: m.batching for m in models}
             # The manager first: it ignores reports for models it no longer serves.
             self.manager.set_models([model_spec(m) for m in models])
@@ -171,7 +185,10 @@ class Daemon:
                     f"got base_path()={m.base_path}"
                 )
         added = {m.name for m in models} - set(self.manager.models())
-        self.reload_models(models)
+        try:
+            self.reload_models(models)
+        except ConfigError as error:  # a request log's folder
+            raise InvalidArgument(str(error)) from None
 
         def settled(name: str) -> bool:
             try:
@@ -231,6 +248,7 @@ class Daemon:
             "memory: %s resident at start, limit %s (loading.memory_limit_bytes)",
             mib(self.manager.memory.resident_bytes()), "none" if limit is None else mib(limit),
         )
+        self.request_log.start()
         self.manager.start()
         with self._reload_lock:
             self._started = True
@@ -286,6 +304,8 @@ class Daemon:
             self.grpc.join(DRAIN_SECONDS + 5)
         if self._profiler is not None:
             self._profiler.close()
+        self.request_log.stop()  # the servers are done: every sampled request is queued
+        self.request_log.join(DRAIN_SECONDS)
         with self._reload_lock:
             sources = list(self._sources.values())
         for source in reversed(sources):

@@ -17,6 +17,7 @@ from loader.manager.manager import Manager, ModelSpec
 from loader.manager.memory_guard import MemoryGuard
 from loader.manager.process_memory import default_limit_bytes
 from loader.serving.metrics import Metrics
+from loader.serving.request_log import LogTarget
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
 from policies.base import SelectionPolicy
@@ -42,6 +43,14 @@ def model_spec(model: ModelConfig) -> ModelSpec:
         model.name, selection_policy(model), TRANSITIONS[model.transition],
         dict(model.version_labels), on_demand=model.load == "on_demand",
     )
+
+
+def log_targets(models: Sequence[ModelConfig]) -> dict[str, LogTarget]:
+    """Where each model with `request_logging` logs its sampled requests."""
+    return {
+        m.name: LogTarget(m.request_logging.sampling_rate, m.request_logging.filename_prefix)
+        for m in models if m.request_logging is not None
+    }
 
 
 def memory_limit_bytes(config: Config) -> int | None:

@@ -103,7 +103,11 @@ class ConfigReloader:
                     ", ".join(restart),
                 )
             if config.models != self._current.models:
-                self._apply(config.models)
+                try:
+                    self._apply(config.models)
+                except ConfigError as error:  # refused before it changed a thing
+                    log.warning("config not reloaded, the running one stays: %s", error)
+                    return False
                 log.info("config reloaded: %d model(s)", len(config.models))
             self._current = config
             return True

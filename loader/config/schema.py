@@ -100,6 +100,11 @@ class ServerConfig(_Strict):
     # gRPC Predict answers carry numbers as raw bytes in tensor_content, not the typed *_val
     # fields (TF Serving's --enable_serialization_as_tensor_content); strings stay in string_val.
     grpc_tensor_content: bool = False
+    # -- request logging (issue 23; models[].request_logging) --
+    # A request log file is closed, and the next one begun, once it holds this many bytes.
+    request_log_file_bytes: Annotated[int, Field(ge=4096)] = 64 * 1024 * 1024
+    # Sampled requests waiting to be written hold at most this; past it one is dropped, counted.
+    request_log_queue_bytes: Annotated[int, Field(ge=64 * 1024)] = 64 * 1024 * 1024
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:
@@ -267,10 +272,30 @@ class BatchingConfig(_Strict):
         return self
 
 
+class RequestLoggingConfig(_Strict):
+    """TF Serving's `logging_config`: a sample of a model's requests, each written as a
+    `PredictionLog` to TFRecord files named `<filename_prefix>-...`."""
+
+    # The share of requests logged (TF Serving's sampling_config.sampling_rate).
+    sampling_rate: Annotated[float, Field(ge=0, le=1)]
+    # TF Serving's log_collector_config.type: "file" is the collector there is.
+    type: str = "file"
+    # Where the files go (log_collector_config.filename_prefix).
+    filename_prefix: Annotated[str, Field(min_length=1)]
+
+    @field_validator("type")
+    @classmethod
+    def _known_collector(cls, value: str) -> str:
+        if value != "file":
+            raise ValueError(f"Cannot find LogCollector::Factory for type: {value}")
+        return value
+
+
 class ModelConfig(_Strict):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     base_path: Annotated[str, Field(min_length=1)]
     version_policy: VersionPolicy = VersionPolicy(latest=LatestPolicy())
+    request_logging: RequestLoggingConfig | None = None  # off by default, like TF Serving
     version_labels: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Annotated[int, Field(ge=0)]] = {}
     transition: Literal["availability_preserving", "resource_preserving"] = (
         "availability_preserving"
@@ -344,11 +369,24 @@ def resolve_paths(config: Config, folder: Path) -> Config:
         m if m.is_s3 else m.model_copy(update={"base_path": local(m.base_path)})
         for m in config.models
     ]
+    models = [with_log_folder(m, folder) for m in models]
     storage = config.storage.model_copy(update={"cache_dir": local(config.storage.cache_dir)})
     server = config.server
     if server.grpc_socket_path is not None:
         server = server.model_copy(update={"grpc_socket_path": local(server.grpc_socket_path)})
     return config.model_copy(update={"models": models, "storage": storage, "server": server})
+
+
+def with_log_folder(model: ModelConfig, folder: Path) -> ModelConfig:
+    """`model` with a relative request-log filename prefix made absolute against `folder`
+    (kept as written otherwise: a trailing "/" names a folder)."""
+    logging = model.request_logging
+    if logging is None:
+        return model
+    prefix = os.path.join(folder, os.path.expanduser(logging.filename_prefix))
+    return model.model_copy(
+        update={"request_logging": logging.model_copy(update={"filename_prefix": prefix})}
+    )
 
 
 def load_config(path: str | Path) -> Config:

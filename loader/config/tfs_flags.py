@@ -44,6 +44,7 @@ from loader.config.schema import (
     ConfigError,
     ModelConfig,
     resolve_paths,
+    with_log_folder,
 )
 from loader.config.tfs_flag_table import BOOLEANS, FLAGS, NOT_FLAGS, convert
 from loader.config.tfs_model_config import parse_model_server_config
@@ -214,7 +215,7 @@ def load_model_config_file(
     except ConfigError as error:
         raise ConfigError(f"--model_config_file={path}: {error}") from None
     return [
-        m.model_copy(update={
+        with_log_folder(m, path.parent).model_copy(update={
             "base_path": _base_path("model_config_file", m.base_path, path.parent),
             "batching": batching,
         })

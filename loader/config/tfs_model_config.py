@@ -15,10 +15,11 @@ This is the `--model_config_file` format and the body of the gRPC
 
 Checks follow TF Serving's `ServerCore` (and quote its messages where it has them); a
 problem raises `ConfigError` naming the entry at fault. Relative base paths are left for
-the caller to resolve. Two deliberate differences: an empty `model_platform` means
-"tensorflow" (the only platform modelwatch serves, where TF Serving refuses the entry),
-and `logging_config` is refused rather than ignored, since modelwatch does not log
-requests.
+the caller to resolve. A deliberate difference: an empty `model_platform` means
+"tensorflow" (the only platform modelwatch serves, where TF Serving refuses the entry).
+`logging_config` becomes the model's `request_logging` (its sampling rate and its "file"
+collector's prefix); its per-task sampling rates, which match a datacenter and a task
+index modelwatch does not have, and a custom logging config are refused.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 
 from google.protobuf import message, text_format
 from pydantic import ValidationError
-from tensorflow_serving.config import model_server_config_pb2
+from tensorflow_serving.config import logging_config_pb2, model_server_config_pb2
 
 from loader.config.schema import ConfigError, ModelConfig
 from loader.config.tfs_proto_files import parse_error_text
@@ -83,14 +84,14 @@ def _model(index: int, entry: model_server_config_pb2.ModelConfig) -> ModelConfi
             f'{where}: model_platform "{platform}" is not supported; modelwatch serves '
             f'only "{TENSORFLOW}"'
         )
-    if entry.HasField("logging_config"):
-        raise ConfigError(f"{where}: logging_config is not supported; remove it")
     fields: dict[str, Any] = {
         "name": entry.name,
         "base_path": entry.base_path,
         "version_policy": _version_policy(where, entry),
         "version_labels": dict(entry.version_labels),
     }
+    if entry.HasField("logging_config"):
+        fields["request_logging"] = _request_logging(where, entry.logging_config)
     try:
         return ModelConfig.model_validate(fields)
     except ValidationError as exc:
@@ -117,6 +118,23 @@ def _platform(where: str, entry: model_server_config_pb2.ModelConfig) -> str:
             )
         return TENSORFLOW
     return entry.model_platform or TENSORFLOW
+
+
+def _request_logging(where: str, config: logging_config_pb2.LoggingConfig) -> dict[str, Any]:
+    if config.sampling_config.per_task_sampling_configs:
+        raise ConfigError(
+            f"{where}: logging_config.sampling_config.per_task_sampling_configs is not "
+            "supported (modelwatch has no datacenter or task index to match); give "
+            "sampling_rate alone"
+        )
+    if config.HasField("custom_logging_config"):
+        raise ConfigError(f"{where}: logging_config.custom_logging_config is not supported")
+    collector = config.log_collector_config
+    return {
+        "sampling_rate": config.sampling_config.sampling_rate,
+        "type": collector.type,
+        "filename_prefix": collector.filename_prefix,
+    }
 
 
 def _version_policy(where: str, entry: model_server_config_pb2.ModelConfig) -> dict[str, Any]:

@@ -78,6 +78,18 @@ def examples_from_features(
     return [prefix + _example(features).SerializeToString() for features in examples]
 
 
+def examples_input(
+    examples: Sequence[Features], context: Features | None = None
+) -> input_pb2.Input:
+    """The gRPC `Input` that decoded REST JSON examples (and context) stand for."""
+    found = input_pb2.Input()
+    listed = found.example_list_with_context if context is not None else found.example_list
+    listed.examples.extend(_example(features) for features in examples)
+    if context is not None:
+        found.example_list_with_context.context.CopyFrom(_example(context))
+    return found
+
+
 def _example(features: Features) -> example_pb2.Example:
     example = example_pb2.Example()
     feature_map = example.features.feature

@@ -128,6 +128,16 @@ class Metrics:
             "Requests, connections and streams refused for passing a server limit, by reason.",
             ["transport", "reason"], registry=r,
         )
+        # -- request logging (issue 23; loader/serving/request_log.py) --
+        self.request_log_records = Counter(
+            "modelwatch_request_log_records", "Sampled requests written to the request log.",
+            ["model"], registry=r,
+        )
+        self.request_log_dropped = Counter(
+            "modelwatch_request_log_dropped",
+            "Sampled requests not written to the request log, by reason (queue_full, error, stopped).",
+            ["model", "reason"], registry=r,
+        )
 
     def refuse(self, transport: str, reason: str) -> None:
         """Count one refusal: `transport` is rest or grpc, `reason` a fixed snake_case word."""

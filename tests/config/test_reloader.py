@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from loader.config.reloader import ConfigReloader
-from loader.config.schema import ModelConfig, load_config
+from loader.config.schema import ConfigError, ModelConfig, load_config
 
 WAIT = 10.0
 
@@ -106,3 +106,16 @@ def test_a_broken_file_keeps_the_running_config(tmp_path: Path, applied: Applied
         path.write_text(_config_text("e"))
         assert applied.wait_for(["e"])
         assert ["bad name!"] not in applied.lists
+
+
+def test_models_the_daemon_refuses_keep_the_running_config(tmp_path: Path) -> None:
+    # The daemon refuses, before it changes anything, a request log it cannot write.
+    def refuse(models: Sequence[ModelConfig]) -> None:
+        raise ConfigError("request_logging.filename_prefix: cannot make its folder")
+
+    path = tmp_path / "config.yaml"
+    path.write_text(_config_text("a"))
+    reloader = ConfigReloader(path, load_config(path), refuse, debounce_seconds=0.05)
+    path.write_text(_config_text("b"))
+    assert not reloader.reload("test")
+    assert not reloader.reload("test")  # still the old config: tried again, not taken as done

@@ -190,6 +190,16 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
          "server: max_decoded_tensor_bytes must be at most max_decoding_bytes"),
         ("loading: {initial_load_timeout_seconds: -1}\n",
          "loading.initial_load_timeout_seconds: input should be greater than or equal to 0"),
+        ("models:\n  - {name: m, base_path: m, request_logging: {sampling_rate: 1, type: kafka, "
+         "filename_prefix: l/m}}\n",
+         "models[0].request_logging.type: cannot find LogCollector::Factory for type: kafka"),
+        ("models:\n  - {name: m, base_path: m, request_logging: {sampling_rate: -0.5, "
+         "filename_prefix: l/m}}\n",
+         "models[0].request_logging.sampling_rate: input should be greater than or equal to 0"),
+        ("models:\n  - {name: m, base_path: m, request_logging: {sampling_rate: 1}}\n",
+         "models[0].request_logging.filename_prefix: field required"),
+        ("server: {request_log_queue_bytes: 10}\n",
+         "server.request_log_queue_bytes: input should be greater than or equal to 65536"),
     ],
 )
 def test_errors_name_the_key_at_fault(tmp_path, text, message):
@@ -210,3 +220,16 @@ def test_the_grpc_socket_path_is_resolved_against_the_config_folder(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("server: {grpc_socket_path: run/grpc.sock}\n")
     assert load_config(path).server.grpc_socket_path == str(tmp_path / "run" / "grpc.sock")
+
+
+def test_a_request_log_prefix_is_resolved_against_the_config_folder(tmp_path):
+    path = write(tmp_path, "models:\n"
+                 "  - {name: a, base_path: a, request_logging: {sampling_rate: 0.1, "
+                 "filename_prefix: logs/a}}\n"
+                 "  - {name: b, base_path: b, request_logging: {sampling_rate: 1, "
+                 "filename_prefix: /var/log/b/}}\n")
+    a, b = load_config(path).models
+    assert a.request_logging is not None and b.request_logging is not None
+    assert a.request_logging.model_dump() == {
+        "sampling_rate": 0.1, "type": "file", "filename_prefix": str(tmp_path / "logs" / "a")}
+    assert b.request_logging.filename_prefix == "/var/log/b/"  # a folder: its slash kept

@@ -63,6 +63,15 @@ def test_a_full_config_with_labels_and_several_models() -> None:
     assert models[1].base_path == "relative/other"  # the caller resolves relative paths
 
 
+def test_logging_config_becomes_request_logging() -> None:
+    model = one(entry(BASE + 'logging_config { sampling_config { sampling_rate: 0.25 } '
+                      'log_collector_config { type: "file" filename_prefix: "logs/m" } }'))
+    assert model.request_logging is not None
+    assert model.request_logging.model_dump() == {
+        "sampling_rate": 0.25, "type": "file", "filename_prefix": "logs/m"}
+    assert one(entry(BASE)).request_logging is None
+
+
 def test_an_empty_list_means_no_models_and_protos_are_accepted() -> None:
     assert parse_model_server_config("model_config_list { }") == []
     config = model_server_config_pb2.ModelServerConfig()
@@ -94,14 +103,26 @@ def test_an_empty_list_means_no_models_and_protos_are_accepted() -> None:
          'config[0] (model "m"): model_version_policy.specific lists no versions'),
         (entry(BASE + "model_version_policy { specific { versions: -1 } }"),
          "version_policy.specific.versions.0: Input should be greater than or equal to 0"),
-        (entry(BASE + 'logging_config { }'), "logging_config is not supported"),
+        (entry(BASE + 'logging_config { log_collector_config { type: "kafka" '
+               'filename_prefix: "/l/p" } }'),
+         'config[0] (model "m"): request_logging.type: Cannot find LogCollector::Factory for '
+         "type: kafka"),
+        (entry(BASE + "logging_config { sampling_config { per_task_sampling_configs { "
+               "sampling_rate: 1 } } }"),
+         "logging_config.sampling_config.per_task_sampling_configs is not supported"),
+        (entry(BASE + 'logging_config { log_collector_config { type: "file" } }'),
+         "request_logging.filename_prefix: String should have at least 1 character"),
+        (entry(BASE + 'logging_config { sampling_config { sampling_rate: 1.5 } '
+               'log_collector_config { type: "file" filename_prefix: "/l/p" } }'),
+         "request_logging.sampling_rate: Input should be less than or equal to 1"),
         (entry('name: "bad name" base_path: "/m"'), "name: String should match pattern"),
         (entry(BASE + 'version_labels { key: "" value: 1 }'), "version_labels"),
         ("model_config_list { config { " + BASE + " } config { " + BASE + " } }",
          "Illegal to list model m multiple times in config list"),
     ],
     ids=["syntax", "empty", "custom", "no-name", "no-base-path", "platform", "both-types",
-         "other-type", "specific-empty", "negative-version", "logging", "bad-name",
+         "other-type", "specific-empty", "negative-version", "log-type", "log-per-task",
+         "log-no-prefix", "log-rate", "bad-name",
          "bad-label", "duplicate"],
 )
 def test_errors_name_the_entry_at_fault(text: str, complaint: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import grpc
+from google.protobuf import message
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -29,6 +30,7 @@ from tensorflow_serving.apis import (
     model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_log_pb2,
     prediction_service_pb2_grpc,
     regression_pb2,
 )
@@ -51,10 +53,9 @@ from loader.servables.inference import (
     serialized_examples,
     signature_def_map,
 )
-from loader.servables.tensor_proto import from_numpy
 from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
-from loader.serving.grpc.answers import Answerer
+from loader.serving.grpc.answers import Answerer, Response
 from loader.serving.grpc.health import HealthService
 from loader.serving.grpc.predict_inputs import (
     DEFAULT_MAX_DECODED_BYTES,
@@ -64,6 +65,13 @@ from loader.serving.grpc.predict_inputs import (
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.reload_config import ConfigReload, ReloadFn
 from loader.serving.metrics import Metrics
+from loader.serving.prediction_protos import (
+    fill_classifications,
+    fill_predict_response,
+    fill_regressions,
+    set_spec,
+)
+from loader.serving.request_log import RequestLog
 
 SIGNATURE_DEF = "signature_def"
 # Answers of up to this many values are encoded on the event loop (microseconds); larger
@@ -85,33 +93,12 @@ def _spec_target(spec: model_pb2.ModelSpec) -> tuple[str, int | None, str | None
     return spec.name, version, label
 
 
-def _set_spec(out: model_pb2.ModelSpec, name: str, version: int, signature_name: str) -> None:
-    """TF Serving's MakeModelSpec: an empty signature name is reported as the default."""
-    out.name = name
-    out.version.value = version
-    out.signature_name = signature_name or DEFAULT_SIGNATURE
-
-
 def _signature(lease: Lease, name: str) -> SignatureInfo:
     """The signature a Predict names, with TF Serving's gRPC wording when it is not there."""
     signature = lease.servable.signatures.get(name)
     if signature is None:
         raise FailedPrecondition(f'Serving signature key "{name}" not found.')
     return signature
-
-
-def _fill_classifications(
-    result: classification_pb2.ClassificationResult, classifications: list[Classes]
-) -> None:
-    for classes in classifications:
-        added = result.classifications.add()
-        for label, score in classes:
-            added.classes.add(label=label, score=score)
-
-
-def _fill_regressions(result: regression_pb2.RegressionResult, values: list[float]) -> None:
-    for value in values:
-        result.regressions.add(value=value)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -125,12 +112,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         check_method_name: bool,
         tensor_content: bool,
         inputs: PredictInputs,
+        request_log: RequestLog,
     ) -> None:
         self._dataplane = dataplane
         self._answer = answer
         self._check_method_name = check_method_name
         self._tensor_content = tensor_content
         self._inputs = inputs
+        self._log = request_log
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -187,17 +176,34 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             ))
             served = lease.version
         if sum(value.size for value in outputs.values()) <= INLINE_OUTPUT_VALUES:
-            return self._predict_response(model, served, signature_name, outputs)
-        return await loop.run_in_executor(None, lambda: self._inputs.bounded(
-            self._predict_response(model, served, signature_name, outputs)))
+            response = self._predict_response(model, served, signature_name, outputs)
+        else:
+            response = await loop.run_in_executor(None, lambda: self._inputs.bounded(
+                self._predict_response(model, served, signature_name, outputs)))
+        return self._logged("predict_log", request, response, response.model_spec)
 
     def _predict_response(
         self, model: str, served: int, signature_name: str, outputs: dict[str, Any]
     ) -> predict_pb2.PredictResponse:
         response = predict_pb2.PredictResponse()
-        _set_spec(response.model_spec, model, served, signature_name)
-        for alias, value in outputs.items():
-            from_numpy(value, tensor_content=self._tensor_content, proto=response.outputs[alias])
+        fill_predict_response(response, model, served, signature_name, outputs,
+                              tensor_content=self._tensor_content)
+        return response
+
+    def _logged(
+        self, kind: str, request: message.Message, response: Response, spec: model_pb2.ModelSpec
+    ) -> Response:
+        """`response`, once a sampled request and its answer are handed to the request log
+        (copied into its record on the log's thread: gRPC only reads them meanwhile)."""
+        target = self._log.sample(spec.name)
+        if target is not None:
+            def fill(record: prediction_log_pb2.PredictionLog) -> None:
+                entry = getattr(record, kind)
+                entry.request.CopyFrom(request)
+                entry.response.CopyFrom(response)
+
+            self._log.record(spec.name, target, (spec.name, spec.version.value,
+                             spec.signature_name), fill, request.ByteSize() + response.ByteSize())
         return response
 
     def _classify(
@@ -205,18 +211,18 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> classification_pb2.ClassificationResponse:
         model, served, results = self._on_examples(request, classify)
         response = classification_pb2.ClassificationResponse()
-        _set_spec(response.model_spec, model, served, request.model_spec.signature_name)
-        _fill_classifications(response.result, results)
-        return response
+        set_spec(response.model_spec, model, served, request.model_spec.signature_name)
+        fill_classifications(response.result, results)
+        return self._logged("classify_log", request, response, response.model_spec)
 
     def _regress(
         self, request: regression_pb2.RegressionRequest
     ) -> regression_pb2.RegressionResponse:
         model, served, values = self._on_examples(request, regress)
         response = regression_pb2.RegressionResponse()
-        _set_spec(response.model_spec, model, served, request.model_spec.signature_name)
-        _fill_regressions(response.result, values)
-        return response
+        set_spec(response.model_spec, model, served, request.model_spec.signature_name)
+        fill_regressions(response.result, values)
+        return self._logged("regress_log", request, response, response.model_spec)
 
     def _on_examples(self, request: Any, infer: Callable[..., Any]) -> tuple[str, int, Any]:
         """Run classify or regress on a request's examples: (model, served version, results)."""
@@ -251,10 +257,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             answer.model_spec.CopyFrom(task.model_spec)
             answer.model_spec.version.value = served
             if task.method_name == CLASSIFY_METHOD:
-                _fill_classifications(answer.classification_result, cast(list[Classes], result))
+                fill_classifications(answer.classification_result, cast(list[Classes], result))
             else:
-                _fill_regressions(answer.regression_result, cast(list[float], result))
-        return response
+                fill_regressions(answer.regression_result, cast(list[float], result))
+        spec = response.results[0].model_spec if response.results else first
+        return self._logged("multi_inference_log", request, response, spec)
 
     def _metadata(
         self, request: get_model_metadata_pb2.GetModelMetadataRequest
@@ -332,6 +339,7 @@ class GrpcApi:
     default typed fields. A Predict whose inputs decode to more than `max_decoded_bytes`
     is refused; large ones reserve their size in `decode_budget` (shared with REST); a
     large answer past `max_message_bytes` (the server's send limit) is RESOURCE_EXHAUSTED.
+    Answered requests of the models `request_log` samples are logged.
     """
 
     def __init__(
@@ -346,6 +354,7 @@ class GrpcApi:
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         decode_budget: DecodeBudget | None = None,
         max_message_bytes: int | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         metrics = metrics or Metrics()
         answer = self._answer = Answerer(metrics)
@@ -353,6 +362,7 @@ class GrpcApi:
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content,
             inputs=PredictInputs(metrics, decode_budget or DecodeBudget(
                 DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes, max_message_bytes),
+            request_log=request_log or RequestLog(metrics),
         )
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
         self.health = HealthService(dataplane)

@@ -29,6 +29,7 @@ from loader.manager.harness import VersionStatus
 from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import CONTENT_TYPE, Metrics
+from loader.serving.request_log import RequestLog
 from loader.serving.rest.idle_deadlines import IdleDeadlines
 from loader.serving.rest.operator_page import PATH as OPERATOR_PAGE_PATH
 from loader.serving.rest.operator_page import OperatorPage
@@ -105,6 +106,7 @@ class RestApi:
         metrics_path: str | None = PROMETHEUS_PATH,
         operator_page: OperatorPage | None = None,
         decode_budget: DecodeBudget | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
@@ -114,6 +116,7 @@ class RestApi:
         self.predictions = PredictionRoutes(
             dataplane, self._metrics, max_request_bytes=max_request_bytes,
             body_timeout_seconds=body_timeout_seconds, decode_budget=decode_budget,
+            request_log=request_log,
         )
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
         self._operator_page = operator_page

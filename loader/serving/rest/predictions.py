@@ -38,15 +38,11 @@ from loader.base import (
     ServingError,
 )
 from loader.manager.handles import Lease
-from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import BudgetNeverFits, DecodeBudget
 from loader.serving.metrics import Metrics, RequestOutcome
-from loader.serving.rest.json_examples import (
-    decode_examples_request,
-    encode_classify_response,
-    encode_regress_response,
-)
+from loader.serving.request_log import RequestLog
+from loader.serving.rest.examples_route import answer_examples
 from loader.serving.rest.json_predict import decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
 from loader.serving.rest.json_slices import (
@@ -57,6 +53,7 @@ from loader.serving.rest.json_slices import (
     whole_parse_bytes,
 )
 from loader.serving.rest.json_values import parse_body, signature_name_of
+from loader.serving.rest.logged_requests import SampledRequest, sample_request
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -144,8 +141,8 @@ def parse_version(text: str | None) -> int | None:
 
 
 class PredictionRoutes:
-    """What the prediction routes need: the data plane, the metrics, the body limits and
-    the process's decode budget."""
+    """What the prediction routes need: the data plane, the metrics, the body limits, the
+    process's decode budget and its request log."""
 
     def __init__(
         self,
@@ -155,9 +152,11 @@ class PredictionRoutes:
         max_request_bytes: int,
         body_timeout_seconds: float,
         decode_budget: DecodeBudget | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
+        self.request_log = request_log or RequestLog(metrics)
         self.max_request_bytes = max_request_bytes
         self.body_timeout_seconds = body_timeout_seconds
         self.budget = decode_budget or DecodeBudget(DEFAULT_MAX_DECODING_BYTES)
@@ -206,6 +205,10 @@ class PredictionRoutes:
         extra = needed if needed > self.budget.limit else needed - held
         return held + await self.reserve(extra, body, "parsed whole")
 
+    async def reserve_examples(self, body: bytes) -> int:
+        """What a classify or regress body, parsed whole, reserves (0 when it is small)."""
+        return await self.reserve_whole(body, 0) if len(body) > INLINE_BODY_BYTES else 0
+
     def spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
@@ -222,7 +225,7 @@ class PredictionCall:
     `refuse` it (413, 408) or `cancel` it (the client left) before. `reply` is called
     exactly once, on the event loop, except after `cancel`."""
 
-    __slots__ = ("_outcome", "_reply", "_routes", "api", "model")
+    __slots__ = ("_outcome", "_reply", "_routes", "_sampled", "api", "model")
 
     def __init__(self, routes: PredictionRoutes, api: str, model: str, reply: Reply) -> None:
         self._routes = routes
@@ -231,14 +234,19 @@ class PredictionCall:
         self.model = model
         self._outcome: RequestOutcome | None = routes.metrics.request("rest", api).__enter__()
         self._outcome.model = model
+        self._sampled: SampledRequest | None = None  # chosen for the request log
 
     def run(self, version_text: str | None, label: str | None, body: bytes) -> None:
         """Answer the request whose path named `version_text` or `label`, with `body`."""
         try:
             version = parse_version(version_text)
             if self.api != "predict":
-                self._routes.spawn(self._answer_from(self._examples(version, label, body)))
-            elif len(body) > INLINE_BODY_BYTES or self._routes.dataplane.is_on_demand(self.model):
+                self._routes.spawn(self._answer_from(answer_examples(
+                    self._routes, self.api, self.model, version, label, body)))
+                return
+            self._sampled = sample_request(
+                self._routes.request_log, self.model, version, label, len(body))
+            if len(body) > INLINE_BODY_BYTES or self._routes.dataplane.is_on_demand(self.model):
                 # A task: a large body is parsed on a worker thread, and an on-demand
                 # model's first request waits for its load (off the loop).
                 self._routes.spawn(self._answer_from(self._predict_in_task(version, label, body)))
@@ -298,6 +306,7 @@ class PredictionCall:
                 if error is not None:
                     self._failed(error)
                 else:
+                    self._logged(name, lease.version, request.inputs, result or {})
                     self._encode(result or {}, request.row_format)
 
             if dataplane.submit(lease, name, request.inputs, outputs_ready):
@@ -316,7 +325,14 @@ class PredictionCall:
         except BaseException as error:
             self._failed(error)
             return
+        self._logged(name, lease.version, inputs, outputs)
         self._encode(outputs, row_format)
+
+    def _logged(
+        self, name: str, served: int, inputs: dict[str, Any], outputs: dict[str, Any]
+    ) -> None:
+        if self._sampled is not None:
+            self._sampled.predict(name, served, inputs, outputs)
 
     def _encode(self, outputs: dict[str, Any], row_format: bool) -> None:
         if sum(map(np.size, outputs.values())) > INLINE_OUTPUT_VALUES:
@@ -375,26 +391,9 @@ class PredictionCall:
                     del document, sliced  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
                 outputs = await dataplane.run_async(lease, name, request.inputs)
+                self._logged(name, lease.version, request.inputs, outputs)
             if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
                 return encode_predict_response(outputs, request.row_format)
             return await run_in_threadpool(encode_predict_response, outputs, request.row_format)
         finally:
             budget.release(held)
-
-    async def _examples(self, version: int | None, label: str | None, body: bytes) -> bytes:
-        held = 0
-        try:
-            if len(body) > INLINE_BODY_BYTES:
-                held = await self._routes.reserve_whole(body, 0)
-            return await run_in_threadpool(self._classify_or_regress, version, label, body)
-        finally:
-            self._routes.budget.release(held)
-
-    def _classify_or_regress(self, version: int | None, label: str | None, body: bytes) -> bytes:
-        request = decode_examples_request(parse_body(body))
-        examples = examples_from_features(request.examples, request.context)
-        with self._routes.dataplane.hold(self.model, version, label) as lease:
-            if self.api == "classify":
-                results = classify(lease.servable, request.signature_name, examples)
-                return encode_classify_response(results)
-            return encode_regress_response(regress(lease.servable, request.signature_name, examples))
