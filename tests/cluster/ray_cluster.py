@@ -132,7 +132,8 @@ class Deployment:
     def log(self) -> str:
         return self._log.read_text(errors="replace")[-6000:]
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes and systemd stop it; the exit code (-9: it had to be killed)."""
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
             try:
@@ -140,6 +141,7 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait(10)
+        return self._process.returncode
 
     def replicas(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/modelwatch/replicas", timeout=10)
