@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -112,7 +112,8 @@ class LocalRayCluster:
 
 
 class Deployment:
-    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be)."""
+    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be).
+    As a context manager: stopped at the end, its log and the cluster's printed on a failure."""
 
     def __init__(self, tmp_path: Path, cluster: LocalRayCluster, env: Mapping[str, str],
                  config: dict[str, Any], replicas: int = 2) -> None:
@@ -121,6 +122,7 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tmp_path / "modelwatch-ray.log"
+        self._cluster = cluster
         argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
                 "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", str(replicas),
                 "--http-port", str(self.port), "--hold-seconds", "5"]
@@ -128,6 +130,15 @@ class Deployment:
             argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, **env, **cluster.env}, start_new_session=True,
         )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            print(self.log())
+            print(self._cluster.log())
+        self.stop()
 
     def log(self) -> str:
         return self._log.read_text(errors="replace")[-6000:]

@@ -50,11 +50,10 @@ def test_sigterm_exits_0_and_deletes_the_application(
     tmp_path: Path, cluster: LocalRayCluster, model_builder: Any
 ) -> None:
     model_builder.publish(tmp_path / "repo" / "m", 1)  # y = 0.5 * x + 1
-    deployment = Deployment(tmp_path, cluster, {}, {
+    with Deployment(tmp_path, cluster, {}, {
         "storage": {"cache_dir": str(tmp_path / "cache")},
         "models": [{"name": "m", "base_path": str(tmp_path / "repo" / "m")}],
-    }, replicas=1)
-    try:
+    }, replicas=1) as deployment:
         wait_until(lambda: deployment.serves(2.0), 400, "version 1 to serve through Serve")
         assert "modelwatch" in serve_state(cluster)["applications"]
         assert deployment.stop() == 0, deployment.log()
@@ -65,9 +64,3 @@ def test_sigterm_exits_0_and_deletes_the_application(
                 name.startswith("SERVE_REPLICA::modelwatch#") for name in state["actors"])
 
         wait_until(deleted, 120, "the application and its replicas to be gone", interval=1)
-    except BaseException:
-        print(deployment.log())
-        print(cluster.log())
-        raise
-    finally:
-        deployment.stop()
