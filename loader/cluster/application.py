@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from typing import Any
 
 import ray
@@ -125,8 +126,14 @@ def serve_forever(
     node_ip: str | None, bounds: Bounds, stop: Any,
 ) -> None:
     """`modelwatch ray`: deploy onto the Ray cluster at `address`, serve until `stop` is
-    set (an Event), then delete the application (the cluster keeps running)."""
+    set (an Event), then delete the application (the cluster keeps running). The caller's
+    SIGTERM handler (one that sets `stop`) is put back after `ray.init`, which replaces it."""
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     ray.init(address=address, _node_ip_address=node_ip, logging_level=logging.WARNING)
+    # ray.init sets a Python handler that exits at once, then its core worker installs a C++
+    # failure handler that aborts (`*** SIGTERM received`): either way the application would
+    # be left deployed. Kubernetes and systemd stop with SIGTERM, so it must stop as SIGINT.
+    signal.signal(signal.SIGTERM, on_sigterm)
     try:
         # One HTTP proxy, on the head: several nodes of one machine would fight for the port.
         serve.start(http_options={"host": http_host, "port": http_port},

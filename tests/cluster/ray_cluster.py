@@ -13,7 +13,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import yaml
@@ -112,7 +112,8 @@ class LocalRayCluster:
 
 
 class Deployment:
-    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be)."""
+    """`python -m loader ray` as a subprocess; stopped with SIGTERM (and killed if need be).
+    As a context manager: stopped at the end, its log and the cluster's printed on a failure."""
 
     def __init__(self, tmp_path: Path, cluster: LocalRayCluster, env: Mapping[str, str],
                  config: dict[str, Any], replicas: int = 2) -> None:
@@ -121,6 +122,7 @@ class Deployment:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tmp_path / "modelwatch-ray.log"
+        self._cluster = cluster
         argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
                 "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", str(replicas),
                 "--http-port", str(self.port), "--hold-seconds", "5"]
@@ -129,10 +131,20 @@ class Deployment:
             env={**os.environ, **env, **cluster.env}, start_new_session=True,
         )
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        if kind is not None:
+            print(self.log())
+            print(self._cluster.log())
+        self.stop()
+
     def log(self) -> str:
         return self._log.read_text(errors="replace")[-6000:]
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM, as Kubernetes and systemd stop it; the exit code (-9: it had to be killed)."""
         if self._process.poll() is None:
             self._process.send_signal(signal.SIGTERM)
             try:
@@ -140,6 +152,7 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 os.killpg(self._process.pid, signal.SIGKILL)
                 self._process.wait(10)
+        return self._process.returncode
 
     def replicas(self) -> dict[str, Any]:
         response = httpx.get(f"{self.url}/modelwatch/replicas", timeout=10)
