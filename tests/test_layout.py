@@ -25,12 +25,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "loader.serving.rest": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.operator_view", "loader.serving.rest",
-        "loader.serving.decode_budget", "loader.serving.rate_limited_log", "policies",
+        "loader.serving.decode_budget", "loader.serving.rate_limited_log", "loader.serving.tls",
+        "policies",
     ),
     "loader.serving.grpc": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.grpc", "loader.serving.decode_budget",
-        "loader.serving.rate_limited_log", "policies",
+        "loader.serving.rate_limited_log", "loader.serving.tls", "policies",
     ),
     "loader.serving": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving", "policies",

@@ -34,6 +34,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsConfig(_Strict):
+    """TLS for REST and gRPC (README: "TLS"): PEM files, re-read when they change."""
+
+    # The server's certificate, then any intermediates.
+    cert_file: Annotated[str, Field(min_length=1)]
+    # Its private key, unencrypted.
+    key_file: Annotated[str, Field(min_length=1)]
+    # Clients must present a certificate this CA signed (mutual TLS); None: none is asked.
+    client_ca_file: Annotated[str, Field(min_length=1)] | None = None
+
+
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     rest_port: Annotated[int, Field(ge=0, le=65535)] = 8501
@@ -96,6 +107,9 @@ class ServerConfig(_Strict):
     # decoded size, a JSON body 5x its size in slices, up to 32x parsed whole); past it a
     # request waits 1 s, then gets 429 (RESOURCE_EXHAUSTED); one that never fits gets 413.
     max_decoding_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
+    # -- TLS (issue 23; README: "TLS") --
+    # Secures REST and gRPC with these files, re-read when they change; None: plain text.
+    tls: TlsConfig | None = None
 
     @model_validator(mode="after")
     def _socket_needs_grpc(self) -> ServerConfig:
@@ -335,6 +349,12 @@ def resolve_paths(config: Config, folder: Path) -> Config:
     server = config.server
     if server.grpc_socket_path is not None:
         server = server.model_copy(update={"grpc_socket_path": local(server.grpc_socket_path)})
+    if server.tls is not None:
+        tls = server.tls
+        server = server.model_copy(update={"tls": tls.model_copy(update={
+            "cert_file": local(tls.cert_file), "key_file": local(tls.key_file),
+            "client_ca_file": tls.client_ca_file and local(tls.client_ca_file),
+        })})
     return config.model_copy(update={"models": models, "storage": storage, "server": server})
 
 

@@ -77,6 +77,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         monitoring_config_file | | MonitoringConfig text file: prometheus_config { enable path }
         grpc_socket_path | | also serve gRPC on this Unix domain socket -> server.grpc_socket_path
         grpc_channel_arguments | | gRPC server arguments, key=value,... -> server.grpc_channel_arguments
+        ssl_config_file | | SSLConfig text file: TLS, and with client_verify client certificates, on gRPC (REST stays plain HTTP)
     """),
     *_table(int, "ignored", """
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
@@ -110,7 +111,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
     """),
     *_table(str, "refused", """
-        ssl_config_file | | no TLS; terminate TLS in front of modelwatch
         platform_config_file | | modelwatch serves the tensorflow platform only
         saved_model_tags | serve | only the serve tag set is loaded
     """),

@@ -17,6 +17,8 @@ the app: both REST paths (plain uvicorn, and the fast path built on this) use it
   HTTP/1.1, the `Upgrade` ignored, as RFC 9110 7.8 allows and as TF Serving (libevent) and
   nginx do; modelwatch speaks no other protocol on this port.
 - A `Host` that is not allowed (`loader.serving.rest.allowed_hosts`) gets 421.
+- TLS (asyncio's `start_tls`, `loader.serving.tls`'s certificates) runs under the limits
+  above from accept; a failed handshake (say, a plain HTTP request) closes at once, counted.
 - Every refusal is counted (`modelwatch_refused_total{transport="rest"}`) and logged at most
   once per interval per reason; malformed requests too (uvicorn logs each one).
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from loader.serving.metrics import Metrics
 from loader.serving.rate_limited_log import RateLimitedLog
 from loader.serving.rest.allowed_hosts import AllowedHosts
+from loader.serving.tls import ServerTls
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -69,10 +73,13 @@ class Refusal(Exception):
 
 
 class ConnectionGuard:
-    """What every connection of one server shares: its limits, metrics and warning log."""
+    """What every connection of one server shares: its limits, metrics, warning log and TLS."""
 
-    def __init__(self, limits: HttpLimits, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, limits: HttpLimits, metrics: Metrics | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.limits = limits
+        self.tls = tls
         self._metrics = metrics
         self._log = RateLimitedLog(log)
         # Connections that have not sent a byte yet, oldest first: at the cap, the oldest
@@ -163,6 +170,28 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer = self.loop.call_at(
             self._head_started + self.guard.limits.header_timeout_seconds, self._check_head
         )
+        if self.guard.tls is not None:
+            transport.pause_reading()  # nothing reaches the parser before the handshake
+            self._handshake = self.loop.create_task(self._secure(transport, self.guard.tls))
+
+    async def _secure(self, transport: asyncio.Transport, tls: ServerTls) -> None:
+        """TLS over `transport`; the connection reads and writes through it once the
+        handshake is done, or closes (the first head's deadline covers the handshake)."""
+        seconds = self.guard.limits.header_timeout_seconds
+        try:
+            secured = await self.loop.start_tls(
+                transport, self, tls.current().context, server_side=True,
+                ssl_handshake_timeout=seconds, ssl_shutdown_timeout=seconds,
+            )
+        except OSError as error:  # SSLError, or closed (by the peer, or by a limit)
+            if isinstance(error, ssl.SSLError) and not self._stopped:
+                self._stopped = True
+                self.guard.refused("tls_handshake", f"a TLS handshake failed: {error.reason}")
+            return
+        if secured is not None and not self._stopped:  # None: closed meanwhile
+            HttpToolsProtocol.connection_made(self, secured)
+        elif secured is not None:
+            secured.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._silent:
