@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import ssl
 import tempfile
 import threading
@@ -82,7 +83,7 @@ def check(pem: Pem) -> Certificates:
         except ssl.SSLError as exc:
             raise TlsError(
                 f"{pem.key_from}: not an unencrypted PEM private key of the certificate in "
-                f"{pem.chain_from} ({exc.reason or exc})"
+                f"{pem.chain_from} ({_why(exc)})"
             ) from None
     if pem.client_ca is not None:
         context.load_verify_locations(cadata=pem.client_ca.decode("ascii"))
@@ -96,8 +97,14 @@ def _certificates(text: bytes, where: str) -> None:
         scratch = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         scratch.load_verify_locations(cadata=text.decode("ascii"))
     except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
-        reason = getattr(exc, "reason", None) or ("it is empty" if not text.strip() else exc)
+        reason = _why(exc) if text.strip() else "it is empty"
         raise TlsError(f"{where}: not PEM certificates ({reason})") from None
+
+
+def _why(error: Exception) -> str:
+    """OpenSSL's reason, without the line of CPython's C source that reported it."""
+    reason = getattr(error, "reason", None)
+    return str(reason) if reason else re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(error))
 
 
 @contextlib.contextmanager

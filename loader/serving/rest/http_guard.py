@@ -17,8 +17,8 @@ the app: both REST paths (plain uvicorn, and the fast path built on this) use it
   HTTP/1.1, the `Upgrade` ignored, as RFC 9110 7.8 allows and as TF Serving (libevent) and
   nginx do; modelwatch speaks no other protocol on this port.
 - A `Host` that is not allowed (`loader.serving.rest.allowed_hosts`) gets 421.
-- TLS (asyncio's `start_tls`, `loader.serving.tls`'s certificates) runs under the limits
-  above from accept; a failed handshake (say, a plain HTTP request) closes at once, counted.
+- TLS (`loader.serving.rest.tls_start`) runs under the limits above from the accept; a
+  failed handshake (say, a plain HTTP request) closes the connection at once, counted.
 - Every refusal is counted (`modelwatch_refused_total{transport="rest"}`) and logged at most
   once per interval per reason; malformed requests too (uvicorn logs each one).
 
@@ -47,6 +47,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from loader.serving.metrics import Metrics
 from loader.serving.rate_limited_log import RateLimitedLog
 from loader.serving.rest.allowed_hosts import AllowedHosts
+from loader.serving.rest.tls_start import TlsStart
 from loader.serving.tls import ServerTls
 
 log = logging.getLogger("modelwatch.rest")
@@ -138,6 +139,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_open = False  # the body (or trailers) of self.cycle's request is arriving
         self._stopped = False  # refused: read nothing more
         self._silent = False  # in guard.silent: open, and no byte received yet
+        self._tls: TlsStart | None = None  # the handshake, with guard.tls
 
     # -- the connection ----------------------------------------------------------------
 
@@ -171,27 +173,23 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_started + self.guard.limits.header_timeout_seconds, self._check_head
         )
         if self.guard.tls is not None:
-            transport.pause_reading()  # nothing reaches the parser before the handshake
-            self._handshake = self.loop.create_task(self._secure(transport, self.guard.tls))
-
-    async def _secure(self, transport: asyncio.Transport, tls: ServerTls) -> None:
-        """TLS over `transport`; the connection reads and writes through it once the
-        handshake is done, or closes (the first head's deadline covers the handshake)."""
-        seconds = self.guard.limits.header_timeout_seconds
-        try:
-            secured = await self.loop.start_tls(
-                transport, self, tls.current().context, server_side=True,
-                ssl_handshake_timeout=seconds, ssl_shutdown_timeout=seconds,
+            self._tls = TlsStart(
+                self, transport, self.guard.tls.current().context,
+                self.guard.limits.header_timeout_seconds, self._secured, self._handshake_failed,
             )
-        except OSError as error:  # SSLError, or closed (by the peer, or by a limit)
-            if isinstance(error, ssl.SSLError) and not self._stopped:
-                self._stopped = True
-                self.guard.refused("tls_handshake", f"a TLS handshake failed: {error.reason}")
+
+    def _secured(self, transport: asyncio.Transport, held: list[bytes]) -> None:
+        if self._stopped:  # closed by a limit during the handshake
+            transport.close()
             return
-        if secured is not None and not self._stopped:  # None: closed meanwhile
-            HttpToolsProtocol.connection_made(self, secured)
-        elif secured is not None:
-            secured.close()
+        HttpToolsProtocol.connection_made(self, transport)  # reads and writes through TLS now
+        for data in held:
+            self.data_received(data)
+
+    def _handshake_failed(self, error: ssl.SSLError) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.guard.refused("tls_handshake", f"a TLS handshake failed: {error.reason}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._silent:
@@ -224,6 +222,8 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- reading -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None and self._tls.hold(data):
+            return
         if self._silent:  # it spoke: no longer the first to make room
             self._silent = False
             self.guard.silent.pop(self, None)

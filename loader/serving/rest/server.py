@@ -81,6 +81,11 @@ class RestServer:
             lifespan="off",
             timeout_graceful_shutdown=int(max(1, drain_timeout_seconds)),
             timeout_keep_alive=keep_alive_seconds,  # an idle connection is closed after this
+            # With TLS, asyncio's loop: a connection's TLS starts in its protocol's
+            # connection_made (http_guard), where asyncio's transport stays paused until
+            # start_tls reads; uvloop starts reading after connection_made returns, so the
+            # first bytes of a ClientHello could reach the HTTP parser.
+            loop="auto" if tls is None else "asyncio",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="modelwatch-rest", daemon=True)
