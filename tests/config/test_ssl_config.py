@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+import loader.app.cli
 from loader.app.parts import ports_tls
 from loader.config.schema import ConfigError, load_config
 from loader.config.tfs_flags import FLAGS, parse_tfs_flags
@@ -136,3 +137,9 @@ def test_the_command_line_says_which_file_cannot_serve_without_a_traceback(tmp_p
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith(f"modelwatch: error: {named}"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_modelwatch_ray_refuses_server_tls_rather_than_serve_plain_text(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text("server: {tls: {cert_file: c, key_file: k}}\n")
+    assert loader.app.cli.main(["ray", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert "server.tls is not supported by `modelwatch ray` yet" in capsys.readouterr().err

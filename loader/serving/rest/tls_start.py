@@ -51,16 +51,22 @@ class TlsStart:
         secured: Callable[[asyncio.Transport, list[bytes]], None],
         failed: Callable[[ssl.SSLError], None],
     ) -> None:
+        lost: OSError | None = None
         try:
             tls = await asyncio.get_running_loop().start_tls(
                 transport, protocol, context, server_side=True,
                 ssl_handshake_timeout=seconds, ssl_shutdown_timeout=seconds,
             )
         except ssl.SSLError as error:
-            failed(error)
+            failed(error)  # the TLS layer tells the protocol of the connection's loss
             return
-        except OSError:  # closed before or during the handshake: by the peer, or by a limit
+        except OSError as error:
+            tls, lost = None, error
+        if tls is None:
+            # Closed during the handshake (by the peer, a limit or the handshake's timeout;
+            # `start_tls` then raises, or returns None): asyncio's TLS layer tells the
+            # protocol nothing of it, and the server would count the connection forever.
+            protocol.connection_lost(lost)
             return
         held, self._held = self._held or [], None
-        if tls is not None:  # None only for a transport already closed
-            secured(tls, held)
+        secured(tls, held)
