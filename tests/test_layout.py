@@ -26,13 +26,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.operator_view", "loader.serving.rest",
         "loader.serving.decode_budget", "loader.serving.rate_limited_log", "policies",
-        "loader.serving.request_log", "loader.serving.prediction_protos",
+        "loader.serving.request_log", "loader.serving.prediction_protos", "loader.serving.tls",
     ),
     "loader.serving.grpc": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.grpc", "loader.serving.decode_budget",
         "loader.serving.rate_limited_log", "policies", "loader.serving.request_log",
-        "loader.serving.prediction_protos",
+        "loader.serving.prediction_protos", "loader.serving.tls",
     ),
     "loader.serving": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving", "policies",

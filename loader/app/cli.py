@@ -66,6 +66,7 @@ def _serve_tfs(argv: Sequence[str]) -> int:
     return _run_daemon(
         tfs.config, reloader, tfs.ports_file,
         f"--rest_api_port {server.rest_port}, --port {server.grpc_port}",
+        ssl_config_file=tfs.ssl_config_file,
         serve_rest=tfs.rest_api_enabled, metrics_path=tfs.metrics_path,
     )
 
@@ -75,9 +76,13 @@ def _run_daemon(
     make_reloader: Callable[[Any], ConfigReloader | None],
     ports_file: Path | None,
     ports: str,
+    ssl_config_file: Path | None = None,
     **options: Any,
 ) -> int:
     """Serve until SIGTERM or SIGINT; SIGHUP reloads the models, if there is a reloader."""
+    from loader.app.parts import ports_tls
+
+    tls = ports_tls(config.server.tls, ssl_config_file)  # bad certificates: before TF's import
     pools = config.tensorflow
     set_thread_pools(pools.intra_op_parallelism, pools.inter_op_parallelism)
     import_tensorflow()
@@ -88,7 +93,7 @@ def _run_daemon(
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        daemon = Daemon(config, **options)
+        daemon = Daemon(config, tls=tls, **options)
     except OSError as exc:
         raise ConfigError(
             f"cannot listen on {config.server.host} ({ports}): {exc.strerror or exc}"
@@ -231,6 +236,11 @@ def _status(args: argparse.Namespace) -> int:
 
 def _ray(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if config.server.tls is not None:  # rather than serve plain text where TLS was asked
+        raise ConfigError(
+            f"{args.config}: server.tls is not supported by `modelwatch ray` yet; terminate "
+            "TLS in front of Ray Serve's proxy, or run `modelwatch serve`"
+        )
     try:
         from loader.cluster.application import serve_forever
         from loader.cluster.rollout import Bounds

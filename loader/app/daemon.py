@@ -14,12 +14,14 @@ from pathlib import Path
 from tensorflow_serving.config import model_server_config_pb2
 
 from loader.app.parts import (
+    PortsTls,
     Storage,
     locations,
     log_targets,
     make_manager,
     make_source,
     model_spec,
+    ports_tls,
     source_kind,
 )
 from loader.base import Code, InvalidArgument, ServingError
@@ -42,6 +44,7 @@ from loader.serving.rest.http_guard import HttpLimits
 from loader.serving.rest.open_files import connection_cap
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
+from loader.serving.tls import ServerTls
 from loader.sources.base import Source
 from policies.base import Phase
 
@@ -65,12 +68,22 @@ def http_limits(server: ServerConfig) -> HttpLimits:
     )
 
 
+def _over_tls(tls: ServerTls | None) -> str:
+    if tls is None:
+        return ""
+    return " over TLS" + (", clients presenting a certificate" if tls.client_verify else "")
+
+
 class Daemon:
     """Everything modelwatch runs, wired from one config."""
 
     def __init__(
-        self, config: Config, *, serve_rest: bool = True, metrics_path: str | None = PROMETHEUS_PATH
+        self, config: Config, *, serve_rest: bool = True, metrics_path: str | None = PROMETHEUS_PATH,
+        tls: PortsTls | None = None,
     ) -> None:
+        """`tls`: each port's certificates; None: `server.tls`'s (a certificate that cannot
+        serve raises `ConfigError` naming it)."""
+        self._tls = tls = ports_tls(config.server.tls) if tls is None else tls  # before all
         self.config = config
         self.metrics = Metrics()
         self._storage = Storage(config, self.metrics)
@@ -112,7 +125,7 @@ class Daemon:
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),
                 drain_timeout_seconds=DRAIN_SECONDS, fast_path=server.rest_fast_path,
-                limits=http_limits(server), metrics=self.metrics,
+                limits=http_limits(server), metrics=self.metrics, tls=tls.rest,
             )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None
@@ -138,7 +151,7 @@ class Daemon:
                     server.grpc_handshake_timeout_seconds,
                     server.grpc_idle_connection_timeout_seconds, server.grpc_max_connections,
                 ),
-                extra_handlers=[self._profiler] if self._profiler else [],
+                extra_handlers=[self._profiler] if self._profiler else [], tls=tls.grpc,
             )
 
     @property
@@ -259,7 +272,8 @@ class Daemon:
         # gRPC first, as TF Serving: once REST answers, gRPC listens too.
         if self.grpc is not None:
             self.grpc.start()
-            log.info("serving gRPC on %s:%d", self.config.server.host, self.grpc.port)
+            log.info("serving gRPC on %s:%d%s", self.config.server.host, self.grpc.port,
+                     _over_tls(self._tls.grpc))
             if self.grpc.socket_path:
                 log.info("serving gRPC on unix:%s", self.grpc.socket_path)
         if self.rest is not None:
@@ -267,7 +281,7 @@ class Daemon:
             if not self.rest.wait_started(30):
                 raise RuntimeError("the REST server did not start")
             log.info(
-                "serving REST on http://%s:%d with %d model(s)",
+                "serving REST on %s://%s:%d with %d model(s)", "https" if self._tls.rest else "http",
                 self.config.server.host, self.rest.port, len(self.config.models),
             )
 

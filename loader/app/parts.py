@@ -1,23 +1,26 @@
 """The parts the daemon is built from, shared with `loader.cluster` (whose watcher runs the
 sources and whose replicas load versions the same way): a model's policies, the storage that
-turns a reported version into a servable, and the sources that watch storage.
+turns a reported version into a servable, the sources that watch storage, and the TLS of
+each port.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loader.base import InvalidArgument, Servable, VersionRef
-from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig
-from loader.config.tfs_proto_files import read_version_batching
+from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig, TlsConfig
+from loader.config.tfs_proto_files import read_ssl_config, read_version_batching
 from loader.manager.manager import Manager, ModelSpec
 from loader.manager.memory_guard import MemoryGuard
 from loader.manager.process_memory import default_limit_bytes
 from loader.serving.metrics import Metrics
 from loader.serving.request_log import LogTarget
+from loader.serving.tls import Pem, ServerTls, TlsError, read_pem_files
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
 from policies.base import SelectionPolicy
@@ -240,3 +243,39 @@ def source_kind(model: ModelConfig) -> str:
 
 def locations(models: Any) -> list[ModelLocation]:
     return [ModelLocation(m.name, m.base_path) for m in models]
+
+
+@dataclass(frozen=True)
+class PortsTls:
+    """The certificates each port presents; None: plain text."""
+
+    rest: ServerTls | None = None
+    grpc: ServerTls | None = None
+
+
+def ports_tls(tls: TlsConfig | None, ssl_config_file: Path | None = None) -> PortsTls:
+    """`server.tls` secures both ports; TF Serving's `--ssl_config_file` the gRPC port only
+    (its REST port stays plain HTTP). The two never meet: TF Serving's flags build their
+    config without config.yaml. A set that cannot serve raises `ConfigError` naming it."""
+    try:
+        if ssl_config_file is not None:
+            path = ssl_config_file
+
+            def read_ssl() -> Pem:
+                try:
+                    return read_ssl_config(path)
+                except ConfigError as error:  # a rotation half done: the files' problem
+                    raise TlsError(str(error)) from None
+
+            return PortsTls(grpc=ServerTls([path], read_ssl))
+        if tls is None:
+            return PortsTls()
+        files = [Path(tls.cert_file), Path(tls.key_file)]
+        ca = None if tls.client_ca_file is None else Path(tls.client_ca_file)
+        both = ServerTls(
+            files + ([ca] if ca else []),
+            lambda: read_pem_files(files[0], files[1], ca, "server.tls"),
+        )
+        return PortsTls(rest=both, grpc=both)
+    except TlsError as error:
+        raise ConfigError(str(error)) from None

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from loader.config.server_schema import STRICT
 from loader.config.server_schema import ServerConfig as ServerConfig  # re-exported
+from loader.config.server_schema import TlsConfig as TlsConfig  # re-exported
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 MIN_MEMORY_LIMIT_BYTES = 64 * 1024 * 1024  # below this, not even the interpreter fits
@@ -273,6 +274,12 @@ def resolve_paths(config: Config, folder: Path) -> Config:
     server = config.server
     if server.grpc_socket_path is not None:
         server = server.model_copy(update={"grpc_socket_path": local(server.grpc_socket_path)})
+    if server.tls is not None:
+        tls = server.tls
+        server = server.model_copy(update={"tls": tls.model_copy(update={
+            "cert_file": local(tls.cert_file), "key_file": local(tls.key_file),
+            "client_ca_file": tls.client_ca_file and local(tls.client_ca_file),
+        })})
     return config.model_copy(update={"models": models, "storage": storage, "server": server})
 
 

@@ -12,6 +12,19 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 STRICT = ConfigDict(extra="forbid", frozen=True)  # every section: unknown keys refused, frozen
 
 
+class TlsConfig(BaseModel):
+    """TLS for REST and gRPC (README: "TLS"): PEM files, re-read when they change."""
+
+    model_config = STRICT
+
+    # The server's certificate, then any intermediates.
+    cert_file: Annotated[str, Field(min_length=1)]
+    # Its private key, unencrypted.
+    key_file: Annotated[str, Field(min_length=1)]
+    # Clients must present a certificate this CA signed (mutual TLS); None: none is asked.
+    client_ca_file: Annotated[str, Field(min_length=1)] | None = None
+
+
 class ServerConfig(BaseModel):
     model_config = STRICT
 
@@ -76,6 +89,9 @@ class ServerConfig(BaseModel):
     # decoded size, a JSON body 5x its size in slices, up to 32x parsed whole); past it a
     # request waits 1 s, then gets 429 (RESOURCE_EXHAUSTED); one that never fits gets 413.
     max_decoding_bytes: Annotated[int, Field(ge=1024 * 1024)] = 512 * 1024 * 1024
+    # -- TLS (issue 23; README: "TLS") --
+    # Secures REST and gRPC with these files, re-read when they change; None: plain text.
+    tls: TlsConfig | None = None
     # -- TF Serving's answer format (issue 23) --
     # gRPC Predict answers carry numbers as raw bytes in tensor_content, not the typed *_val
     # fields (TF Serving's --enable_serialization_as_tensor_content); strings stay in string_val.

@@ -82,6 +82,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         saved_model_tags | serve | the MetaGraph tag set loaded, tag,tag,... -> tensorflow.saved_model_tags
         tensorflow_session_config_file | | ConfigProto text file: its thread counts size the pools below unless those flags do; other fields are warned about
         platform_config_file | | PlatformConfigMap text file: the tensorflow platform's SessionBundleConfig, in place of the flags that set it
+        ssl_config_file | | SSLConfig text file: TLS, and with client_verify client certificates, on gRPC (REST stays plain HTTP)
     """),
     *_table(int, "ignored", """
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
@@ -112,7 +113,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
     """),
     *_table(str, "refused", """
-        ssl_config_file | | no TLS; terminate TLS in front of modelwatch
     """),
     *_table(str, "modelwatch", """
         host | 0.0.0.0 | bind address for gRPC and REST (TF Serving binds every interface)

@@ -9,7 +9,7 @@ defaults, each marked:
 - ignored: accepted, and a non-default value logs one warning naming the flag (tuning
   that has no counterpart here, such as TensorFlow's thread pools);
 - refused: a non-default value is a `ConfigError`, because ignoring it would change what
-  clients see (TLS, CORS, ...).
+  clients see (CORS, ...).
 
 Both `--flag=value` and `--flag value` are read (TF Serving reads only the first);
 booleans are `--flag` or `--flag=true|false|1|0`. Where TF Serving has an error text for
@@ -63,6 +63,7 @@ class TfsServe:
     batching: BatchingConfig | None = None  # --enable_batching, applied to every model
     rest_api_enabled: bool = False  # --rest_api_port 0 (TF Serving's default): no REST API
     metrics_path: str | None = PROMETHEUS_PATH  # None: prometheus_config { enable: false }
+    ssl_config_file: Path | None = None  # SSLConfig: TLS on gRPC only (app.parts.ports_tls)
     ports_file: Path | None = None
     ignored: tuple[str, ...] = ()  # flags given a value that has no effect here
 
@@ -158,6 +159,7 @@ def parse_tfs_flags(
         rest_api_enabled=config.server.rest_port != 0,
         metrics_path=PROMETHEUS_PATH if monitoring is None else read_metrics_path(monitoring),
         ports_file=path("ports-file"),
+        ssl_config_file=path("ssl_config_file"),
         ignored=tuple(what for what, _ in notes),
     )
 
@@ -191,6 +193,11 @@ def _check_flags(given: Mapping[str, Any]) -> list[tuple[str, str]]:
         raise ConfigError(
             f"--rest_api_port and --port are both {grpc_port}: server_options.http_port cannot "
             "be same as grpc_port. Please use a different port for HTTP/REST API."
+        )
+    if value("ssl_config_file") and grpc_port == 0:
+        raise ConfigError(
+            "--ssl_config_file secures the gRPC port, and --port=0 turns gRPC off (REST stays "
+            "plain HTTP under it, as in TF Serving; config.yaml's server.tls secures REST)"
         )
     if value("model_config_file_poll_wait_seconds") < 0:
         raise ConfigError("--model_config_file_poll_wait_seconds must be 0 (read once) or more")

@@ -2,10 +2,11 @@
 
 `read_text_proto` reads any of them into a message (`--model_config_file` included).
 `read_batching_parameters` (`--batching_parameters_file`), `read_version_batching` (a
-version folder's `batching_params.pbtxt`) and `read_metrics_path` (`--monitoring_config_file`)
-read messages tensorflow-serving-api does not ship, from a private descriptor pool;
-`bundle_pool` adds TF Serving's SessionBundleConfig to it, with TensorFlow's ConfigProto
-(which imports TensorFlow). A problem raises `ConfigError` naming the flag or the file.
+version folder's `batching_params.pbtxt`), `read_metrics_path` (`--monitoring_config_file`)
+and `read_ssl_config` (`--ssl_config_file`) read messages tensorflow-serving-api does not
+ship, from a private descriptor pool; `bundle_pool` adds TF Serving's SessionBundleConfig to
+it, with TensorFlow's ConfigProto (which imports TensorFlow). A problem raises `ConfigError`
+naming the flag or the file.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from google.protobuf import (
 from pydantic import ValidationError
 
 from loader.config.schema import BatchingConfig, ConfigError
+from loader.serving.tls import Pem
 
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
 
 # The messages of TF Serving's text files that tensorflow-serving-api does not ship
-# (session_bundle_config.proto, monitoring_config.proto). Text format reads fields by name;
+# (session_bundle_config.proto, monitoring_config.proto, ssl_config.proto; TF Serving's
+# sources, Apache License 2.0, Copyright the TensorFlow Authors). Text format reads fields by name;
 # the numbers matter only in binary, which is never read here.
 _SCHEMA = """
 name: "modelwatch/tfs_flags.proto" package: "tensorflow.serving" syntax: "proto3"
@@ -53,6 +56,12 @@ message_type { name: "PrometheusConfig"
 }
 message_type { name: "MonitoringConfig"
   field { name: "prometheus_config" number: 1 type: TYPE_MESSAGE type_name: ".tensorflow.serving.PrometheusConfig" }
+}
+message_type { name: "SSLConfig"
+  field { name: "server_key" number: 1 type: TYPE_STRING }
+  field { name: "server_cert" number: 2 type: TYPE_STRING }
+  field { name: "custom_ca" number: 3 type: TYPE_STRING }
+  field { name: "client_verify" number: 4 type: TYPE_BOOL }
 }
 """
 
@@ -236,6 +245,26 @@ def read_metrics_path(path: Path) -> str | None:
             f"got {prometheus.path!r}"
         )
     return prometheus.path or PROMETHEUS_PATH
+
+
+def read_ssl_config(path: Path) -> Pem:
+    """TF Serving's SSLConfig text file, PEM text inline, as `server.cc` reads it: the
+    server's key and certificate and, with `client_verify`, the CA (`custom_ca`) that must
+    have signed a client's certificate. Without `client_verify`, `custom_ca` has no effect,
+    as in TF Serving."""
+    config: Any = read_text_proto("ssl_config_file", path, _message_class("SSLConfig")())
+    where = f"--ssl_config_file={path}"
+    if config.client_verify and not config.custom_ca:
+        # TF Serving would verify them against gRPC's built-in public roots: any public CA.
+        raise ConfigError(
+            f"{where}: client_verify needs custom_ca, the CA that signs the client certificates"
+        )
+    return Pem(
+        key=config.server_key.encode(), chain=config.server_cert.encode(),
+        client_ca=config.custom_ca.encode() if config.client_verify else None,
+        key_from=f"server_key ({where})", chain_from=f"server_cert ({where})",
+        client_ca_from=f"custom_ca ({where})",
+    )
 
 
 def read_text_proto(

@@ -7,6 +7,10 @@ batch as a callback, holding no thread, so one batch gathers every call in fligh
 calls that block (Classify, Regress, MultiInference, metadata, status, reload, a large
 Predict or one of a model without batching) run on a bounded pool of worker threads
 (named `modelwatch-grpc...`).
+
+With a `ServerTls`, the port and the socket both speak TLS (as TF Serving's
+`--ssl_config_file` secures both), through grpcio's dynamic credentials: each new connection
+gets the certificates in use then, so rotated files serve without a restart.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ except ImportError:  # no uvloop on Windows
     new_event_loop = asyncio.new_event_loop
 
 from loader.serving.grpc.services import GrpcApi
+from loader.serving.tls import Certificates, ServerTls
 
 _MIB = 1024 * 1024
 _server_numbers = itertools.count(1)
@@ -105,6 +110,7 @@ class GrpcServer:
         channel_arguments: Sequence[ChannelArgument] = (),
         limits: GrpcLimits = GrpcLimits(),
         extra_handlers: Sequence[grpc.GenericRpcHandler] = (),
+        tls: ServerTls | None = None,
     ) -> None:
         ours: dict[str, int | str] = {
             "grpc.max_receive_message_length": max_message_bytes,
@@ -127,6 +133,7 @@ class GrpcServer:
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix=self._thread_prefix)
         self._api = api
         self._handlers = list(extra_handlers)
+        self._tls = tls
         self._options = list(
             {**limits.channel_arguments(), **dict(channel_arguments), **ours}.items()
         )
@@ -187,12 +194,20 @@ class GrpcServer:
         self._api.add_to(server)
         host = f"[{self._host}]" if ":" in self._host else self._host
         address = f"{host}:{self._port}"
+        tls = self._tls
+
+        def add_port(where: str) -> None:
+            if tls is None:
+                server.add_insecure_port(where)
+            else:
+                server.add_secure_port(where, _credentials(tls))
+
         try:
-            server.add_insecure_port(address)
+            add_port(address)
             if self._socket_path is not None:
                 address = f"unix:{self._socket_path}"
                 _check_socket_path(self._socket_path)
-                server.add_insecure_port(address)  # replaces a stale socket file
+                add_port(address)  # replaces a stale socket file
                 made = self._socket_path.lstat()
                 self._socket = (self._socket_path, made.st_dev, made.st_ino)
         except (RuntimeError, OSError) as exc:  # grpc says only "Failed to bind"
@@ -260,6 +275,31 @@ class GrpcServer:
                 path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """grpcio's TLS, asking `tls` for the certificates at each new connection (TF Serving's
+    SslServerCredentials read them once); clients must present a certificate signed by the
+    client CA when there is one (`client_verify`)."""
+    served = tls.current()
+
+    def configuration(certificates: Certificates) -> grpc.ServerCertificateConfiguration:
+        pem = certificates.pem
+        return grpc.ssl_server_certificate_configuration(
+            [(pem.key, pem.chain)], root_certificates=pem.client_ca
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        nonlocal served
+        now = tls.current()
+        if now is served:
+            return None  # grpc keeps the configuration in use
+        served = now
+        return configuration(now)
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(served), fetch, require_client_authentication=tls.client_verify
+    )
 
 
 def _free_port(host: str, port: int) -> int:

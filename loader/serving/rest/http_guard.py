@@ -17,6 +17,8 @@ the app: both REST paths (plain uvicorn, and the fast path built on this) use it
   HTTP/1.1, the `Upgrade` ignored, as RFC 9110 7.8 allows and as TF Serving (libevent) and
   nginx do; modelwatch speaks no other protocol on this port.
 - A `Host` that is not allowed (`loader.serving.rest.allowed_hosts`) gets 421.
+- TLS (`loader.serving.rest.tls_start`) runs under the limits above from the accept; a
+  failed handshake (say, a plain HTTP request) closes the connection at once, counted.
 - Every refusal is counted (`modelwatch_refused_total{transport="rest"}`) and logged at most
   once per interval per reason; malformed requests too (uvicorn logs each one).
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +47,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from loader.serving.metrics import Metrics
 from loader.serving.rate_limited_log import RateLimitedLog
 from loader.serving.rest.allowed_hosts import AllowedHosts
+from loader.serving.rest.tls_start import TlsStart
+from loader.serving.tls import ServerTls
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -69,10 +74,13 @@ class Refusal(Exception):
 
 
 class ConnectionGuard:
-    """What every connection of one server shares: its limits, metrics and warning log."""
+    """What every connection of one server shares: its limits, metrics, warning log and TLS."""
 
-    def __init__(self, limits: HttpLimits, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, limits: HttpLimits, metrics: Metrics | None = None, tls: ServerTls | None = None
+    ) -> None:
         self.limits = limits
+        self.tls = tls
         self._metrics = metrics
         self._log = RateLimitedLog(log)
         # Connections that have not sent a byte yet, oldest first: at the cap, the oldest
@@ -131,6 +139,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_open = False  # the body (or trailers) of self.cycle's request is arriving
         self._stopped = False  # refused: read nothing more
         self._silent = False  # in guard.silent: open, and no byte received yet
+        self._tls: TlsStart | None = None  # the handshake, with guard.tls
 
     # -- the connection ----------------------------------------------------------------
 
@@ -163,6 +172,24 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_timer = self.loop.call_at(
             self._head_started + self.guard.limits.header_timeout_seconds, self._check_head
         )
+        if self.guard.tls is not None:
+            self._tls = TlsStart(
+                self, transport, self.guard.tls.current().context,
+                self.guard.limits.header_timeout_seconds, self._secured, self._handshake_failed,
+            )
+
+    def _secured(self, transport: asyncio.Transport, held: list[bytes]) -> None:
+        if self._stopped:  # closed by a limit during the handshake
+            transport.close()
+            return
+        HttpToolsProtocol.connection_made(self, transport)  # reads and writes through TLS now
+        for data in held:
+            self.data_received(data)
+
+    def _handshake_failed(self, error: ssl.SSLError) -> None:
+        if not self._stopped:
+            self._stopped = True
+            self.guard.refused("tls_handshake", f"a TLS handshake failed: {error.reason}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._silent:
@@ -195,6 +222,8 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- reading -----------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self._tls is not None and self._tls.hold(data):
+            return
         if self._silent:  # it spoke: no longer the first to make room
             self._silent = False
             self.guard.silent.pop(self, None)

@@ -21,6 +21,7 @@ from loader.serving.metrics import Metrics
 from loader.serving.rest.fast_path import FastPathProtocol
 from loader.serving.rest.http_guard import ConnectionGuard, GuardedProtocol, HttpLimits
 from loader.serving.rest.predictions import PredictionRoutes
+from loader.serving.tls import ServerTls
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -59,10 +60,11 @@ class RestServer:
         keep_alive_seconds: int = 5,
         limits: HttpLimits | None = None,
         metrics: Metrics | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         self._sock = sock
         routes = getattr(getattr(app, "__self__", None), "predictions", None)
-        guard = ConnectionGuard(limits or HttpLimits(), metrics)
+        guard = ConnectionGuard(limits or HttpLimits(), metrics, tls)
         http: Any = functools.partial(GuardedProtocol, guard=guard)
         self.fast_path = fast_path and isinstance(routes, PredictionRoutes)
         if fast_path and isinstance(routes, PredictionRoutes):
@@ -79,6 +81,11 @@ class RestServer:
             lifespan="off",
             timeout_graceful_shutdown=int(max(1, drain_timeout_seconds)),
             timeout_keep_alive=keep_alive_seconds,  # an idle connection is closed after this
+            # With TLS, asyncio's loop: a connection's TLS starts in its protocol's
+            # connection_made (http_guard), where asyncio's transport stays paused until
+            # start_tls reads; uvloop starts reading after connection_made returns, so the
+            # first bytes of a ClientHello could reach the HTTP parser.
+            loop="auto" if tls is None else "asyncio",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="modelwatch-rest", daemon=True)

@@ -25,6 +25,7 @@ from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
 from loader.serving.rest.http_guard import HttpLimits
 from loader.serving.rest.server import RestServer, bind
+from loader.serving.tls import ServerTls
 from policies.selection import All
 from policies.transition import availability_preserving
 from tests.daemon_process import wait_until as poll_until
@@ -50,7 +51,7 @@ class Stack:
 
 def _stack(
     path: str, keep_alive_seconds: int = 5, limits: HttpLimits | None = None,
-    **api_options: float,
+    tls: ServerTls | None = None, **api_options: float,
 ) -> Iterator[Stack]:
     fake = RecordingServable()
     servables: list[BatchingServable] = []
@@ -67,7 +68,8 @@ def _stack(
     metrics = Metrics()
     api = RestApi(DataPlane(manager), metrics, max_request_bytes=LIMIT, **api_options)
     server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast",
-                        keep_alive_seconds=keep_alive_seconds, limits=limits, metrics=metrics)
+                        keep_alive_seconds=keep_alive_seconds, limits=limits, metrics=metrics,
+                        tls=tls)
     assert server.fast_path == (path == "fast")
     server.start()
     assert server.wait_started(10)
