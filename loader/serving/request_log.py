@@ -25,12 +25,16 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tensorflow_serving.apis import prediction_log_pb2
-
-from loader.servables.tfrecord_files import RecordFiles
 from loader.serving.metrics import Metrics
 from loader.serving.rate_limited_log import RateLimitedLog
+
+if TYPE_CHECKING:  # both import TensorFlow: imported where records are written, so the
+    # config checks that import this module run before TensorFlow's (noisy) start
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from loader.servables.tfrecord_files import RecordFiles
 
 log = logging.getLogger("modelwatch.request_log")
 
@@ -41,7 +45,7 @@ RECORD_OVERHEAD_BYTES = 256
 SERVE_TAGS = ("serve",)
 
 # Fills a PredictionLog's request and response (its log_type), on the writer thread.
-Fill = Callable[[prediction_log_pb2.PredictionLog], None]
+Fill = Callable[["prediction_log_pb2.PredictionLog"], None]
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,10 @@ class RequestLog:
             self._safely(open_files.close, prefix)
 
     def _write(self, entry: _Record, files: dict[str, RecordFiles]) -> None:
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        from loader.servables.tfrecord_files import RecordFiles
+
         prefix = entry.target.filename_prefix
         try:
             prediction_log = prediction_log_pb2.PredictionLog()
