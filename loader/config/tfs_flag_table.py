@@ -112,8 +112,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         use_alts_credentials | false | no ALTS credentials
         enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
     """),
-    *_table(str, "refused", """
-    """),
     *_table(str, "modelwatch", """
         host | 0.0.0.0 | bind address for gRPC and REST (TF Serving binds every interface)
         ports-file | | write the bound ports here as JSON once serving
