@@ -78,7 +78,8 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._started = False
         self.dataplane = DataPlane(
-            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds
+            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds,
+            on_expired=self.metrics.expire,
         )
         server = config.server
         budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
@@ -100,7 +101,8 @@ class Daemon:
                     self.operator_view, metrics=self.metrics,
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
-                decode_budget=budget,
+                decode_budget=budget, request_timeout_seconds=server.request_timeout_seconds,
+                cors=server.rest_cors,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),

@@ -5,6 +5,7 @@ turns a reported version into a servable, and the sources that watch storage.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -94,6 +95,7 @@ class Storage:
             servable = BatchingServable(
                 servable, batching, name=f"{model}-{version}",
                 on_batch=self._metrics.batch_size.labels(model).observe,
+                on_expired=functools.partial(self._metrics.expire, model),
             )
         return servable
 

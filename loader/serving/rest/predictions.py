@@ -21,27 +21,21 @@ so a few megabytes of `[]` are refused while megabytes of base64 strings are not
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import (
-    Code,
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    ServingError,
-)
+from loader.base import Code, DeadlineExceeded, Internal, ResourceExhausted, ServingError
 from loader.manager.handles import Lease
 from loader.servables.inference import classify, examples_from_features, regress
 from loader.serving.dataplane import DataPlane
-from loader.serving.decode_budget import BudgetNeverFits, DecodeBudget
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics, RequestOutcome
+from loader.serving.rest.cors import CORS_HEAD
+from loader.serving.rest.error_answers import error_answer, parse_version
 from loader.serving.rest.json_examples import (
     decode_examples_request,
     encode_classify_response,
@@ -57,6 +51,7 @@ from loader.serving.rest.json_slices import (
     whole_parse_bytes,
 )
 from loader.serving.rest.json_values import parse_body, signature_name_of
+from loader.serving.rest.request_timeout import TIMED_OUT, RequestTimeout
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -67,85 +62,15 @@ INLINE_BODY_BYTES = 16 * 1024
 INLINE_OUTPUT_VALUES = 4096
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 
-# TF Serving's mapping (model_servers/http_server.cc: ToHTTPStatusCode).
-HTTP_STATUS = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
 # Called once per request with the HTTP status, the JSON body of its answer and the
 # seconds of a `Retry-After` header (an on-demand model still loading), if any.
 Reply = Callable[[int, bytes, "int | None"], None]
 
 
-class TooLarge(ServingError):
-    """The body passes server.max_request_bytes: 413."""
-
-    code = Code.RESOURCE_EXHAUSTED
-
-
-def too_large(limit: int) -> TooLarge:
-    return TooLarge(f"the request body is larger than server.max_request_bytes ({limit} bytes)")
-
-
-class BodyTimeout(ServingError):
-    """The client stopped sending its body: 408, and the connection is closed."""
-
-    code = Code.DEADLINE_EXCEEDED
-
-
-def body_timeout(seconds: float, size: int) -> BodyTimeout:
-    return BodyTimeout(
-        f"no part of the request body arrived for {seconds:g} seconds "
-        f"(server.body_timeout_seconds); {size} bytes were read"
-    )
-
-
-def error_answer(error: ServingError) -> tuple[int, bytes]:
-    """`{"error": message}` and TF Serving's HTTP status for it."""
-    if isinstance(error, (TooLarge, BudgetNeverFits)):
-        status = 413
-    elif isinstance(error, BodyTimeout):
-        status = 408
-    else:
-        status = HTTP_STATUS.get(error.code, 500)
-    try:
-        return status, orjson.dumps({"error": error.message})
-    except orjson.JSONEncodeError:  # a lone surrogate quoted from the client's text
-        return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
-
-
-def parse_version(text: str | None) -> int | None:
-    """The version a path names, as TF Serving parses it (None: the latest)."""
-    if not text:
-        return None
-    try:
-        version = int(text)
-    except ValueError:
-        version = -1
-    if not 0 <= version < 2**63:
-        raise InvalidArgument(f"Failed to convert version: {text} to numeric.")
-    return version
-
-
 class PredictionRoutes:
-    """What the prediction routes need: the data plane, the metrics, the body limits and
-    the process's decode budget."""
+    """What the prediction routes need: the data plane, the metrics, the body limits, the
+    process's decode budget, the request timeout (None: none) and whether answers carry
+    CORS headers (`cors_head`, written by the fast path)."""
 
     def __init__(
         self,
@@ -155,12 +80,16 @@ class PredictionRoutes:
         max_request_bytes: int,
         body_timeout_seconds: float,
         decode_budget: DecodeBudget | None = None,
+        request_timeout_seconds: float | None = None,
+        cors: bool = False,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_request_bytes = max_request_bytes
         self.body_timeout_seconds = body_timeout_seconds
         self.budget = decode_budget or DecodeBudget(DEFAULT_MAX_DECODING_BYTES)
+        self.timeout = RequestTimeout(request_timeout_seconds)
+        self.cors_head = CORS_HEAD if cors else b""
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done
         self._soon: list[tuple[PredictionCall, str | None, str | None, bytes]] = []
 
@@ -220,9 +149,10 @@ def _replied(status: int, answer: bytes, retry_after: int | None) -> None:
 class PredictionCall:
     """One prediction request, from its headers to its answer: `run` it with its body, or
     `refuse` it (413, 408) or `cancel` it (the client left) before. `reply` is called
-    exactly once, on the event loop, except after `cancel`."""
+    exactly once, on the event loop, except after `cancel`. Once the model is asked, the
+    request is timed (`RequestTimeout`): past its `deadline` it is answered 504."""
 
-    __slots__ = ("_outcome", "_reply", "_routes", "api", "model")
+    __slots__ = ("_outcome", "_reply", "_routes", "api", "deadline", "model")
 
     def __init__(self, routes: PredictionRoutes, api: str, model: str, reply: Reply) -> None:
         self._routes = routes
@@ -231,6 +161,7 @@ class PredictionCall:
         self.model = model
         self._outcome: RequestOutcome | None = routes.metrics.request("rest", api).__enter__()
         self._outcome.model = model
+        self.deadline: float | None = None  # time.monotonic(); None: not timed
 
     def run(self, version_text: str | None, label: str | None, body: bytes) -> None:
         """Answer the request whose path named `version_text` or `label`, with `body`."""
@@ -259,6 +190,17 @@ class PredictionCall:
             self._outcome.__exit__(None)
             self._outcome = None
             self._reply = _replied
+            if self.deadline is not None:
+                self._routes.timeout.finish(self)
+
+    def expire(self) -> None:
+        """The request timeout passed before the model answered: 504, TF Serving's words."""
+        self.refuse(DeadlineExceeded(TIMED_OUT))
+
+    def _time(self) -> float | None:
+        """The model is asked now: time the request from here; its deadline."""
+        self.deadline = self._routes.timeout.start(self)
+        return self.deadline
 
     def _finish(
         self, status: int, answer: bytes, code: Code = Code.OK, retry_after: int | None = None
@@ -267,6 +209,8 @@ class PredictionCall:
         if outcome is None:
             return  # cancelled meanwhile
         self._outcome = None
+        if self.deadline is not None:
+            self._routes.timeout.finish(self)
         outcome.code = code
         outcome.__exit__(None)
         reply, self._reply = self._reply, _replied  # no cycle left with the connection
@@ -300,7 +244,9 @@ class PredictionCall:
                 else:
                     self._encode(result or {}, request.row_format)
 
-            if dataplane.submit(lease, name, request.inputs, outputs_ready):
+            if dataplane.submit(
+                lease, name, request.inputs, outputs_ready, deadline=self._time()
+            ):
                 return
         except BaseException:
             lease.release()
@@ -312,13 +258,17 @@ class PredictionCall:
     ) -> None:
         try:
             with lease:
-                outputs = await self._routes.dataplane.run_async(lease, name, inputs)
+                outputs = await self._routes.dataplane.run_async(
+                    lease, name, inputs, deadline=self.deadline
+                )
         except BaseException as error:
             self._failed(error)
             return
         self._encode(outputs, row_format)
 
     def _encode(self, outputs: dict[str, Any], row_format: bool) -> None:
+        if self._outcome is None:
+            return  # answered meanwhile (timed out) or cancelled: nothing to encode for
         if sum(map(np.size, outputs.values())) > INLINE_OUTPUT_VALUES:
             self._routes.spawn(self._answer_from(
                 run_in_threadpool(encode_predict_response, outputs, row_format)
@@ -374,7 +324,9 @@ class PredictionCall:
                     request = found
                     del document, sliced  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
-                outputs = await dataplane.run_async(lease, name, request.inputs)
+                outputs = await dataplane.run_async(
+                    lease, name, request.inputs, deadline=self._time()
+                )
             if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
                 return encode_predict_response(outputs, request.row_format)
             return await run_in_threadpool(encode_predict_response, outputs, request.row_format)
@@ -386,14 +338,20 @@ class PredictionCall:
         try:
             if len(body) > INLINE_BODY_BYTES:
                 held = await self._routes.reserve_whole(body, 0)
-            return await run_in_threadpool(self._classify_or_regress, version, label, body)
+            return await run_in_threadpool(
+                self._classify_or_regress, version, label, body, self._time()
+            )
         finally:
             self._routes.budget.release(held)
 
-    def _classify_or_regress(self, version: int | None, label: str | None, body: bytes) -> bytes:
+    def _classify_or_regress(
+        self, version: int | None, label: str | None, body: bytes, deadline: float | None
+    ) -> bytes:
+        """On a worker thread: timed from before the hop to it, so parsing counts too."""
         request = decode_examples_request(parse_body(body))
         examples = examples_from_features(request.examples, request.context)
         with self._routes.dataplane.hold(self.model, version, label) as lease:
+            self._routes.dataplane.check_deadline(lease, deadline)
             if self.api == "classify":
                 results = classify(lease.servable, request.signature_name, examples)
                 return encode_classify_response(results)
