@@ -32,6 +32,9 @@ log = logging.getLogger("modelwatch.grpc")
 
 MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry design (gRFC A6)
+# A call cancelled this close to its deadline was cancelled for it: the client gives up at
+# its deadline, which the server learnt a moment after the client set it.
+DEADLINE_SLACK_SECONDS = 1.0
 Response = TypeVar("Response", bound=message.Message)
 
 
@@ -129,9 +132,9 @@ class Answerer:
                 finally:
                     self._leave()
             except asyncio.CancelledError:  # by the client, its deadline, or the server's stop
-                outcome.code = (
-                    Code.DEADLINE_EXCEEDED if context.time_remaining() == 0 else Code.CANCELLED
-                )
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining < DEADLINE_SLACK_SECONDS
+                outcome.code = Code.DEADLINE_EXCEEDED if late else Code.CANCELLED
                 text = None
             except Exception as error:
                 outcome.code, text = _failure(api, error, context)
