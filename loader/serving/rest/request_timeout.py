@@ -83,7 +83,11 @@ class RequestTimeout:
 
     def finish(self, call: Timed) -> None:
         """`call` is answered (or gone): stop timing it. On the event loop."""
-        self._calls().deadlines.pop(call, None)
+        last = self._last
+        if last is None or last.deadlines.pop(call, None) is None:  # another loop's call
+            calls = self._loops.get(asyncio.get_running_loop())
+            if calls is not None:
+                calls.deadlines.pop(call, None)
 
     def _calls(self) -> _Calls:
         loop = asyncio.get_running_loop()
