@@ -8,6 +8,10 @@ encoded and handed to `reply` in a callback on the loop. Anything else (classify
 a large body or output, a model without batching) runs as one task, which parses and
 encodes the large parts on worker threads. The model never runs on the event loop.
 
+A request is timed from when its model is asked (`request_timeout`): past the timeout it
+is answered 504 at once, and its deadline goes with it to the batch queue or the worker
+thread, which drop it unrun if it is still waiting then.
+
 A large body reserves what parsing and decoding it may take in the process's
 `DecodeBudget` before it is parsed, holds the size of its decoded tensors once they are
 made, and releases it once answered: past the budget it waits a moment, then gets 429; a
