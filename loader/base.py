@@ -134,6 +134,12 @@ class Unavailable(ServingError):
     code = Code.UNAVAILABLE
 
 
+class DeadlineExceeded(ServingError):
+    """A request's deadline passed (a REST timeout, a gRPC call's own deadline)."""
+
+    code = Code.DEADLINE_EXCEEDED
+
+
 class ResourceExhausted(ServingError):
     code = Code.RESOURCE_EXHAUSTED
 

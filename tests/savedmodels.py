@@ -65,6 +65,44 @@ def write_slow_model(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
 
 
+def write_gated_model(path: Path) -> None:
+    """A SavedModel whose `serving_default` counts its run, then reads the file each row
+    names in `gate`, and answers y = x and `runs`, the times the model has been run (this
+    run included): whether a request ever reached the model.
+
+    A gate that is a FIFO holds the run, with no CPU spent, until the test opens it for
+    writing (`open_gate`); the run then fails (TensorFlow reads with pread, which a FIFO
+    refuses), so it suits a request whose answer nobody waits for. Every input and output
+    has a batch dimension, so requests batch.
+    """
+    import tensorflow as tf
+
+    class Gated(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.runs = tf.Variable(0, dtype=tf.int64)
+
+        @tf.function(input_signature=[
+            tf.TensorSpec([None, 1], tf.float32, name="x"),
+            tf.TensorSpec([None], tf.string, name="gate"),
+        ])
+        def __call__(self, x: tf.Tensor, gate: tf.Tensor) -> dict[str, tf.Tensor]:
+            runs = self.runs.assign_add(1)
+            with tf.control_dependencies([runs]):  # counted even when the read fails
+                read = tf.map_fn(tf.io.read_file, gate, fn_output_signature=tf.string)
+            zero = 0.0 * tf.cast(tf.strings.length(read), tf.float32)[:, None]
+            return {"y": x + zero, "runs": tf.fill(tf.shape(gate), runs)}
+
+    module = Gated()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+
+
+def open_gate(fifo: Path) -> None:
+    """Let a gated model's run that waits on `fifo` go on (see `write_gated_model`)."""
+    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # ENXIO when no run waits on it
+    os.close(fd)
+
+
 def tflite_half_plus(intercept: float, kind: str = "signatures") -> bytes:
     """A TFLite model of y = 0.5 * x + intercept, converted by TensorFlow's own converter.
 

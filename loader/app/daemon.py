@@ -93,7 +93,8 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._started = False
         self.dataplane = DataPlane(
-            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds
+            self.manager, on_demand_wait_seconds=config.loading.on_demand_wait_seconds,
+            on_expired=self.metrics.expire,
         )
         server = config.server
         budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
@@ -121,6 +122,7 @@ class Daemon:
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
                 decode_budget=budget, request_log=self.request_log,
+                request_timeout_seconds=server.request_timeout_seconds, cors=server.rest_cors,
             )
             self.rest = RestServer(
                 self._rest_api.app, bind(server.host, server.rest_port),

@@ -6,6 +6,7 @@ each port.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,7 @@ class Storage:
             servable = BatchingServable(
                 servable, batching, name=f"{model}-{version}",
                 on_batch=self._metrics.batch_size.labels(model).observe,
+                on_expired=functools.partial(self._metrics.expire, model),
             )
         return servable
 

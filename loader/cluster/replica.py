@@ -81,6 +81,8 @@ class Replica:
             self.dataplane, self.metrics, max_request_bytes=config.server.max_request_bytes,
             body_timeout_seconds=config.server.body_timeout_seconds,
             decode_budget=DecodeBudget(config.server.max_decoding_bytes),
+            request_timeout_seconds=config.server.request_timeout_seconds,
+            cors=config.server.rest_cors,
         )
         self.gate = Gate(rest.app, hold_limit_seconds, replicas)
         self._orders = Orders("", -1)

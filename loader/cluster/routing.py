@@ -21,7 +21,7 @@ from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
-from loader.serving.rest.predictions import error_answer
+from loader.serving.rest.error_answers import error_answer
 from loader.serving.rest.targets import model_of, raw_path
 
 REPLICAS_PATH = "/modelwatch/replicas"

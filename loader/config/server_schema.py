@@ -62,6 +62,13 @@ class ServerConfig(BaseModel):
     grpc_max_connections: Annotated[int, Field(ge=1, le=2**31 - 1)] = 512
     # TensorFlow's ProfilerService on the gRPC port (TF Serving's --enable_profiler).
     enable_profiler: bool = False
+    # -- deadlines and CORS (issue 23; README: Deadlines, CORS) --
+    # A REST prediction not answered this long after its model was asked (a batch queue or
+    # a worker thread included) gets 504 (TF Serving's --rest_api_timeout_in_ms); null:
+    # none. A gRPC call has its own deadline.
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=2147483.647)] | None = 30.0
+    # TF Serving's CORS headers on REST answers under /v1/ (--rest_api_enable_cors_support).
+    rest_cors: bool = False
     # -- Operator page streams (issue 21) --
     # Live page streams (/modelwatch/ui/events) open at once; past it 503 with Retry-After,
     # and the page polls its snapshot instead. 0: no live streams, pages always poll.

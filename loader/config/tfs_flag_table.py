@@ -61,6 +61,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         tensorflow_intra_op_parallelism | 0 | threads one op may use -> tensorflow.intra_op_parallelism
         tensorflow_inter_op_parallelism | 0 | ops run at once (<0: on the calling thread) -> tensorflow.inter_op_parallelism
         num_tflite_pools | - | interpreters per TFLite version (default one per CPU) -> tensorflow.num_tflite_interpreters
+        rest_api_timeout_in_ms | 30000 | REST predictions get 504 past it; <=0: none -> server.request_timeout_seconds
     """),
     *_table(bool, "supported", """
         enable_batching | false | batch requests, with --batching_parameters_file or defaults
@@ -70,6 +71,8 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         version | false | print the versions and exit
         enable_per_model_batching_parameters | false | with --enable_batching, a version's batching_params.pbtxt sets its batching (none: not batched) -> tensorflow.per_model_batching_parameters
         enable_serialization_as_tensor_content | false | gRPC Predict answers numbers in tensor_content -> server.grpc_tensor_content
+        rest_api_enable_cors_support | false | CORS headers on REST answers -> server.rest_cors
+        enable_grpc_healthcheck_service | false | grpc.health.v1 (always served here, with TF Serving's names)
     """),
     *_table(str, "supported", """
         model_name | default | the single model's name (ignored with --model_config_file)
@@ -86,7 +89,6 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     """),
     *_table(int, "ignored", """
         rest_api_num_threads | - | REST runs on an event loop and a worker pool
-        rest_api_timeout_in_ms | 30000 | no request deadline; stalled bodies: server.body_timeout_seconds
         num_unload_threads | 0 | unloads run on the manager's threads
         num_request_iterations_for_warmup | 0 | not configurable here
         num_tflite_interpreters_per_pool | 1 | TFLite runs batch with --enable_batching instead
@@ -108,9 +110,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
         mixed_precision | | models run in the precision they were saved in
     """),
     *_table(bool, "refused", """
-        rest_api_enable_cors_support | false | no CORS headers are sent
         use_alts_credentials | false | no ALTS credentials
-        enable_grpc_healthcheck_service | false | no grpc.health.v1 service; use GET /readyz
     """),
     *_table(str, "modelwatch", """
         host | 0.0.0.0 | bind address for gRPC and REST (TF Serving binds every interface)

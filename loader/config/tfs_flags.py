@@ -133,6 +133,10 @@ def parse_tfs_flags(
         # TF Serving's default is on; it needs the gRPC port (--port=0 turns gRPC off here).
         enable_profiler=value("enable_profiler") and value("port") != 0,
         grpc_tensor_content=value("enable_serialization_as_tensor_content"),
+        # As TF Serving's RunOptions: 0 or less sets no timeout.
+        request_timeout_seconds=(ms / 1000 if (ms := value("rest_api_timeout_in_ms")) > 0
+                                 else None),
+        rest_cors=value("rest_api_enable_cors_support"),
     )
     data["watch"]["poll_interval_seconds"] = value("file_system_poll_wait_seconds")
     loading = data["loading"]
@@ -345,6 +349,7 @@ _FLAG_OF: dict[tuple[int | str, ...], str] = {
     ("server", "grpc_port"): "--port",
     ("server", "rest_port"): "--rest_api_port",
     ("server", "grpc_socket_path"): "--grpc_socket_path",
+    ("server", "request_timeout_seconds"): "--rest_api_timeout_in_ms",
     ("watch", "poll_interval_seconds"): "--file_system_poll_wait_seconds",
     ("loading", "num_load_threads"): "--num_load_threads",
     ("loading", "max_retries"): "--max_num_load_retries",

@@ -16,6 +16,11 @@ Where TF Serving fails a whole batch, this one isolates requests:
 - if an output has no batch dimension to split, that batch's requests run one by one and
   the signature (with those output keys) is no longer batched.
 
+A request may carry a deadline (`time.monotonic()` seconds): one whose deadline has passed
+when its batch is taken is answered DEADLINE_EXCEEDED and left out of the batch, so a
+caller that gave up costs no model run. (TF Serving fails a batch only when every task in
+it has expired, and runs the others with the latest deadline of the batch.)
+
 Padding follows TF Serving's batching_util: with `allowed_batch_sizes` the batch is
 padded up to the next allowed size by repeating the first row of its last request; with
 `pad_variable_length_inputs` each request's tensor is padded up to the largest dims in
@@ -35,6 +40,7 @@ import numpy as np
 from loader.base import FailedPrecondition, Internal, Servable, SignatureInfo, TensorInfo
 from loader.servables.batch_padding import allowed_size, pad_to_common_shape, shape_key_padded
 from loader.servables.batch_queue import BatchScheduler
+from loader.servables.batch_request import BatchRequest, Done, Waiter, expired
 
 log = logging.getLogger(__name__)
 
@@ -69,62 +75,14 @@ class BatchingParameters(Protocol):
     def pad_variable_length_inputs(self) -> bool: ...
 
 
-Done = Callable[[dict[str, Any] | None, BaseException | None], None]
-
-
-class _Request:
-    """One caller's run, waiting for its slice of a batch; `done` hears the answer once."""
-
-    __slots__ = ("done", "finished", "inputs", "rows", "shapes")
-
-    def __init__(
-        self, inputs: dict[str, np.ndarray], rows: int, shapes: tuple[Any, ...], done: Done
-    ) -> None:
-        self.inputs = inputs
-        self.rows = rows
-        self.shapes = shapes  # requests merge only with requests of equal `shapes`
-        self.done = done
-        self.finished = False
-
-    def finish(
-        self, result: dict[str, Any] | None = None, error: BaseException | None = None
-    ) -> None:
-        self.finished = True
-        try:
-            self.done(result, error)
-        except Exception:  # the caller's hook (its event loop closed, say): not the batch's
-            log.exception("a batched request's completion hook failed")
-
-
-class _Waiter:
-    """`done` for a caller that blocks until its request is answered."""
-
-    __slots__ = ("error", "event", "result")
-
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.result: dict[str, Any] | None = None
-        self.error: BaseException | None = None
-
-    def __call__(self, result: dict[str, Any] | None, error: BaseException | None) -> None:
-        self.result, self.error = result, error
-        self.event.set()
-
-    def wait(self) -> dict[str, Any]:
-        self.event.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.result is not None
-        return self.result
-
-
 class BatchingServable:
     """A servable that batches concurrent `run` calls on `inner`; implements `Servable`.
 
     `on_batch(size)` is called after each batched call of `inner` with the number of rows
     it ran (after padding, TF Serving's "processed batch size"). `batches_run` counts
     those calls and `requests_batched` the requests in them (a request run again alone
-    after its batch failed counts twice); `queued` is the queue depth.
+    after its batch failed counts twice); `queued` is the queue depth. `on_expired(n)` is
+    called with the number of requests of a batch dropped for their deadline.
     """
 
     def __init__(
@@ -134,12 +92,14 @@ class BatchingServable:
         *,
         name: str = "",
         on_batch: Callable[[int], None] | None = None,
+        on_expired: Callable[[int], None] | None = None,
     ) -> None:
         self._inner = inner
+        self._on_expired = on_expired
         self._allowed = tuple(params.allowed_batch_sizes)
         self._pad_lengths = params.pad_variable_length_inputs
         self._on_batch = on_batch
-        self._scheduler: BatchScheduler[_QueueKey, _Request] = BatchScheduler(
+        self._scheduler: BatchScheduler[_QueueKey, BatchRequest] = BatchScheduler(
             self._process,
             max_batch_size=params.max_batch_size,
             batch_timeout_micros=params.batch_timeout_micros,
@@ -177,13 +137,14 @@ class BatchingServable:
         signature_name: str,
         inputs: Mapping[str, Any],
         output_keys: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """Runs `signature_name` on `inputs` as part of a batch; blocks until answered.
 
         Raises what `submit` raises, otherwise what `inner` raised for this request.
         """
-        waiter = _Waiter()
-        if not self.submit(signature_name, inputs, output_keys, waiter):
+        waiter = Waiter()
+        if not self.submit(signature_name, inputs, output_keys, waiter, deadline):
             return self._inner.run(signature_name, inputs, output_keys)
         return waiter.wait()
 
@@ -193,6 +154,7 @@ class BatchingServable:
         inputs: Mapping[str, Any],
         output_keys: Sequence[str] | None,
         done: Done,
+        deadline: float | None = None,
     ) -> bool:
         """Queues a run without waiting for it; False when it cannot be batched.
 
@@ -200,7 +162,8 @@ class BatchingServable:
         that cannot be batched is not queued (and `done` never called): the caller runs
         it with `run`, which gives the servable's own answer. Raises InvalidArgument when
         the request has more rows than max_batch_size and QueueFull (a ResourceExhausted)
-        when its queue has no room, with TF Serving's messages.
+        when its queue has no room, with TF Serving's messages. A request still queued at
+        its `deadline` (monotonic seconds) is not run: `done` gets DeadlineExceeded.
         """
         if self._scheduler.stopped:
             raise FailedPrecondition(
@@ -209,7 +172,7 @@ class BatchingServable:
         # Sorted: the order a client names its outputs in makes no other batch, nor queue.
         keys = tuple(sorted(output_keys)) if output_keys else None
         names = tuple(inputs) if len(inputs) == 1 else tuple(sorted(inputs))
-        request = self._request(signature_name, inputs, names, keys, done)
+        request = self._request(signature_name, inputs, names, keys, done, deadline)
         if request is None:
             return False
         self._scheduler.schedule((signature_name, keys, names), request, request.rows)
@@ -237,7 +200,8 @@ class BatchingServable:
         names: tuple[str, ...],
         keys: tuple[str, ...] | None,
         done: Done,
-    ) -> _Request | None:
+        deadline: float | None,
+    ) -> BatchRequest | None:
         """The request as a batchable task, or None when it must run alone. `names` are
         the input names, sorted."""
         if not names or (signature_name, keys) in self._unbatchable:
@@ -278,7 +242,7 @@ class BatchingServable:
             shapes = ((value.dtype, value.shape[1:]),)
         else:  # dtypes compare (and hash) as their `.str` would, without making one
             shapes = tuple([(a.dtype, a.shape[1:]) for a in arrays.values()])
-        return _Request(arrays, rows, shapes, done)
+        return BatchRequest(arrays, rows, shapes, done, deadline)
 
     def _fits(
         self, sig: SignatureInfo, arrays: Mapping[str, np.ndarray], keys: tuple[str, ...] | None
@@ -295,11 +259,15 @@ class BatchingServable:
 
     # ---- running a batch (on a batch thread) ------------------------------------------
 
-    def _process(self, key: _QueueKey, requests: list[_Request]) -> None:
+    def _process(self, key: _QueueKey, requests: list[BatchRequest]) -> None:
         try:
-            groups: dict[tuple[Any, ...], list[_Request]] = {}
+            groups: dict[tuple[Any, ...], list[BatchRequest]] = {}
+            late = expired(requests)
+            if late and self._on_expired is not None:
+                self._on_expired(late)
             for request in requests:
-                groups.setdefault(request.shapes, []).append(request)
+                if not request.finished:
+                    groups.setdefault(request.shapes, []).append(request)
             for group in groups.values():
                 self._run_merged(key, group)
         finally:
@@ -307,7 +275,7 @@ class BatchingServable:
                 if not request.finished:  # only a bug gets here; never leave a caller hanging
                     request.finish(error=Internal("the batch this request was in failed"))
 
-    def _run_merged(self, key: _QueueKey, group: list[_Request]) -> None:
+    def _run_merged(self, key: _QueueKey, group: list[BatchRequest]) -> None:
         signature, keys, _ = key
         if (signature, keys) in self._unbatchable:  # learned while these waited
             self._run_each(signature, keys, group)
@@ -340,7 +308,7 @@ class BatchingServable:
             start = stop
 
     def _run_each(
-        self, signature: str, keys: tuple[str, ...] | None, group: list[_Request]
+        self, signature: str, keys: tuple[str, ...] | None, group: list[BatchRequest]
     ) -> None:
         for request in group:
             try:
@@ -348,7 +316,7 @@ class BatchingServable:
             except Exception as exc:
                 request.finish(error=exc)
 
-    def _merge(self, group: list[_Request]) -> tuple[dict[str, np.ndarray], int]:
+    def _merge(self, group: list[BatchRequest]) -> tuple[dict[str, np.ndarray], int]:
         """The group's inputs as one batch, and its row count after padding."""
         rows = sum(r.rows for r in group)
         size = allowed_size(self._allowed, rows)

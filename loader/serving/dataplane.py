@@ -16,7 +16,14 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import DEFAULT_SIGNATURE, InvalidArgument, NotFound, SignatureInfo, Unavailable
+from loader.base import (
+    DEFAULT_SIGNATURE,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    SignatureInfo,
+    Unavailable,
+)
 from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
@@ -31,14 +38,26 @@ RETRY_LOADING_SECONDS, RETRY_NO_MEMORY_SECONDS = 1, 5
 
 # What a batched run calls on the event loop: (outputs, None) or (None, the error).
 Answer = Callable[[dict[str, Any] | None, BaseException | None], None]
+# A run whose deadline passed while it waited for a worker thread (TF Serving's batching
+# queue words, for the queue it has here).
+THREAD_QUEUE_TIMEOUT = "Run() timeout exceeded while waiting for a worker thread"
 
 
 class DataPlane:
     """What every transport asks of the server."""
 
-    def __init__(self, manager: Manager, *, on_demand_wait_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        manager: Manager,
+        *,
+        on_demand_wait_seconds: float = 30.0,
+        on_expired: Callable[[str], None] | None = None,
+    ) -> None:
         self._manager = manager
         self._on_demand_wait = on_demand_wait_seconds
+        # Called with the model's name for a run dropped because its deadline passed
+        # while it waited for a worker thread.
+        self._on_expired = on_expired
         # One per event loop that awaits batched runs (the REST server has one); weak, so
         # a test's loop that closed leaves nothing behind.
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
@@ -165,10 +184,12 @@ class DataPlane:
         inputs: Mapping[str, Any],
         done: Answer,
         output_keys: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> bool:
         """Queue a run of a batching servable; `done(result, error)` is then called once, on
         the running event loop. False (and `done` never called) when the held version does
-        not batch this request: run it with `run_async`.
+        not batch this request: run it with `run_async`. A run still queued at `deadline`
+        (`time.monotonic()` seconds) is dropped: `done` gets DEADLINE_EXCEEDED.
 
         No thread and no task waits for the batch, so a thousand requests in flight cost a
         thousand callbacks.
@@ -180,7 +201,7 @@ class DataPlane:
         post = self._mailbox(asyncio.get_running_loop()).post
         return bool(submit(
             signature_name or DEFAULT_SIGNATURE, inputs, output_keys,
-            lambda result, error: post(done, result, error),
+            lambda result, error: post(done, result, error), deadline,
         ))
 
     async def run_async(
@@ -189,15 +210,36 @@ class DataPlane:
         signature_name: str,
         inputs: Mapping[str, Any],
         output_keys: Sequence[str] | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """`run` for the event loop, which it never blocks: a batching servable answers a
-        future (see `submit`); anything else runs on a worker thread."""
+        future (see `submit`); anything else runs on a worker thread, unless `deadline`
+        passed while it waited for one (DEADLINE_EXCEEDED, and the model never runs)."""
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         if self.submit(lease, signature_name, inputs, functools.partial(_settle, future),
-                       output_keys):
+                       output_keys, deadline):
             return await future
         name = signature_name or DEFAULT_SIGNATURE
-        return await run_in_threadpool(lease.servable.run, name, inputs, output_keys)
+        if deadline is None:
+            return await run_in_threadpool(lease.servable.run, name, inputs, output_keys)
+        return await run_in_threadpool(
+            self._run_in_time, deadline, lease, name, inputs, output_keys
+        )
+
+    def _run_in_time(
+        self, deadline: float, lease: Lease, name: str, inputs: Mapping[str, Any],
+        output_keys: Sequence[str] | None,
+    ) -> dict[str, Any]:
+        self.check_deadline(lease, deadline)
+        return lease.servable.run(name, inputs, output_keys)
+
+    def check_deadline(self, lease: Lease, deadline: float | None) -> None:
+        """Raise DEADLINE_EXCEEDED (and count it as expired) when `deadline` has passed:
+        for a run that waited for a worker thread, before its model runs."""
+        if deadline is not None and time.monotonic() >= deadline:
+            if self._on_expired is not None:
+                self._on_expired(lease.model)
+            raise DeadlineExceeded(THREAD_QUEUE_TIMEOUT)
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         mailbox = self._mailboxes.get(loop)

@@ -138,10 +138,21 @@ class Metrics:
             "Sampled requests not written to the request log, by reason (queue_full, error, stopped).",
             ["model", "reason"], registry=r,
         )
+        # Deadlines: requests dropped before their model ran, their deadline (a REST
+        # timeout, a gRPC call's own) gone while they waited for a batch or a worker thread.
+        self.expired = Counter(
+            "modelwatch_requests_expired",
+            "Requests dropped before their model ran: their deadline passed while they queued.",
+            ["model"], registry=r,
+        )
 
     def refuse(self, transport: str, reason: str) -> None:
         """Count one refusal: `transport` is rest or grpc, `reason` a fixed snake_case word."""
         self.refused.labels(transport, reason).inc()
+
+    def expire(self, model: str, count: int = 1) -> None:
+        """Count requests for `model` dropped before it ran: their deadline passed."""
+        self.expired.labels(model if self.known_model(model) else "").inc(count)
 
     def observe_transition(self, transition: Transition) -> None:
         """A manager observer: count loads, unloads, swaps and available versions."""

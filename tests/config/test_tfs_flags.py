@@ -110,6 +110,12 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("enable_per_model_batching_parameters", "true", MODEL,
      lambda t: (t.config.tensorflow.per_model_batching_parameters, t.ignored),
      (False, ("--enable_per_model_batching_parameters",))),
+    ("rest_api_timeout_in_ms", "1500", MODEL,
+     lambda t: t.config.server.request_timeout_seconds, 1.5),
+    ("rest_api_timeout_in_ms", "0", MODEL, lambda t: t.config.server.request_timeout_seconds, None),
+    ("rest_api_timeout_in_ms", "-1", MODEL, lambda t: t.config.server.request_timeout_seconds, None),
+    ("rest_api_enable_cors_support", "true", MODEL, lambda t: t.config.server.rest_cors, True),
+    ("enable_grpc_healthcheck_service", "true", MODEL, lambda t: t.ignored, ()),
 ]
 
 
@@ -160,6 +166,7 @@ def test_tf_serving_defaults(tmp_path):
     assert result.ignored == ()
     assert result.config.loading == LoadingConfig()  # modelwatch's, unless a flag says otherwise
     assert result.config.storage.cache_dir == str(tmp_path / ".modelwatch" / "cache")
+    assert (server.request_timeout_seconds, server.rest_cors) == (30.0, False)
 
 
 def test_the_base_config_supplies_what_the_flags_do_not_set(tmp_path):

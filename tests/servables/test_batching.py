@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from loader.base import (
     Code,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -364,6 +365,40 @@ def test_different_signatures_and_output_keys_never_share_a_call(make, fake) -> 
     assert np.array_equal(answers[4]["y"], rows(2, 5))
     batched = sorted((sig, shape[0], keys or ()) for sig, shape, keys in fake.calls[1:])
     assert batched == [("double", 2, ()), ("double", 2, ("z",)), ("echo", 3, ())]
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_never_reaches_the_model(fake) -> None:
+    expired: list[int] = []
+    servable = BatchingServable(
+        fake, BatchingConfig(num_batch_threads=1), name="m", on_expired=expired.append
+    )
+    try:
+        gate, first = held(servable, fake)
+        answers: dict[str, tuple[Any, BaseException | None]] = {}
+
+        def done(name: str) -> Callable[[Any, BaseException | None], None]:
+            return lambda result, error: answers.__setitem__(name, (result, error))
+
+        soon = time.monotonic() + 0.05
+        late = time.monotonic() + 3600
+        assert servable.submit("double", {"x": rows(1, 1)}, None, done("expires"), soon)
+        assert servable.submit("double", {"x": rows(2, 2)}, None, done("in time"), late)
+        assert servable.submit("double", {"x": rows(1, 4)}, None, done("no deadline"))
+        wait_until(lambda: time.monotonic() > soon)  # it passes while the thread is held
+        gate.open()
+        first.answer()
+        wait_until(lambda: len(answers) == 3)
+        result, error = answers["expires"]
+        assert isinstance(error, DeadlineExceeded) and result is None
+        assert error.code is Code.DEADLINE_EXCEEDED
+        assert error.message == "Run() timeout exceeded while waiting in batching queue"
+        assert answers["in time"][0]["y"].tolist() == [[4.0], [6.0]]
+        assert answers["no deadline"][0]["y"].tolist() == [[8.0]]
+        # The held call, then one call of the two others' three rows: none of the expired.
+        assert [shape for _, shape, _ in fake.calls] == [(1, 1), (3, 1)]
+        assert expired == [1]
+    finally:
+        servable.unload()
 
 
 # ---- padding ----------------------------------------------------------------------

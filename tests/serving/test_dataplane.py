@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import anyio.to_thread
 import pytest
 
-from loader.base import SignatureInfo
+from loader.base import Code, DeadlineExceeded, SignatureInfo
 from loader.manager.handles import Handle, Lease
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
@@ -28,7 +30,7 @@ class HeldAnswers:
 
     def submit(
         self, signature_name: str, inputs: Mapping[str, Any], output_keys: Sequence[str] | None,
-        done: Any,
+        done: Any, deadline: float | None = None,
     ) -> bool:
         self.hooks.append((inputs["x"], done))
         if len(self.hooks) == self.expected:
@@ -246,3 +248,66 @@ def test_hold_async_waits_for_an_on_demand_load_off_the_event_loop():
     finally:
         gate.set()
         manager.stop()
+
+
+class HeldRuns:
+    """A servable that does not batch: `run` records each call, and holds the one whose x
+    is "hold" until `release` is set."""
+
+    signatures: Mapping[str, SignatureInfo] = {"serving_default": SignatureInfo("predict")}
+
+    def __init__(self) -> None:
+        self.ran: list[Any] = []
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    def run(
+        self, signature_name: str, inputs: Mapping[str, Any],
+        output_keys: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        self.ran.append(inputs["x"])
+        if inputs["x"] == "hold":
+            self.holding.set()
+            assert self.release.wait(10)
+        return {"y": inputs["x"]}
+
+    def signature_def_json(self) -> dict[str, Any]:
+        return {}
+
+    def unload(self) -> None:
+        pass
+
+
+def test_a_run_whose_deadline_passed_waiting_for_a_worker_thread_never_reaches_the_model() -> None:
+    expired: list[str] = []
+    manager = Manager(FakeLoader())
+    dataplane = DataPlane(manager, on_expired=expired.append)
+    servable = HeldRuns()
+    lease = Lease(Handle(servable), "m", 1)
+
+    async def main() -> list[Any]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1  # one worker thread
+        holder = asyncio.ensure_future(dataplane.run_async(lease, "", {"x": "hold"}))
+        while not servable.holding.is_set():
+            await asyncio.sleep(0.001)
+        soon = time.monotonic() + 0.05
+        waiting = [
+            asyncio.ensure_future(dataplane.run_async(lease, "", {"x": "late"}, deadline=soon)),
+            asyncio.ensure_future(dataplane.run_async(
+                lease, "", {"x": "in time"}, deadline=time.monotonic() + 3600
+            )),
+        ]
+        while time.monotonic() <= soon:  # it passes while the only thread is held
+            await asyncio.sleep(0.01)
+        servable.release.set()
+        return await asyncio.gather(holder, *waiting, return_exceptions=True)
+
+    try:
+        held, late, in_time = asyncio.run(main())
+    finally:
+        manager.stop()
+    assert held == {"y": "hold"} and in_time == {"y": "in time"}
+    assert isinstance(late, DeadlineExceeded) and late.code is Code.DEADLINE_EXCEEDED
+    assert late.message == "Run() timeout exceeded while waiting for a worker thread"
+    assert servable.ran == ["hold", "in time"]
+    assert expired == ["m"]

@@ -8,6 +8,10 @@ A failure that will pass (an on-demand model still loading) carries gRPC's own r
 the trailer `grpc-retry-pushback-ms`, which clients with a retry policy honour. It also
 counts the calls in flight, and once `drain()` is called it answers every new
 call UNAVAILABLE at once (a client retries those elsewhere), while those in flight finish.
+
+A call's own deadline is honoured: one that waited past it for a worker thread is answered
+DEADLINE_EXCEEDED without running (counted in `modelwatch_requests_expired`), and one on the
+event loop is cancelled by gRPC at its deadline, and counted DEADLINE_EXCEEDED.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ from typing import TypeVar
 import grpc
 from google.protobuf import message
 
-from loader.base import Code, ServingError, Unavailable
+from loader.base import Code, DeadlineExceeded, ServingError, Unavailable
 from loader.serving.metrics import Metrics
 
 log = logging.getLogger("modelwatch.grpc")
 
 MESSAGE_LIMIT = 1024  # TF Serving's ToGRPCStatus cuts longer messages
 RETRY_PUSHBACK = "grpc-retry-pushback-ms"  # gRPC's retry design (gRFC A6)
+# A call cancelled this close to its deadline was cancelled for it: the client gives up at
+# its deadline, which the server learnt a moment after the client set it.
+DEADLINE_SLACK_SECONDS = 1.0
 Response = TypeVar("Response", bound=message.Message)
 
 
@@ -72,7 +79,11 @@ class Answerer:
         """Calls being answered now."""
         return self._in_flight
 
-    def _enter(self) -> None:
+    def _enter(self, context: grpc.ServicerContext | grpc.aio.ServicerContext, model: str) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # it waited past it for a thread
+            self._metrics.expire(model)
+            raise DeadlineExceeded("Deadline Exceeded")  # gRPC's words for it
         with self._lock:
             if self._draining:
                 raise Unavailable("the server is shutting down")
@@ -93,7 +104,7 @@ class Answerer:
         with self._metrics.request("grpc", api) as outcome:
             outcome.model = model
             try:
-                self._enter()
+                self._enter(context, model)
                 try:
                     return handler()
                 finally:
@@ -115,17 +126,19 @@ class Answerer:
         with self._metrics.request("grpc", api) as outcome:
             outcome.model = model
             try:
-                self._enter()
+                self._enter(context, model)
                 try:
                     return await handler()
                 finally:
                     self._leave()
-            except asyncio.CancelledError:
-                outcome.code = Code.CANCELLED
-                text = ""
+            except asyncio.CancelledError:  # by the client, its deadline, or the server's stop
+                remaining = context.time_remaining()
+                late = remaining is not None and remaining < DEADLINE_SLACK_SECONDS
+                outcome.code = Code.DEADLINE_EXCEEDED if late else Code.CANCELLED
+                text = None
             except Exception as error:
                 outcome.code, text = _failure(api, error, context)
-        if outcome.code is Code.CANCELLED:
+        if text is None:  # nobody is waiting for an answer
             raise asyncio.CancelledError
         await context.abort(*grpc_status(outcome.code, text))
         raise AssertionError("context.abort returned")

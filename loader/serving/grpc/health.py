@@ -1,12 +1,16 @@
 """gRPC's standard health service (`grpc.health.v1.Health`) on modelwatch's gRPC port, what
-Kubernetes' gRPC probes and `grpc_health_probe` ask (TF Serving has none; Triton and most
-gRPC servers do).
+Kubernetes' gRPC probes and `grpc_health_probe` ask. TF Serving serves it with
+`--enable_grpc_healthcheck_service` (gRPC's default service, with "" and the names
+"ModelService" and "PredictionService" set SERVING once its models loaded); here it is
+always served, and that flag is accepted.
 
 The status is read when asked, from the same readiness as REST's `/readyz`: the service
-"" (the server) and TF Serving's two services are SERVING while every configured model has
-a version available, a model's name is SERVING while that model has one, anything else is
-NOT_FOUND (`Check`) or SERVICE_UNKNOWN (`Watch`), as the health protocol says. Once the
-server drains for its stop, everything is NOT_SERVING. Health calls are not counted in the
+"" (the server) and TF Serving's two services (the names TF Serving registers, and their
+full names) are SERVING while every configured model has a version available, a model's
+name is SERVING while that model has one, anything else is NOT_FOUND (`Check`) or
+SERVICE_UNKNOWN (`Watch`), as the health protocol says. (TF Serving's stay SERVING once
+set; its ports, like these, open only once the initial models loaded.) Once the server
+drains for its stop, everything is NOT_SERVING. Health calls are not counted in the
 request metrics.
 """
 
@@ -22,7 +26,8 @@ from loader.serving.dataplane import DataPlane
 
 Status = health_pb2.HealthCheckResponse.ServingStatus
 SERVER_WIDE = frozenset({
-    "", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+    "", "PredictionService", "ModelService",  # TF Serving's names (server.cc)
+    "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
 })
 WATCH_SECONDS = 0.5  # how often a Watch looks again for a change to send
 

@@ -126,7 +126,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     ) -> predict_pb2.PredictResponse:
         """On the event loop: a batched Predict waits for its batch without a thread."""
         return await self._answer.answer_async(
-            context, "predict", request.model_spec.name, lambda: self._predict_async(request)
+            context, "predict", request.model_spec.name,
+            lambda: self._predict_async(request, context.time_remaining()),
         )
 
     def Classify(
@@ -161,10 +162,12 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         )
 
     async def _predict_async(
-        self, request: predict_pb2.PredictRequest
+        self, request: predict_pb2.PredictRequest, remaining: float | None
     ) -> predict_pb2.PredictResponse:
         """Predict on the event loop: the inputs are checked and sized first, then decoded
-        (`PredictInputs`) and queued for their batch or run (`DataPlane.run_async`)."""
+        (`PredictInputs`) and queued for their batch or run (`DataPlane.run_async`), which
+        drops it if the call's deadline (`remaining` seconds from now) passes first."""
+        deadline = None if remaining is None else time.monotonic() + remaining
         loop = asyncio.get_running_loop()
         model, version, label = _requested(request)
         signature_name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -172,7 +175,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         with await self._dataplane.hold_async(model, version, label) as lease:
             plan = self._inputs.plan(request.inputs, _signature(lease, signature_name))
             outputs = await self._inputs.run(plan, lambda inputs: self._dataplane.run_async(
-                lease, signature_name, inputs, output_filter
+                lease, signature_name, inputs, output_filter, deadline
             ))
             served = lease.version
         if sum(value.size for value in outputs.values()) <= INLINE_OUTPUT_VALUES:

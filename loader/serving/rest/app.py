@@ -30,6 +30,8 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import CONTENT_TYPE, Metrics
 from loader.serving.request_log import RequestLog
+from loader.serving.rest.cors import API_PATH, answer_preflight, with_cors_headers
+from loader.serving.rest.error_answers import body_timeout, error_answer, parse_version, too_large
 from loader.serving.rest.idle_deadlines import IdleDeadlines
 from loader.serving.rest.operator_page import PATH as OPERATOR_PAGE_PATH
 from loader.serving.rest.operator_page import OperatorPage
@@ -39,13 +41,7 @@ from loader.serving.rest.predictions import (
 from loader.serving.rest.predictions import (
     INLINE_OUTPUT_VALUES as INLINE_OUTPUT_VALUES,
 )
-from loader.serving.rest.predictions import (
-    PredictionRoutes,
-    body_timeout,
-    error_answer,
-    parse_version,
-    too_large,
-)
+from loader.serving.rest.predictions import PredictionRoutes
 from loader.serving.rest.targets import (
     MODEL_STATUS_API,
     Target,
@@ -94,7 +90,10 @@ def _version_json(status: VersionStatus) -> dict[str, Any]:
 
 
 class RestApi:
-    """The REST handlers; `app` is the ASGI application."""
+    """The REST handlers; `app` is the ASGI application. Predictions are timed out after
+    `request_timeout_seconds` (`loader.serving.rest.request_timeout`); `cors` adds TF
+    Serving's CORS headers to the answers on its API paths (`loader.serving.rest.cors`).
+    """
 
     def __init__(
         self,
@@ -107,8 +106,11 @@ class RestApi:
         operator_page: OperatorPage | None = None,
         decode_budget: DecodeBudget | None = None,
         request_log: RequestLog | None = None,
+        request_timeout_seconds: float | None = None,
+        cors: bool = False,
     ) -> None:
         self._dataplane = dataplane
+        self._cors = cors
         self._max_request_bytes = max_request_bytes
         self._body_timeout = body_timeout_seconds
         self._body_deadlines = IdleDeadlines(body_timeout_seconds)
@@ -117,6 +119,7 @@ class RestApi:
             dataplane, self._metrics, max_request_bytes=max_request_bytes,
             body_timeout_seconds=body_timeout_seconds, decode_budget=decode_budget,
             request_log=request_log,
+            request_timeout_seconds=request_timeout_seconds, cors=cors,
         )
         prometheus = [Route(metrics_path, self._prometheus, methods=["GET"])] if metrics_path else []
         self._operator_page = operator_page
@@ -146,6 +149,13 @@ class RestApi:
         """The ASGI application."""
         if scope["type"] == "http":
             path = raw_path(scope)
+            if (self._cors or scope["method"] == "OPTIONS") and API_PATH.fullmatch(path):
+                if scope["method"] == "OPTIONS":  # a preflight, with the flag or without
+                    with self._metrics.request("rest", "preflight") as outcome:
+                        if await answer_preflight(scope["headers"], send, self._cors) != 200:
+                            outcome.code = Code.FAILED_PRECONDITION
+                    return
+                send = with_cors_headers(send)
             if scope["method"] == "POST":
                 target = parse_prediction(path)
                 if target is not None:

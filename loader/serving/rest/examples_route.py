@@ -6,6 +6,7 @@ take in the decode budget; the work runs on a worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
@@ -27,14 +28,16 @@ if TYPE_CHECKING:
 
 async def answer_examples(
     routes: PredictionRoutes, api: str, model: str, version: int | None, label: str | None,
-    body: bytes,
+    body: bytes, start_timer: Callable[[], float | None],
 ) -> bytes:
-    """The JSON answer of a classify or regress (`api`) of `model` with `body`."""
+    """The JSON answer of a classify or regress (`api`) of `model` with `body`.
+    `start_timer` starts the request timeout and gives its deadline (None: none): called
+    before the hop to the worker thread, so parsing the body counts too."""
     held = await routes.reserve_examples(body)
     try:
         return await run_in_threadpool(
             classify_or_regress, routes.dataplane, routes.request_log, api, model, version,
-            label, body,
+            label, body, start_timer(),
         )
     finally:
         routes.budget.release(held)
@@ -42,12 +45,13 @@ async def answer_examples(
 
 def classify_or_regress(
     dataplane: DataPlane, request_log: RequestLog, api: str, model: str,
-    version: int | None, label: str | None, body: bytes,
+    version: int | None, label: str | None, body: bytes, deadline: float | None,
 ) -> bytes:
     """`answer_examples`' blocking part."""
     request = decode_examples_request(parse_body(body))
     examples = examples_from_features(request.examples, request.context)
     with dataplane.hold(model, version, label) as lease:
+        dataplane.check_deadline(lease, deadline)
         served = lease.version
         if api == "classify":
             classes = classify(lease.servable, request.signature_name, examples)

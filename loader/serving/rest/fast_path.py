@@ -35,14 +35,9 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from loader.base import ServingError
+from loader.serving.rest.error_answers import BodyTimeout, body_timeout, too_large
 from loader.serving.rest.http_guard import GuardedProtocol
-from loader.serving.rest.predictions import (
-    BodyTimeout,
-    PredictionCall,
-    PredictionRoutes,
-    body_timeout,
-    too_large,
-)
+from loader.serving.rest.predictions import PredictionCall, PredictionRoutes
 from loader.serving.rest.targets import Target, prediction_target
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -176,13 +171,16 @@ class _FastCycle:
         # After a body timeout what is left of the body would be read as a next request.
         close = not self.keep_alive or isinstance(self._refusal, BodyTimeout)
         if close or retry_after is not None:
-            head = b"%b%b%d\r\n%b%b\r\n" % (
-                STATUS_LINE[status], _JSON_HEAD, len(answer),
+            head = b"%b%b%b%d\r\n%b%b\r\n" % (
+                STATUS_LINE[status], protocol.routes.cors_head, _JSON_HEAD, len(answer),
                 b"connection: close\r\n" if close else b"",
                 b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after,
             )
         else:  # the usual answer, in fewer steps
-            head = b"".join((STATUS_LINE[status], _JSON_HEAD, b"%d\r\n\r\n" % len(answer)))
+            head = b"".join((
+                STATUS_LINE[status], protocol.routes.cors_head, _JSON_HEAD,
+                b"%d\r\n\r\n" % len(answer),
+            ))
         if len(answer) < 65536:
             transport.write(head + answer)
         else:  # not worth a copy

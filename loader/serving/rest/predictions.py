@@ -8,6 +8,10 @@ encoded and handed to `reply` in a callback on the loop. Anything else (classify
 a large body or output, a model without batching) runs as one task, which parses and
 encodes the large parts on worker threads. The model never runs on the event loop.
 
+A request is timed from when its model is asked (`request_timeout`): past the timeout it
+is answered 504 at once, and its deadline goes with it to the batch queue or the worker
+thread, which drop it unrun if it is still waiting then.
+
 A large body reserves what parsing and decoding it may take in the process's
 `DecodeBudget` before it is parsed, holds the size of its decoded tensors once they are
 made, and releases it once answered: past the budget it waits a moment, then gets 429; a
@@ -21,27 +25,21 @@ so a few megabytes of `[]` are refused while megabytes of base64 strings are not
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import (
-    Code,
-    Internal,
-    InvalidArgument,
-    ResourceExhausted,
-    ServingError,
-)
+from loader.base import Code, DeadlineExceeded, Internal, ResourceExhausted, ServingError
 from loader.manager.handles import Lease
 from loader.serving.dataplane import DataPlane
-from loader.serving.decode_budget import BudgetNeverFits, DecodeBudget
+from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics, RequestOutcome
 from loader.serving.request_log import RequestLog
+from loader.serving.rest.cors import CORS_HEAD
+from loader.serving.rest.error_answers import error_answer, parse_version
 from loader.serving.rest.examples_route import answer_examples
 from loader.serving.rest.json_predict import decode_predict_request
 from loader.serving.rest.json_responses import encode_predict_response
@@ -54,6 +52,7 @@ from loader.serving.rest.json_slices import (
 )
 from loader.serving.rest.json_values import parse_body, signature_name_of
 from loader.serving.rest.logged_requests import SampledRequest, sample_request
+from loader.serving.rest.request_timeout import TIMED_OUT, RequestTimeout
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -64,85 +63,15 @@ INLINE_BODY_BYTES = 16 * 1024
 INLINE_OUTPUT_VALUES = 4096
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 
-# TF Serving's mapping (model_servers/http_server.cc: ToHTTPStatusCode).
-HTTP_STATUS = {
-    Code.OK: 200,
-    Code.CANCELLED: 499,
-    Code.UNKNOWN: 500,
-    Code.INVALID_ARGUMENT: 400,
-    Code.DEADLINE_EXCEEDED: 504,
-    Code.NOT_FOUND: 404,
-    Code.ALREADY_EXISTS: 409,
-    Code.PERMISSION_DENIED: 403,
-    Code.RESOURCE_EXHAUSTED: 429,
-    Code.FAILED_PRECONDITION: 400,
-    Code.ABORTED: 409,
-    Code.OUT_OF_RANGE: 400,
-    Code.UNIMPLEMENTED: 501,
-    Code.INTERNAL: 500,
-    Code.UNAVAILABLE: 503,
-    Code.DATA_LOSS: 500,
-    Code.UNAUTHENTICATED: 401,
-}
-
 # Called once per request with the HTTP status, the JSON body of its answer and the
 # seconds of a `Retry-After` header (an on-demand model still loading), if any.
 Reply = Callable[[int, bytes, "int | None"], None]
 
 
-class TooLarge(ServingError):
-    """The body passes server.max_request_bytes: 413."""
-
-    code = Code.RESOURCE_EXHAUSTED
-
-
-def too_large(limit: int) -> TooLarge:
-    return TooLarge(f"the request body is larger than server.max_request_bytes ({limit} bytes)")
-
-
-class BodyTimeout(ServingError):
-    """The client stopped sending its body: 408, and the connection is closed."""
-
-    code = Code.DEADLINE_EXCEEDED
-
-
-def body_timeout(seconds: float, size: int) -> BodyTimeout:
-    return BodyTimeout(
-        f"no part of the request body arrived for {seconds:g} seconds "
-        f"(server.body_timeout_seconds); {size} bytes were read"
-    )
-
-
-def error_answer(error: ServingError) -> tuple[int, bytes]:
-    """`{"error": message}` and TF Serving's HTTP status for it."""
-    if isinstance(error, (TooLarge, BudgetNeverFits)):
-        status = 413
-    elif isinstance(error, BodyTimeout):
-        status = 408
-    else:
-        status = HTTP_STATUS.get(error.code, 500)
-    try:
-        return status, orjson.dumps({"error": error.message})
-    except orjson.JSONEncodeError:  # a lone surrogate quoted from the client's text
-        return status, json.dumps({"error": error.message}).encode()  # escapes it as \udXXX
-
-
-def parse_version(text: str | None) -> int | None:
-    """The version a path names, as TF Serving parses it (None: the latest)."""
-    if not text:
-        return None
-    try:
-        version = int(text)
-    except ValueError:
-        version = -1
-    if not 0 <= version < 2**63:
-        raise InvalidArgument(f"Failed to convert version: {text} to numeric.")
-    return version
-
-
 class PredictionRoutes:
     """What the prediction routes need: the data plane, the metrics, the body limits, the
-    process's decode budget and its request log."""
+    process's decode budget, its request log, the request timeout (None: none) and whether
+    answers carry CORS headers (`cors_head`, written by the fast path)."""
 
     def __init__(
         self,
@@ -153,6 +82,8 @@ class PredictionRoutes:
         body_timeout_seconds: float,
         decode_budget: DecodeBudget | None = None,
         request_log: RequestLog | None = None,
+        request_timeout_seconds: float | None = None,
+        cors: bool = False,
     ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
@@ -160,6 +91,8 @@ class PredictionRoutes:
         self.max_request_bytes = max_request_bytes
         self.body_timeout_seconds = body_timeout_seconds
         self.budget = decode_budget or DecodeBudget(DEFAULT_MAX_DECODING_BYTES)
+        self.timeout = RequestTimeout(request_timeout_seconds)
+        self.cors_head = CORS_HEAD if cors else b""
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done
         self._soon: list[tuple[PredictionCall, str | None, str | None, bytes]] = []
 
@@ -223,9 +156,10 @@ def _replied(status: int, answer: bytes, retry_after: int | None) -> None:
 class PredictionCall:
     """One prediction request, from its headers to its answer: `run` it with its body, or
     `refuse` it (413, 408) or `cancel` it (the client left) before. `reply` is called
-    exactly once, on the event loop, except after `cancel`."""
+    exactly once, on the event loop, except after `cancel`. Once the model is asked, the
+    request is timed (`RequestTimeout`): past its `deadline` it is answered 504."""
 
-    __slots__ = ("_outcome", "_reply", "_routes", "_sampled", "api", "model")
+    __slots__ = ("_outcome", "_reply", "_routes", "_sampled", "api", "deadline", "model")
 
     def __init__(self, routes: PredictionRoutes, api: str, model: str, reply: Reply) -> None:
         self._routes = routes
@@ -235,6 +169,7 @@ class PredictionCall:
         self._outcome: RequestOutcome | None = routes.metrics.request("rest", api).__enter__()
         self._outcome.model = model
         self._sampled: SampledRequest | None = None  # chosen for the request log
+        self.deadline: float | None = None  # time.monotonic(); None: not timed
 
     def run(self, version_text: str | None, label: str | None, body: bytes) -> None:
         """Answer the request whose path named `version_text` or `label`, with `body`."""
@@ -242,7 +177,7 @@ class PredictionCall:
             version = parse_version(version_text)
             if self.api != "predict":
                 self._routes.spawn(self._answer_from(answer_examples(
-                    self._routes, self.api, self.model, version, label, body)))
+                    self._routes, self.api, self.model, version, label, body, self._time)))
                 return
             self._sampled = sample_request(
                 self._routes.request_log, self.model, version, label, len(body))
@@ -267,6 +202,17 @@ class PredictionCall:
             self._outcome.__exit__(None)
             self._outcome = None
             self._reply = _replied
+            if self.deadline is not None:
+                self._routes.timeout.finish(self)
+
+    def expire(self) -> None:
+        """The request timeout passed before the model answered: 504, TF Serving's words."""
+        self.refuse(DeadlineExceeded(TIMED_OUT))
+
+    def _time(self) -> float | None:
+        """The model is asked now: time the request from here; its deadline."""
+        self.deadline = self._routes.timeout.start(self)
+        return self.deadline
 
     def _finish(
         self, status: int, answer: bytes, code: Code = Code.OK, retry_after: int | None = None
@@ -275,6 +221,8 @@ class PredictionCall:
         if outcome is None:
             return  # cancelled meanwhile
         self._outcome = None
+        if self.deadline is not None:
+            self._routes.timeout.finish(self)
         outcome.code = code
         outcome.__exit__(None)
         reply, self._reply = self._reply, _replied  # no cycle left with the connection
@@ -309,7 +257,9 @@ class PredictionCall:
                     self._logged(name, lease.version, request.inputs, result or {})
                     self._encode(result or {}, request.row_format)
 
-            if dataplane.submit(lease, name, request.inputs, outputs_ready):
+            if dataplane.submit(
+                lease, name, request.inputs, outputs_ready, deadline=self._time()
+            ):
                 return
         except BaseException:
             lease.release()
@@ -321,7 +271,9 @@ class PredictionCall:
     ) -> None:
         try:
             with lease:
-                outputs = await self._routes.dataplane.run_async(lease, name, inputs)
+                outputs = await self._routes.dataplane.run_async(
+                    lease, name, inputs, deadline=self.deadline
+                )
         except BaseException as error:
             self._failed(error)
             return
@@ -335,6 +287,8 @@ class PredictionCall:
             self._sampled.predict(name, served, inputs, outputs)
 
     def _encode(self, outputs: dict[str, Any], row_format: bool) -> None:
+        if self._outcome is None:
+            return  # answered meanwhile (timed out) or cancelled: nothing to encode for
         if sum(map(np.size, outputs.values())) > INLINE_OUTPUT_VALUES:
             self._routes.spawn(self._answer_from(
                 run_in_threadpool(encode_predict_response, outputs, row_format)
@@ -390,7 +344,9 @@ class PredictionCall:
                     request = found
                     del document, sliced  # the parsed body: freed before the model runs
                     held = budget.resize(held, sum(a.nbytes for a in request.inputs.values()))
-                outputs = await dataplane.run_async(lease, name, request.inputs)
+                outputs = await dataplane.run_async(
+                    lease, name, request.inputs, deadline=self._time()
+                )
                 self._logged(name, lease.version, request.inputs, outputs)
             if sum(map(np.size, outputs.values())) <= INLINE_OUTPUT_VALUES:
                 return encode_predict_response(outputs, request.row_format)

@@ -52,7 +52,8 @@ def check(channel: grpc.Channel, service: str) -> Any:
 
 @pytest.mark.parametrize(
     "service", ["", "default", "tensorflow.serving.PredictionService",
-                "tensorflow.serving.ModelService"]
+                "tensorflow.serving.ModelService",
+                "PredictionService", "ModelService"]  # the names TF Serving sets (server.cc)
 )
 def test_a_server_whose_models_are_available_is_serving(served: Any, service: str) -> None:
     _, channel = served
