@@ -53,6 +53,7 @@ from loader.config.tfs_proto_files import (
     read_metrics_path,
     read_text_proto,
 )
+from loader.sources.object_store import store_scheme
 
 log = logging.getLogger("modelwatch.tfs_flags")
 
@@ -286,12 +287,12 @@ def _absolute(path: str, folder: Path) -> Path:
 
 
 def _base_path(flag: str, base_path: str, folder: Path) -> str:
-    if base_path.startswith("s3://"):
+    if store_scheme(base_path) is not None:
         return base_path
     if "://" in base_path:
         raise ConfigError(
             f"--{flag}: base path {base_path} is not supported; modelwatch reads local "
-            "folders and s3:// only"
+            "folders, s3://, gs:// and az:// only"
         )
     return str(_absolute(base_path, folder))
 
