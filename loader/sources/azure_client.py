@@ -24,7 +24,7 @@ from azure.core.exceptions import (
     ResourceNotFoundError,
 )
 from azure.identity import DefaultAzureCredential
-from azure.storage.blob import BlobPrefix, BlobServiceClient, ExponentialRetry
+from azure.storage.blob import BlobPrefix, BlobServiceClient, LinearRetry
 
 from loader.sources.object_store import (
     ObjectChanged,
@@ -38,9 +38,9 @@ from loader.sources.object_store import (
 )
 
 # As S3's: a dead endpoint costs a poll seconds, not the library's default of a minute of
-# backed-off retries.
+# backed-off retries (15 s, then more).
 _CLIENT_OPTIONS: dict[str, Any] = {
-    "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=2),
+    "retry_policy": LinearRetry(backoff=1, random_jitter_range=1, retry_total=2),
     "connection_timeout": 3,
     "read_timeout": 10,
 }
