@@ -27,12 +27,16 @@ AZURITE_KEY = (
 
 
 @contextmanager
-def gcs_emulator() -> Iterator[str]:
-    """gcp-storage-emulator in this process; yields its STORAGE_EMULATOR_HOST."""
+def gcs_emulator(port: int | None = None, data_dir: Path | None = None) -> Iterator[str]:
+    """gcp-storage-emulator in this process; yields its STORAGE_EMULATOR_HOST. In memory,
+    or kept in `data_dir`, where an emulator started again on the same port finds it."""
     from gcp_storage_emulator.server import create_server
 
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True)
+    port = port or free_port()
+    server = create_server(
+        "127.0.0.1", port, in_memory=data_dir is None,
+        data_dir=None if data_dir is None else str(data_dir),
+    )
     server.start()
     try:
         yield f"http://127.0.0.1:{port}"
@@ -41,18 +45,20 @@ def gcs_emulator() -> Iterator[str]:
 
 
 @contextmanager
-def azurite(workdir: Path) -> Iterator[str]:
-    """Azurite's blob service as a subprocess; yields its connection string. Skips the
-    test when Azurite is not installed."""
+def azurite(workdir: Path, port: int = 0, *, on_disk: bool = False) -> Iterator[str]:
+    """Azurite's blob service as a subprocess; yields its connection string. In memory, or
+    kept in `workdir` (`on_disk`), where an Azurite started again on the same port finds
+    it. Skips the test when Azurite is not installed."""
     if not AZURITE.exists():
         pytest.skip(f"Azurite is not installed at {AZURITE} (`make azurite` installs it "
                     "from npm; it needs node and npm)")
     log = workdir / "azurite.log"
+    keep = ["--location", str(workdir)] if on_disk else [
+        "--inMemoryPersistence", "--extentMemoryLimit", "256"]
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", "0",
-             "--inMemoryPersistence", "--extentMemoryLimit", "256", "--silent",
-             "--skipApiVersionCheck", "--disableTelemetry"],
+            [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), *keep,
+             "--silent", "--skipApiVersionCheck", "--disableTelemetry"],
             cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
         )
     try:
