@@ -129,9 +129,11 @@ class Bucket:
             else:
                 self._client.upload_blob(f"{prefix}{relpath}", body, overwrite=True)
 
-    def upload(self, folder: Path, prefix: str) -> None:
-        """Every file of `folder`, under `prefix/`."""
-        files = sorted(p for p in folder.rglob("*") if p.is_file())
+    def upload(self, folder: Path, prefix: str, *, skip: str | None = None) -> None:
+        """Every file of `folder` under `prefix/`, except those whose name has `skip`."""
+        files = sorted(
+            p for p in folder.rglob("*") if p.is_file() and (skip is None or skip not in p.name)
+        )
         self.put(f"{prefix}/", {p.relative_to(folder).as_posix(): p.read_bytes() for p in files})
 
     def delete(self, prefix: str, relpaths: list[str] | None = None) -> None:

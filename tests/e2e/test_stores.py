@@ -1,6 +1,7 @@
 """End to end on Google Cloud Storage and Azure Blob Storage: `modelwatch serve` with TF
 Serving's own flags (`--model_base_path=gs://...`, `az://...`) as a subprocess, against the
-emulators (tests/object_stores.py), through a swap, an empty listing and an outage.
+emulators (tests/object_stores.py), through a swap, a corrupt version, an empty listing and
+an outage.
 
 Each version v of the test model computes y = 0.5 * x + v, so an answer names the version
 that gave it.
@@ -103,7 +104,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
 
 
-def test_served_swapped_and_kept_through_an_empty_listing_and_an_outage(
+def test_served_swapped_and_kept_through_a_corrupt_version_an_empty_listing_and_an_outage(
     scheme: str, workdir: Path, model_builder
 ) -> None:
     port = free_port()
@@ -115,7 +116,8 @@ def test_served_swapped_and_kept_through_an_empty_listing_and_an_outage(
         bucket.create()
         bucket.upload(model_builder.built(1), "m/1")
         d = TfsDaemon(workdir / "daemon", bucket.env, "--model_name=m",
-                      f"--model_base_path={bucket.uri('m')}", "--file_system_poll_wait_seconds=1")
+                      f"--model_base_path={bucket.uri('m')}", "--file_system_poll_wait_seconds=1",
+                      "--max_num_load_retries=0")
         try:
             d.wait_for_states({1: "AVAILABLE"})
             assert d.answer() == y(1)
@@ -125,6 +127,11 @@ def test_served_swapped_and_kept_through_an_empty_listing_and_an_outage(
             assert d.answer() == y(2)
             wait_until(lambda: cached_versions(workdir / "daemon") == {"2"}, 30,
                        "version 1's cache to go")
+
+            bucket.upload(model_builder.built(3), "m/3", skip="saved_model.pb")
+            bucket.put("m/3/", {"saved_model.pb": b"not a SavedModel"})  # a corrupt version
+            d.wait_for_states({3: "END", 2: "AVAILABLE"})
+            assert d.answer() == y(2)
 
             bucket.delete("m/")  # an empty listing unloads nothing
             wait_until(lambda: "storage lists no versions of model m" in d.log(), 30,
@@ -138,7 +145,7 @@ def test_served_swapped_and_kept_through_an_empty_listing_and_an_outage(
             outage = emulator(scheme, port, workdir / "store")
             outage.__enter__()
             stopped = False
-            bucket.upload(model_builder.built(3), "m/3")
+            bucket.upload(model_builder.built(3), "m/3")  # fixed: its new content loads
             d.wait_for_states({3: "AVAILABLE", 2: "END"})
             assert d.answer() == y(3)
             assert "works again" in d.log()
