@@ -117,20 +117,12 @@ class AzureStore:
                         objects.append(obj)
         return objects
 
-    def read_range(
-        self, bucket: str, obj: VersionObject, offset: int, length: int,
-        counter: RequestCounter | None = None,
-    ) -> bytes:
+    def read_range(self, bucket: str, obj: VersionObject, first: int, last: int) -> bytes:
         """One ranged read, If-Match the listed ETag."""
-        if counter is not None:
-            counter.add()
-        length = min(obj.size - offset, length)
-        if length <= 0:
-            return b""
         container = self.service.get_container_client(bucket)
         with _translated():
             data: bytes = container.download_blob(
-                obj.key, offset=offset, length=length, **_if_match(obj)
+                obj.key, offset=first, length=last - first + 1, **_if_match(obj)
             ).readall()
         return data
 

@@ -99,19 +99,11 @@ class GcsStore:
                         objects.append(obj)
         return objects
 
-    def read_range(
-        self, bucket: str, obj: VersionObject, offset: int, length: int,
-        counter: RequestCounter | None = None,
-    ) -> bytes:
+    def read_range(self, bucket: str, obj: VersionObject, first: int, last: int) -> bytes:
         """One ranged read of the listed generation."""
-        if counter is not None:
-            counter.add()
-        last = min(obj.size, offset + length) - 1
-        if last < offset:
-            return b""
         with _translated():
             data: bytes = self.client.bucket(bucket).blob(obj.key).download_as_bytes(
-                start=offset, end=last, if_generation_match=int(obj.tag),
+                start=first, end=last, if_generation_match=int(obj.tag),
                 timeout=_TIMEOUT, retry=_RETRY,
             )
         return data

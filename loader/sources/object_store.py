@@ -86,11 +86,9 @@ class ObjectStore(Protocol):
     ) -> list[VersionObject]:
         """Every object under `version_prefix` (recursively), except folder markers."""
 
-    def read_range(
-        self, bucket: str, obj: VersionObject, offset: int, length: int,
-        counter: RequestCounter | None = None,
-    ) -> bytes:
-        """Up to `length` bytes of `obj` from `offset`, of exactly the listed content."""
+    def read_range(self, bucket: str, obj: VersionObject, first: int, last: int) -> bytes:
+        """Bytes `first` to `last` (inclusive, within the object) of exactly the listed
+        content, in one request."""
 
     def download(
         self,

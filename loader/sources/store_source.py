@@ -380,9 +380,14 @@ class StoreSource:
 
         def restores_variables(name: str) -> bool | None:
             obj = by_path[name]
-            return graph_restores_variables(
-                name, obj.size,
-                lambda offset, length: self._store.read_range(bucket, obj, offset, length, counter),
-            )
+
+            def read(offset: int, length: int) -> bytes:
+                last = min(obj.size, offset + length) - 1
+                if last < offset:
+                    return b""
+                counter.add()
+                return self._store.read_range(bucket, obj, offset, last)
+
+            return graph_restores_variables(name, obj.size, read)
 
         return restores_variables

@@ -19,6 +19,7 @@ from loader.sources.base import ModelLocation
 from loader.sources.object_store import listing_fingerprint
 from loader.sources.s3_client import S3Store, make_s3_client
 from loader.sources.store_source import StoreSource, reverify_due
+from tests.fakes import FakeClock, Reports
 from tests.savedmodels import upload_order, write_sharded_model, write_tf1_model_without_variables
 
 BUCKET = "models"
@@ -47,28 +48,6 @@ def s3(aws_env: None) -> Iterator[Any]:
         client = make_s3_client(None, "us-east-1")
         client.create_bucket(Bucket=BUCKET)
         yield client
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Reports:
-    """A callback that remembers every report."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[int, VersionRef]]] = []
-        self.last: dict[str, dict[int, VersionRef]] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None:
-        with self.lock:
-            self.calls.append((model, dict(versions)))
-            self.last[model] = dict(versions)
 
 
 def put(client: Any, prefix: str, files: Mapping[str, bytes]) -> None:

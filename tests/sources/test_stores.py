@@ -4,7 +4,6 @@ in test_s3.py and test_s3_fetch.py, against moto)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from loader.sources.object_store import ObjectStore, listing_fingerprint
 from loader.sources.store_fetch import StoreFetcher
 from loader.sources.store_source import StoreSource
 from tests.daemon_process import free_port
+from tests.fakes import FakeClock, Reports
 from tests.object_stores import Bucket, azurite, environ, gcs_emulator
 from tests.savedmodels import upload_order, write_sharded_model
 
@@ -79,26 +79,6 @@ class Switchable:
         return getattr(self.current, name)
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Reports:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[int, VersionRef]]] = []
-        self.last: dict[str, dict[int, VersionRef]] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None:
-        with self.lock:
-            self.calls.append((model, dict(versions)))
-            self.last[model] = dict(versions)
-
-
 def source(store: Any, bucket: Bucket, reports: Reports, clock: FakeClock, **kwargs: Any) -> StoreSource:
     return StoreSource([ModelLocation("m", bucket.uri("m"))], reports, store, clock=clock, **kwargs)
 
@@ -128,7 +108,7 @@ def test_versions_are_listed_with_a_tag_that_changes_with_the_content(
     bucket.put("m/1/", {GRAPH: b"graph"})  # the same bytes, written again: a new generation/ETag
     assert listing_fingerprint(store.list_version_objects("models", "m/1/")) != before
     graph = next(o for o in store.list_version_objects("models", "m/1/") if o.relpath == GRAPH)
-    assert store.read_range("models", graph, 1, 3) == b"rap"
+    assert store.read_range("models", graph, 1, 3) == b"rap"  # bytes 1 to 3
 
 
 def test_a_partial_upload_is_reported_only_once_complete(bucket: Bucket, store: ObjectStore) -> None:
