@@ -12,7 +12,7 @@ import pytest
 
 from loader.app.parts import make_store
 from loader.base import Code, ServingError, VersionRef
-from loader.config.schema import StorageConfig
+from loader.config.schema import ConfigError, StorageConfig
 from loader.sources.base import ModelLocation
 from loader.sources.object_store import ObjectStore, listing_fingerprint
 from loader.sources.store_fetch import StoreFetcher
@@ -149,6 +149,18 @@ def test_an_upload_that_starts_with_the_graph_waits_for_its_last_shard(
     assert set(reports.last["m"]) == {1}
 
 
+def test_a_steady_poll_costs_one_listing_per_model(bucket: Bucket, store: ObjectStore) -> None:
+    bucket.put("m/1/", COMPLETE)
+    bucket.put("m/2/", COMPLETE)
+    reports, clock = Reports(), FakeClock()
+    src = source(store, bucket, reports, clock, reverify_every=1000)
+    poll(src, clock, times=2)
+    assert set(reports.last["m"]) == {1, 2}
+    assert src.requests_last_poll == 3  # the folders, then each version settling
+    poll(src, clock)
+    assert src.requests_last_poll == 1  # settled: the folders only
+
+
 def test_an_empty_listing_reports_no_versions(bucket: Bucket, store: ObjectStore) -> None:
     # The manager keeps serving the last version through an empty report (e2e tests).
     bucket.put("m/1/", COMPLETE)
@@ -256,3 +268,10 @@ def test_a_version_changed_or_deleted_meanwhile_is_abandoned(
     assert caught.value.code in codes
     assert bucket.uri("m/1/") in caught.value.message
     assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == []
+
+
+def test_azure_without_an_account_is_one_clear_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="az:// paths need a storage account"):
+        make_store("az", StorageConfig())
