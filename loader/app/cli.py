@@ -344,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every tick would log, and every tick skipped during a slow (failing) poll would warn.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logging.getLogger("azure").setLevel(logging.WARNING)  # a dozen lines per request otherwise
     # TensorFlow's INFO lines ("Restoring parameters from ...") at every load say nothing
     # our own "state=AVAILABLE" line does not.
     tf_logger = logging.getLogger("tensorflow")

@@ -149,6 +149,7 @@ def test_served_swapped_and_kept_through_a_corrupt_version_an_empty_listing_and_
             d.wait_for_states({3: "AVAILABLE", 2: "END"})
             assert d.answer() == y(3)
             assert "works again" in d.log()
+            assert "Request URL" not in d.log()  # no line per storage request
         finally:
             assert d.stop() == 0, d.log()[-4000:]
     finally:
