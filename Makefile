@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 RAY_STAMP := $(VENV)/.ray-stamp
 
-.PHONY: serve test lint browser install bench-install load-generators clean
+.PHONY: serve test lint browser azurite install bench-install load-generators clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,7 +59,17 @@ define apt-install
 	fi
 endef
 
-test: lint browser
+# Azurite, Microsoft's Azure Storage emulator, for the az:// tests: from the npm registry
+# into .node/ (git-ignored), pinned. Without npm, or if the install fails, those tests skip
+# and say why: the run goes on.
+AZURITE_VERSION := 3.37.0
+AZURITE := .node/node_modules/.bin/azurite-blob
+azurite:
+	@[ -x $(AZURITE) ] || { command -v npm >/dev/null 2>&1 \
+	  && npm install --silent --no-audit --no-fund --prefix .node azurite@$(AZURITE_VERSION) >/dev/null 2>&1; } \
+	  || echo "note: npm could not install azurite into .node; the Azure Blob Storage tests will skip"
+
+test: lint browser azurite
 	$(PY) -m pytest
 
 # Benchmarks (not part of the tests): `make bench-install`, then one command each, e.g.
@@ -82,4 +92,4 @@ load-generators:
 	$(call apt-install,$(HEY) $(H2LOAD),hey nghttp2-client,install them for the benchmarks)
 
 clean:
-	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis bench/.venvs
+	rm -rf $(VENV) .modelwatch models .pytest_cache .hypothesis bench/.venvs .node

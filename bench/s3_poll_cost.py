@@ -3,8 +3,8 @@
 moto's ThreadedMotoServer runs on 127.0.0.1 in a child process (its own GIL, as a real
 endpoint would be) holding M models x V versions x F files of one byte each: a complete
 version is `saved_model.pb`, plus `variables/variables.index` and one data shard from
-three files up, plus `assets/extra-k` files up to F. `loader.sources.s3.S3Source` runs in
-this process with the daemon's own client (`make_s3_client`) and a callback that only
+three files up, plus `assets/extra-k` files up to F. `loader.sources.store_source.StoreSource`
+runs in this process with the daemon's own client (`make_s3_client`) and a callback that only
 counts; `poll_once()` is called on the daemon's schedule (a poll starts `--interval` s
 after the previous one started, or at once if that one ran longer), and each poll's
 `requests_last_poll` and `last_poll_seconds` are recorded:
@@ -53,7 +53,7 @@ from bench.common import default_out, parse_list, write_result  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                "AWS_DEFAULT_REGION": "us-east-1"}
-REVERIFY_EVERY = 30  # S3Source's default
+REVERIFY_EVERY = 30  # StoreSource's default
 
 
 def version_files(count: int) -> list[str]:
@@ -177,8 +177,8 @@ def populate(moto: MotoProcess, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def expected_requests(models: int, versions: int, poll_index: int, cold: bool) -> int:
-    """What a poll should cost by S3Source's rules (each listing is one page here)."""
-    from loader.sources.s3 import reverify_due
+    """What a poll should cost by StoreSource's rules (each listing is one page here)."""
+    from loader.sources.store_source import reverify_due
 
     if cold:
         return models + models * versions
@@ -191,8 +191,8 @@ def measure(endpoint: str, layout: str, models: int, versions: int, files: int,
             polls: int, interval: float) -> dict[str, Any]:
     from loader.base import VersionRef
     from loader.sources.base import ModelLocation
-    from loader.sources.s3 import S3Source
-    from loader.sources.s3_client import make_s3_client
+    from loader.sources.s3_client import S3Store, make_s3_client
+    from loader.sources.store_source import StoreSource
 
     reported: dict[str, int] = {}
 
@@ -203,8 +203,8 @@ def measure(endpoint: str, layout: str, models: int, versions: int, files: int,
     for i in range(models):
         bucket, prefix = location(layout, files, i)
         locations.append(ModelLocation(model_name(i), f"s3://{bucket}/{prefix}"))
-    source = S3Source(locations, callback, make_s3_client(endpoint, "us-east-1"),
-                      poll_interval_seconds=interval, reverify_every=REVERIFY_EVERY)
+    source = StoreSource(locations, callback, S3Store(make_s3_client(endpoint, "us-east-1")),
+                         poll_interval_seconds=interval, reverify_every=REVERIFY_EVERY)
     rows = []
     for index in range(1, polls + 1):
         started = time.monotonic()
@@ -280,7 +280,7 @@ def main() -> None:
         "parameters": {"models": args.models, "versions": args.versions, "files": args.files,
                        "steady_polls": args.steady_polls, "poll_interval_s": args.interval,
                        "layout": args.layout, "reverify_every": REVERIFY_EVERY},
-        "method": "moto ThreadedMotoServer in a child process on 127.0.0.1; S3Source.poll_once "
+        "method": "moto ThreadedMotoServer in a child process on 127.0.0.1; StoreSource.poll_once "
                   "in this process on the daemon's schedule; requests = requests_last_poll "
                   "(ListObjectsV2 pages), seconds = last_poll_seconds; poll 1 cold, poll 2 "
                   "settles, later polls steady",

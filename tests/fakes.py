@@ -1,5 +1,6 @@
-"""Honest fakes for manager tests: a servable that answers with its version, and a loader
-whose loads can be held, failed or counted."""
+"""Honest fakes for manager and source tests: a servable that answers with its version, a
+loader whose loads can be held, failed or counted, a clock set by hand, and a source
+callback that remembers every report."""
 
 from __future__ import annotations
 
@@ -67,3 +68,27 @@ class FakeLoader:
 
 def refs(*versions: int, fingerprint: str = "f") -> dict[int, VersionRef]:
     return {v: VersionRef(f"/models/m/{v}", f"{fingerprint}{v}") for v in versions}
+
+
+class FakeClock:
+    """A clock that moves only when a test sets `now`."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Reports:
+    """A source callback that remembers every report."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[int, VersionRef]]] = []
+        self.last: dict[str, dict[int, VersionRef]] = {}
+        self.lock = threading.Lock()
+
+    def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None:
+        with self.lock:
+            self.calls.append((model, dict(versions)))
+            self.last[model] = dict(versions)

@@ -291,10 +291,10 @@ def parser() -> argparse.ArgumentParser:
         "inspect",
         help="show a SavedModel's tag sets and signatures, and a TFLite model's (saved_model_cli show --all)"
     )
-    inspect.add_argument("path", help="a version folder: local, or s3://bucket/prefix/model/1")
+    inspect.add_argument("path", help="a version folder: local, or s3://, gs:// or az://bucket/prefix/model/1")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts")
     run = commands.add_parser("run", help="run a signature once (saved_model_cli run)")
-    run.add_argument("path", help="a version folder: local, or s3://bucket/prefix/model/1")
+    run.add_argument("path", help="a version folder: local, or s3://, gs:// or az://bucket/prefix/model/1")
     run.add_argument("--signature_def", default="serving_default")
     run.add_argument("--tag_set", default="serve", help="comma-separated tags")
     run.add_argument("--input_exprs", help="'x=[[1.0]];y=np.ones((2,1))'")
@@ -303,7 +303,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--prefer_tflite_model", action="store_true",
                      help="run model.tflite where the folder also holds a SavedModel")
     for command in (inspect, run):
-        command.add_argument("--endpoint-url", help="S3-compatible endpoint for s3:// paths")
+        command.add_argument("--endpoint-url", help="the store's endpoint: S3-compatible for "
+                             "s3://, GCS for gs://, the account URL for az://")
         command.add_argument("--region", help="S3 region for s3:// paths")
     inspect.set_defaults(run=_inspect)
     run.set_defaults(run=_run)
@@ -353,6 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every tick would log, and every tick skipped during a slow (failing) poll would warn.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    logging.getLogger("azure").setLevel(logging.WARNING)  # a dozen lines per request otherwise
     # TensorFlow's INFO lines ("Restoring parameters from ...") at every load say nothing
     # our own "state=AVAILABLE" line does not.
     tf_logger = logging.getLogger("tensorflow")

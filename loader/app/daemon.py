@@ -194,7 +194,7 @@ class Daemon:
         except ConfigError as error:
             raise InvalidArgument(str(error)) from None
         for m in models:
-            if not m.is_s3 and not Path(m.base_path).is_absolute():
+            if not m.in_store and not Path(m.base_path).is_absolute():
                 raise ConfigError(
                     f"Expected model {m.name} to have an absolute path or URI; "
                     f"got base_path()={m.base_path}"
@@ -233,7 +233,7 @@ class Daemon:
 
     def _make_source(self, kind: str, models: list[ModelConfig]) -> Source:
         return make_source(
-            kind, models, self.config, self.manager.on_versions, self._storage.s3_client,
+            kind, models, self.config, self.manager.on_versions, self._storage.store,
             on_poll=self._observe_poll,
         )
 

@@ -1,5 +1,6 @@
 """`modelwatch inspect` and `modelwatch run`: saved_model_cli's `show --all` and `run`,
-for a local version folder or an `s3://` one (fetched first, with a progress bar).
+for a local version folder or a store's one, `s3://`, `gs://` or `az://` (fetched first,
+with a progress bar).
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from loader.base import InvalidArgument, SignatureInfo, TensorInfo, VersionRef
+from loader.base import InvalidArgument, SignatureInfo, TensorInfo, Unavailable, VersionRef
+from loader.config.schema import AzureConfig, GcsConfig, S3Config, StorageConfig
+from loader.sources.object_store import (
+    StoreError,
+    listing_fingerprint,
+    parse_store_uri,
+    store_scheme,
+)
 
 # What --input_exprs may call: numpy constructors with literal arguments, never eval().
 _NUMPY_CALLS = frozenset(
@@ -25,29 +33,36 @@ _NUMPY_CALLS = frozenset(
 
 @contextmanager
 def local_version(path: str, *, endpoint_url: str | None = None, region: str | None = None) -> Iterator[Path]:
-    """A local folder holding the version at `path`; an s3:// one is fetched to a temp dir."""
-    if not path.startswith("s3://"):
+    """A local folder holding the version at `path`; a store's one (s3://, gs://, az://) is
+    fetched to a temp dir. `endpoint_url` is the store's endpoint (for Azure, its account
+    URL), `region` S3's."""
+    scheme = store_scheme(path)
+    if scheme is None:
         folder = Path(path)
         if not folder.is_dir():
             raise InvalidArgument(f"{path} is not a folder")
         yield folder
         return
-    from loader.sources.s3_client import (
-        list_version_objects,
-        listing_fingerprint,
-        make_s3_client,
-        parse_s3_uri,
-    )
-    from loader.sources.s3_fetch import S3Fetcher
+    from loader.app.parts import make_store
+    from loader.sources.store_fetch import StoreFetcher
 
-    client = make_s3_client(endpoint_url, region)
-    bucket, prefix = parse_s3_uri(path)
-    fingerprint = listing_fingerprint(list_version_objects(client, bucket, prefix))
+    storage = StorageConfig(
+        s3=S3Config(endpoint_url=endpoint_url, region=region),
+        gcs=GcsConfig(endpoint_url=endpoint_url),
+        azure=AzureConfig(account_url=endpoint_url),
+    )
+    store = make_store(scheme, storage)
+    _, bucket, prefix = parse_store_uri(path)
+    try:
+        fingerprint = listing_fingerprint(store.list_version_objects(bucket, prefix))
+    except StoreError as error:
+        raise Unavailable(f"could not list {path}: {error}") from None
     cache = Path(tempfile.mkdtemp(prefix="modelwatch-inspect-"))
     bar = _ProgressBar()
     try:
-        fetcher = S3Fetcher(client, cache, progress=bar)
-        fetched = fetcher.fetch("inspect", 0, VersionRef(f"s3://{bucket}/{prefix}", fingerprint))
+        fetcher = StoreFetcher(store, cache, progress=bar)
+        uri = f"{scheme}://{bucket}/{prefix}"
+        fetched = fetcher.fetch("inspect", 0, VersionRef(uri, fingerprint))
         bar.close()
         yield Path(fetched)
     finally:

@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loader.base import InvalidArgument, Servable, VersionRef
-from loader.config.schema import BatchingConfig, Config, ConfigError, ModelConfig, TlsConfig
+from loader.config.schema import (
+    BatchingConfig,
+    Config,
+    ConfigError,
+    ModelConfig,
+    StorageConfig,
+    TlsConfig,
+)
 from loader.config.tfs_proto_files import read_ssl_config, read_version_batching
 from loader.manager.manager import Manager, ModelSpec
 from loader.manager.memory_guard import MemoryGuard
@@ -24,6 +32,8 @@ from loader.serving.request_log import LogTarget
 from loader.serving.tls import Pem, ServerTls, TlsError, read_pem_files
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
+from loader.sources.object_store import ObjectStore, StoreError, store_scheme
+from loader.sources.store_fetch import StoreFetcher
 from policies.base import SelectionPolicy
 from policies.selection import All, Latest, Specific
 from policies.transition import TRANSITIONS
@@ -63,36 +73,57 @@ def memory_limit_bytes(config: Config) -> int | None:
     return default_limit_bytes() if limit == "auto" else limit
 
 
+def make_store(scheme: str, storage: StorageConfig) -> ObjectStore:
+    """The object store for `scheme` ("s3", "gs", "az"), with the `storage:` settings; each
+    provider's library is imported only when a path of its store is configured."""
+    if scheme == "s3":
+        from loader.sources.s3_client import S3Store, make_s3_client
+
+        return S3Store(make_s3_client(storage.s3.endpoint_url, storage.s3.region))
+    try:
+        if scheme == "gs":
+            from loader.sources.gcs_client import make_gcs_store
+
+            return make_gcs_store(storage.gcs.project, storage.gcs.endpoint_url)
+        from loader.sources.azure_client import make_azure_store
+
+        return make_azure_store(storage.azure.account_url)
+    except StoreError as error:
+        raise ConfigError(str(error)) from None
+
+
 class Storage:
     """Turns a reported version into a loaded servable, and releases its files after."""
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
         self._config = config
         self._metrics = metrics
-        self._s3_client: Any = None
-        self._s3_fetcher: Any = None
+        self._stores: dict[str, tuple[ObjectStore, StoreFetcher]] = {}
+        self._stores_lock = threading.Lock()  # loads run on several threads
         self.batching: dict[str, BatchingConfig | None] = {}
 
-    def s3_client(self) -> Any:
-        """The S3 client, made (and the cache cleaned of a crash's leftovers) on first use."""
-        if self._s3_client is None:
-            from loader.sources.s3_client import make_s3_client
-            from loader.sources.s3_fetch import S3Fetcher
+    def store(self, scheme: str) -> ObjectStore:
+        """The store for `scheme`, made on first use (see `fetcher`)."""
+        return self._store_and_fetcher(scheme)[0]
 
-            s3 = self._config.storage.s3
-            self._s3_client = make_s3_client(s3.endpoint_url, s3.region)
-            self._s3_fetcher = S3Fetcher(self._s3_client, self._config.storage.cache_dir)
-            self._s3_fetcher.cleanup_stale()
-        return self._s3_client
+    def _store_and_fetcher(self, scheme: str) -> tuple[ObjectStore, StoreFetcher]:
+        with self._stores_lock:
+            if scheme not in self._stores:
+                store = make_store(scheme, self._config.storage)
+                fetcher = StoreFetcher(store, self._config.storage.cache_dir)
+                if not self._stores:  # before any fetch: the stores share the cache folder
+                    fetcher.cleanup_stale()  # a crash's leftovers
+                self._stores[scheme] = (store, fetcher)
+            return self._stores[scheme]
 
     def load(self, model: str, version: int, ref: VersionRef) -> Servable:
         from loader.servables.formats import load_version
         from loader.servables.warmup import warm_up  # TensorFlow loads on first use
 
         path = ref.uri
-        if ref.uri.startswith("s3://"):
-            self.s3_client()
-            path = self._s3_fetcher.fetch(model, version, ref)
+        scheme = store_scheme(ref.uri)
+        if scheme is not None:
+            path = self._store_and_fetcher(scheme)[1].fetch(model, version, ref)
         options = self._config.tensorflow
         batching = self.batching.get(model)
         if batching is not None and options.per_model_batching_parameters:
@@ -120,8 +151,9 @@ class Storage:
         return servable
 
     def release(self, model: str, version: int, ref: VersionRef) -> None:
-        if ref.uri.startswith("s3://") and self._s3_fetcher is not None:
-            self._s3_fetcher.release(model, version, ref)
+        scheme = store_scheme(ref.uri)
+        if scheme is not None and scheme in self._stores:
+            self._stores[scheme][1].release(model, version, ref)
 
 
 def version_batching(path: str, num_batch_threads: int) -> BatchingConfig | None:
@@ -165,10 +197,11 @@ def make_source(
     models: Sequence[ModelConfig],
     config: Config,
     on_versions: VersionsCallback,
-    s3_client: Callable[[], Any],
+    store: Callable[[str], ObjectStore],
     on_poll: Callable[..., None] | None = None,
 ) -> Source:
-    """The source for every model of one kind ("local" or "s3"), with S3 events if set."""
+    """The source for every model of one kind ("local", or a store's scheme: "s3", "gs",
+    "az"), with S3 events if set."""
     watch = config.watch
     if kind == "local":
         return LocalSource(
@@ -180,22 +213,23 @@ def make_source(
             debounce_seconds=watch.debounce_seconds,
             on_poll=on_poll,
         )
-    from loader.sources.s3 import S3Source
+    from loader.sources.store_source import StoreSource
 
+    events = watch.s3_events if kind == "s3" else None
     settle = watch.settle_seconds
-    if settle is None and watch.s3_events is not None and watch.ready_marker is None:
+    if settle is None and events is not None and watch.ready_marker is None:
         # Events trigger listings at once: settle on time, not on the (slower) poll.
         settle = EVENT_SETTLE_SECONDS
-    source = S3Source(
+    source = StoreSource(
         locations(models),
         on_versions,
-        s3_client(),
+        store(kind),
         poll_interval_seconds=watch.poll_interval_seconds,
         settle_seconds=settle,
         ready_marker=watch.ready_marker,
         on_poll=on_poll,
     )
-    if watch.s3_events is None:
+    if events is None:
         return source
     return _WithEvents(source, _event_listener(config, source, settle or 0.0))
 
@@ -240,7 +274,7 @@ class _WithEvents:
 
 
 def source_kind(model: ModelConfig) -> str:
-    return "s3" if model.is_s3 else "local"
+    return store_scheme(model.base_path) or "local"
 
 
 def locations(models: Any) -> list[ModelLocation]:

@@ -56,12 +56,12 @@ class Watcher:
         self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="modelwatch-watcher", daemon=True)
-        storage = Storage(config, Metrics())  # only for its S3 client: the watcher loads nothing
+        storage = Storage(config, Metrics())  # only for its stores: the watcher loads nothing
         self._sources: list[Source] = []
         for kind in sorted({source_kind(m) for m in config.models}):
             models = [m for m in config.models if source_kind(m) == kind]
             self._sources.append(make_source(kind, models, config, self.on_versions,
-                                             storage.s3_client))
+                                             storage.store))
 
     # -- lifecycle -------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from loader.config.server_schema import STRICT
 from loader.config.server_schema import ServerConfig as ServerConfig  # re-exported
 from loader.config.server_schema import TlsConfig as TlsConfig  # re-exported
+from loader.sources.object_store import store_scheme
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 MIN_MEMORY_LIMIT_BYTES = 64 * 1024 * 1024  # below this, not even the interpreter fits
@@ -35,9 +36,26 @@ class S3Config(_Strict):
     region: str | None = None
 
 
+# -- Google Cloud Storage and Azure Blob Storage (issue 25) --
+class GcsConfig(_Strict):
+    """gs:// paths: Application Default Credentials; STORAGE_EMULATOR_HOST is honoured."""
+
+    project: str | None = None  # the project for requests; ADC's, or none, when unset
+    endpoint_url: str | None = None  # e.g. a Private Service Connect endpoint
+
+
+class AzureConfig(_Strict):
+    """az://container/prefix paths: AZURE_STORAGE_CONNECTION_STRING when set, else
+    `account_url` with DefaultAzureCredential."""
+
+    account_url: str | None = None  # https://ACCOUNT.blob.core.windows.net
+
+
 class StorageConfig(_Strict):
     cache_dir: str = ".modelwatch/cache"
     s3: S3Config = S3Config()
+    gcs: GcsConfig = GcsConfig()
+    azure: AzureConfig = AzureConfig()
 
 
 class S3EventsConfig(_Strict):
@@ -206,8 +224,9 @@ class ModelConfig(_Strict):
     load: Literal["always", "on_demand"] = "always"
 
     @property
-    def is_s3(self) -> bool:
-        return self.base_path.startswith("s3://")
+    def in_store(self) -> bool:
+        """Whether the base path is in an object store (s3://, gs://, az://), not local."""
+        return store_scheme(self.base_path) is not None
 
 
 class Config(_Strict):
@@ -266,7 +285,7 @@ def resolve_paths(config: Config, folder: Path) -> Config:
         return str((folder / Path(path).expanduser()).resolve())
 
     models = [
-        m if m.is_s3 else m.model_copy(update={"base_path": local(m.base_path)})
+        m if m.in_store else m.model_copy(update={"base_path": local(m.base_path)})
         for m in config.models
     ]
     models = [with_log_folder(m, folder) for m in models]

@@ -76,7 +76,7 @@ FLAGS: dict[str, Flag] = {f.name: f for f in [
     """),
     *_table(str, "supported", """
         model_name | default | the single model's name (ignored with --model_config_file)
-        model_base_path | | the single model's folder or s3:// prefix
+        model_base_path | | the single model's folder, or s3://, gs:// or az:// prefix
         model_config_file | | ModelServerConfig text file listing the models
         batching_parameters_file | | BatchingParameters text file, applied to every model
         monitoring_config_file | | MonitoringConfig text file: prometheus_config { enable path }

@@ -48,8 +48,13 @@ from loader.config.schema import (
 )
 from loader.config.tfs_flag_table import BOOLEANS, FLAGS, NOT_FLAGS, convert
 from loader.config.tfs_model_config import parse_model_server_config
-from loader.config.tfs_proto_files import PROMETHEUS_PATH, read_metrics_path, read_text_proto
+from loader.config.tfs_proto_files import (
+    PROMETHEUS_PATH,
+    read_metrics_path,
+    read_text_proto,
+)
 from loader.config.tfs_session_bundle import from_flags, from_platform_config
+from loader.sources.object_store import store_scheme
 
 log = logging.getLogger("modelwatch.tfs_flags")
 
@@ -283,12 +288,12 @@ def _absolute(path: str, folder: Path) -> Path:
 
 
 def _base_path(flag: str, base_path: str, folder: Path) -> str:
-    if base_path.startswith("s3://"):
+    if store_scheme(base_path) is not None:
         return base_path
     if "://" in base_path:
         raise ConfigError(
             f"--{flag}: base path {base_path} is not supported; modelwatch reads local "
-            "folders and s3:// only"
+            "folders, s3://, gs:// and az:// only"
         )
     return str(_absolute(base_path, folder))
 

@@ -1,4 +1,5 @@
-"""`modelwatch inspect` and `modelwatch run`, on TF Serving's own models, locally and on S3."""
+"""`modelwatch inspect` and `modelwatch run`, on TF Serving's own models, locally, on S3 and
+on GCS."""
 
 from __future__ import annotations
 
@@ -101,6 +102,21 @@ def test_inspect_an_s3_version(half_plus_two, tfserving_testdata, monkeypatch):
     assert described["meta_graphs"][0]["signature_def"] == (
         reference["metadata"]["signature_def"]["signature_def"]
     )
+
+
+def test_run_a_gcs_version_with_a_progress_bar(half_plus_two, monkeypatch, capsys):
+    from tests.object_stores import Bucket, gcs_emulator
+
+    with gcs_emulator() as host:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", host)
+        bucket = Bucket("gs", "inspect", {"STORAGE_EMULATOR_HOST": host})
+        bucket.create()
+        bucket.upload(half_plus_two, "m/123")
+        with inspect.local_version("gs://inspect/m/123") as folder:
+            outputs = inspect.run(folder, "serving_default", {"x": np.array([[2.0]])}, ["serve"])
+        assert not folder.exists()  # the temporary copy is gone
+    assert outputs["y"].tolist() == [[3.0]]
+    assert "fetching" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

@@ -86,9 +86,28 @@ def test_json_is_accepted_and_s3_paths_are_kept(tmp_path):
     }
     config = load_config(write(tmp_path, json.dumps(doc), "config.json"))
     (model,) = config.models
-    assert model.base_path == "s3://bucket/prefix/m" and model.is_s3
+    assert model.base_path == "s3://bucket/prefix/m" and model.in_store
     assert model.version_policy.specific is not None
     assert model.version_policy.specific.versions == [1, 3]
+
+
+def test_store_paths_are_kept_and_their_settings_read(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+storage:
+  gcs: {project: p, endpoint_url: "http://127.0.0.1:9023"}
+  azure: {account_url: "https://acct.blob.core.windows.net"}
+models:
+  - {name: g, base_path: "gs://bucket/models/g"}
+  - {name: a, base_path: "az://container/models/a"}
+  - {name: local, base_path: "models/local"}
+"""))
+    assert [(m.base_path, m.in_store) for m in config.models] == [
+        ("gs://bucket/models/g", True), ("az://container/models/a", True),
+        (str(tmp_path / "models" / "local"), False),
+    ]
+    assert (config.storage.gcs.project, config.storage.gcs.endpoint_url) == (
+        "p", "http://127.0.0.1:9023")
+    assert config.storage.azure.account_url == "https://acct.blob.core.windows.net"
 
 
 @pytest.mark.parametrize(

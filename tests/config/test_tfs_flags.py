@@ -68,6 +68,8 @@ FLAG_TABLE: list[tuple[str, str, list[str], Any, Any]] = [
     ("model_name", "hpt", MODEL, lambda t: t.config.models[0].name, "hpt"),
     ("model_base_path", "repo/m", [], lambda t: t.config.models[0].base_path, "{tmp}/repo/m"),
     ("model_base_path", "s3://bucket/m", [], lambda t: t.config.models[0].base_path, "s3://bucket/m"),
+    ("model_base_path", "gs://bucket/m", [], lambda t: t.config.models[0].base_path, "gs://bucket/m"),
+    ("model_base_path", "az://models/m", [], lambda t: t.config.models[0].base_path, "az://models/m"),
     ("model_config_file", "{models}", [],
      lambda t: ([m.base_path for m in t.config.models], str(t.model_config_file)),
      (["{tmp}/repo/a"], "{models}")),
@@ -234,6 +236,16 @@ def test_a_model_config_file_with_several_models_policies_and_labels(tmp_path):
     assert all(m.batching == BatchingConfig() for m in result.config.models)
 
 
+def test_a_model_config_file_with_every_store(tmp_path):
+    text = "model_config_list { " + " ".join(
+        f'config {{ name: "{scheme}" base_path: "{scheme}://bucket/models/m" }}'
+        for scheme in ("s3", "gs", "az")
+    ) + " }"
+    result = parse(tmp_path, f"--model_config_file={write(tmp_path, 'models.config', text)}")
+    assert [m.base_path for m in result.config.models] == [
+        "s3://bucket/models/m", "gs://bucket/models/m", "az://bucket/models/m"]
+
+
 def test_the_model_config_file_is_read_again_for_a_reload(tmp_path):
     path = tmp_path / "models.config"
     path.write_text('model_config_list { config { name: "a" base_path: "a" } }')
@@ -385,8 +397,8 @@ ERRORS: list[tuple[list[str], str]] = [
     (MODEL + ["--file_system_poll_wait_seconds=0"], "--file_system_poll_wait_seconds must be 1 or more"),
     (MODEL + ["--model_config_file_poll_wait_seconds=-1"],
      "--model_config_file_poll_wait_seconds must be 0 (read once) or more"),
-    (["--model_base_path=gs://bucket/m"], "--model_base_path: base path gs://bucket/m is not "
-     "supported; modelwatch reads local folders and s3:// only"),
+    (["--model_base_path=hdfs://host/m"], "--model_base_path: base path hdfs://host/m is not "
+     "supported; modelwatch reads local folders, s3://, gs:// and az:// only"),
     (["--model_base_path=/m", "--model_name=no/slash"], "--model_name 'no/slash' is not a valid"),
     (["--model_config_file=missing.config"],
      "--model_config_file={tmp}/missing.config cannot be read (No such file or directory)"),
@@ -399,7 +411,7 @@ ERRORS: list[tuple[list[str], str]] = [
      "tensorflow.serving.ModelServerConfig: 1:1 : Message type "
      "\"tensorflow.serving.ModelServerConfig\" has no field named \"improperly\"; "
      "Invalid protobuf file: '{tmp}/tfs_bad.config'"),
-    (["--model_config_file=gcs.config"], "--model_config_file: base path gs://b/m is not supported"),
+    (["--model_config_file=hdfs.config"], "--model_config_file: base path hdfs://h/m is not supported"),
     (["--model_config_file=twice.config"],
      "--model_config_file={tmp}/twice.config: Illegal to list model a multiple times in config list"),
     (MODEL + ["--enable_batching", "--batching_parameters_file=scalar.txt"],
@@ -422,7 +434,7 @@ ERRORS: list[tuple[list[str], str]] = [
 BAD_FILES = {
     "bad.config": "models { }",
     "tfs_bad.config": "improperly formatted file",
-    "gcs.config": 'model_config_list { config { name: "m" base_path: "gs://b/m" } }',
+    "hdfs.config": 'model_config_list { config { name: "m" base_path: "hdfs://h/m" } }',
     "twice.config": 'model_config_list { config { name: "a" base_path: "/a" } '
                     'config { name: "a" base_path: "/b" } }',
     "scalar.txt": "max_batch_size: 8",  # TF Serving wants { value: 8 } too

@@ -59,7 +59,7 @@ def test_a_full_config_with_labels_and_several_models() -> None:
         """
     )
     assert [m.name for m in models] == ["half_plus_two", "other"]
-    assert models[0].version_labels == {"stable": 1, "canary": 2} and models[0].is_s3
+    assert models[0].version_labels == {"stable": 1, "canary": 2} and models[0].in_store
     assert models[1].base_path == "relative/other"  # the caller resolves relative paths
 
 

@@ -11,7 +11,8 @@ from moto import mock_aws
 
 from loader.base import VersionRef
 from loader.sources.base import ModelLocation
-from loader.sources.s3 import S3Source
+from loader.sources.s3_client import S3Store
+from loader.sources.store_source import StoreSource
 from policies.selection import All, Latest, Specific
 
 COMPLETE = ("saved_model.pb", "variables/variables.index", "variables/variables.data-00000-of-00001")
@@ -34,10 +35,10 @@ def put_version(s3, folder: str, files=COMPLETE) -> None:
 
 def ready_versions(s3) -> set[int]:
     reported: dict[str, Mapping[int, VersionRef]] = {}
-    source = S3Source(
+    source = StoreSource(
         [ModelLocation("m", "s3://policies/models/m")],
         lambda model, versions: reported.__setitem__(model, versions),
-        s3, settle_seconds=0,
+        S3Store(s3), settle_seconds=0,
     )
     source.poll_once()
     return set(reported["m"])

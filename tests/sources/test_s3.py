@@ -1,4 +1,4 @@
-"""S3Source against moto's in-process S3: what is reported, when, and at what cost."""
+"""StoreSource on S3 (S3Store) against moto's in-process S3: what is reported, when, and at what cost."""
 
 from __future__ import annotations
 
@@ -16,13 +16,10 @@ from moto import mock_aws
 
 from loader.base import VersionRef
 from loader.sources.base import ModelLocation
-from loader.sources.s3 import S3Source, reverify_due
-from loader.sources.s3_client import (
-    list_version_folders,
-    list_version_objects,
-    listing_fingerprint,
-    make_s3_client,
-)
+from loader.sources.object_store import listing_fingerprint
+from loader.sources.s3_client import S3Store, make_s3_client
+from loader.sources.store_source import StoreSource, reverify_due
+from tests.fakes import FakeClock, Reports
 from tests.savedmodels import upload_order, write_sharded_model, write_tf1_model_without_variables
 
 BUCKET = "models"
@@ -53,28 +50,6 @@ def s3(aws_env: None) -> Iterator[Any]:
         yield client
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class Reports:
-    """A callback that remembers every report."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, dict[int, VersionRef]]] = []
-        self.last: dict[str, dict[int, VersionRef]] = {}
-        self.lock = threading.Lock()
-
-    def __call__(self, model: str, versions: Mapping[int, VersionRef]) -> None:
-        with self.lock:
-            self.calls.append((model, dict(versions)))
-            self.last[model] = dict(versions)
-
-
 def put(client: Any, prefix: str, files: Mapping[str, bytes]) -> None:
     for relpath, body in files.items():
         client.put_object(Bucket=BUCKET, Key=f"{prefix}{relpath}", Body=body)
@@ -87,12 +62,12 @@ def delete(client: Any, prefix: str, relpaths: list[str]) -> None:
 
 def source(
     client: Any, reports: Reports, clock: FakeClock, *models: tuple[str, str], **kwargs: Any
-) -> S3Source:
+) -> StoreSource:
     locations = [ModelLocation(name, path) for name, path in models]
-    return S3Source(locations, reports, client, clock=clock, **kwargs)
+    return StoreSource(locations, reports, S3Store(client), clock=clock, **kwargs)
 
 
-def poll(src: S3Source, clock: FakeClock, times: int = 1, step: float = 1.0) -> None:
+def poll(src: StoreSource, clock: FakeClock, times: int = 1, step: float = 1.0) -> None:
     for _ in range(times):
         src.poll_once()
         clock.now += step
@@ -102,8 +77,10 @@ def poll(src: S3Source, clock: FakeClock, times: int = 1, step: float = 1.0) -> 
 
 
 def test_a_model_outside_s3_is_a_programming_error(s3: Any) -> None:
-    with pytest.raises(ValueError, match="not an S3 URI"):
+    with pytest.raises(ValueError, match="not a storage URI"):
         source(s3, Reports(), FakeClock(), ("m", "/models/m"))
+    with pytest.raises(ValueError, match="not a s3:// path"):
+        source(s3, Reports(), FakeClock(), ("m", "gs://models/m"))
 
 
 def test_each_settled_version_is_reverified_once_every_n_polls() -> None:
@@ -118,10 +95,10 @@ def test_each_settled_version_is_reverified_once_every_n_polls() -> None:
 def test_listing_skips_folder_markers_and_other_versions(s3: Any) -> None:
     put(s3, "m/1/", {"": b"", "variables/": b"", **COMPLETE})
     put(s3, "m/10/", COMPLETE)
-    objects = list_version_objects(s3, BUCKET, "m/1/")
+    objects = S3Store(s3).list_version_objects(BUCKET, "m/1/")
     assert sorted(o.relpath for o in objects) == sorted(COMPLETE)
-    assert all(o.key.startswith("m/1/") and not o.etag.startswith('"') for o in objects)
-    assert list_version_folders(s3, BUCKET, "m/") == {1: "m/1/", 10: "m/10/"}
+    assert all(o.key.startswith("m/1/") and not o.tag.startswith('"') for o in objects)
+    assert S3Store(s3).list_version_folders(BUCKET, "m/") == {1: "m/1/", 10: "m/10/"}
 
 
 # -- what is reported ----------------------------------------------------------------------
@@ -137,7 +114,7 @@ def test_only_version_folders_are_reported(s3: Any) -> None:
     assert set(reports.last["m"]) == {1, 123}
     ref = reports.last["m"][123]
     assert ref.uri == "s3://models/prefix/m/00000123/"
-    listing = list_version_objects(s3, BUCKET, "prefix/m/00000123/")
+    listing = S3Store(s3).list_version_objects(BUCKET, "prefix/m/00000123/")
     assert ref.fingerprint == listing_fingerprint(listing)
 
 
@@ -240,7 +217,7 @@ def test_a_version_whose_load_failed_is_listed_every_poll_until_its_content_chan
     put(s3, "m/1/", {"variables/variables.data-00000-of-00001": b"fixed"})
     poll(src, clock, times=2)
     fixed = reports.last["m"][1]
-    assert fixed.fingerprint == listing_fingerprint(list_version_objects(s3, BUCKET, "m/1/"))
+    assert fixed.fingerprint == listing_fingerprint(S3Store(s3).list_version_objects(BUCKET, "m/1/"))
     poll(src, clock)
     assert src.requests_last_poll == 1  # new content, settled: back to costing nothing
 
@@ -270,7 +247,7 @@ def test_a_version_is_ready_only_after_its_listing_settles(s3: Any) -> None:
     assert "m" not in reports.last  # complete but settling: no answer yet
     clock.now = 8.0
     src.poll_once()
-    objects = list_version_objects(s3, BUCKET, "m/1/")
+    objects = S3Store(s3).list_version_objects(BUCKET, "m/1/")
     expected = listing_fingerprint(objects)
     size = sum(o.size for o in objects)  # what memory estimates start from
     assert size == sum(map(len, COMPLETE.values())) + len(b"late file")
@@ -359,7 +336,7 @@ def test_reverification_notices_changed_content(s3: Any) -> None:
         seen.append(reports.last["m"][1])  # never missing while the change settles
     assert seen[0] == old
     assert seen[-1].fingerprint != old.fingerprint
-    assert seen[-1].fingerprint == listing_fingerprint(list_version_objects(s3, BUCKET, "m/1/"))
+    assert seen[-1].fingerprint == listing_fingerprint(S3Store(s3).list_version_objects(BUCKET, "m/1/"))
 
 
 def test_a_deleted_version_is_no_longer_reported(s3: Any) -> None:
@@ -391,7 +368,7 @@ def test_a_missing_bucket_reports_nothing_then_recovers(
         ("good", "s3://models/good"),
         on_poll=lambda model, seconds, ok: polls.append((model, ok)),
     )
-    with caplog.at_level(logging.INFO, logger="loader.sources.s3"):
+    with caplog.at_level(logging.INFO, logger="loader.sources.store_source"):
         poll(src, clock, times=3)
     assert "lost" not in reports.last
     assert set(reports.last["good"]) == {1}
@@ -405,7 +382,7 @@ def test_a_missing_bucket_reports_nothing_then_recovers(
 
     caplog.clear()
     s3.create_bucket(Bucket="missing-bucket")
-    with caplog.at_level(logging.INFO, logger="loader.sources.s3"):
+    with caplog.at_level(logging.INFO, logger="loader.sources.store_source"):
         poll(src, clock, times=2)
     assert reports.last["lost"] == {}
     infos = [r for r in caplog.records if r.levelno == logging.INFO]
@@ -489,7 +466,9 @@ def test_start_polls_in_the_background_until_stopped(s3: Any) -> None:
         if versions:
             ready.set()
 
-    src = S3Source([ModelLocation("m", "s3://models/m")], callback, s3, poll_interval_seconds=0.05)
+    src = StoreSource(
+        [ModelLocation("m", "s3://models/m")], callback, S3Store(s3), poll_interval_seconds=0.05
+    )
     src.start()
     try:
         assert ready.wait(timeout=10), "the version was never reported"
@@ -505,6 +484,6 @@ def test_start_polls_in_the_background_until_stopped(s3: Any) -> None:
 
 
 def test_stop_and_join_without_start(s3: Any) -> None:
-    src = S3Source([], Reports(), s3)
+    src = StoreSource([], Reports(), S3Store(s3))
     src.stop()
     src.join(timeout=1)

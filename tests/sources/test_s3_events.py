@@ -13,8 +13,9 @@ from moto import mock_aws
 
 from loader.base import VersionRef
 from loader.sources.base import ModelLocation
-from loader.sources.s3 import S3Source
+from loader.sources.s3_client import S3Store
 from loader.sources.s3_events import S3EventListener, changed_objects
+from loader.sources.store_source import StoreSource
 
 
 def s3_event(bucket: str, key: str) -> str:
@@ -83,9 +84,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple]:
 def test_an_uploaded_version_is_reported_without_waiting_for_a_poll(aws):
     s3, sqs, queue = aws
     reports = Reports()
-    source = S3Source([ModelLocation("m", "s3://modelstore/models/m"),
-                       ModelLocation("other", "s3://modelstore/models/other")],
-                      reports, s3, poll_interval_seconds=3600, settle_seconds=0.3)
+    source = StoreSource([ModelLocation("m", "s3://modelstore/models/m"),
+                          ModelLocation("other", "s3://modelstore/models/other")],
+                         reports, S3Store(s3), poll_interval_seconds=3600, settle_seconds=0.3)
     source.poll_once()  # the daemon's first poll: nothing there yet
     assert reports.latest == {"m": set(), "other": set()}
     listener = S3EventListener(sqs, queue, source, settle_seconds=0.3)

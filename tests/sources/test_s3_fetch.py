@@ -1,4 +1,4 @@
-"""S3Fetcher against moto's in-process S3: exact copies, or a clean error and no leftovers."""
+"""StoreFetcher on S3 (S3Store) against moto's in-process S3: exact copies, or a clean error and no leftovers."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from moto import mock_aws
 
 from loader.base import Code, ServingError, VersionRef
 from loader.sources.base import ModelLocation
-from loader.sources.s3 import S3Source
-from loader.sources.s3_client import list_version_objects, listing_fingerprint, make_s3_client
-from loader.sources.s3_fetch import S3Fetcher
+from loader.sources.object_store import listing_fingerprint
+from loader.sources.s3_client import S3Store, make_s3_client
+from loader.sources.store_fetch import StoreFetcher
+from loader.sources.store_source import StoreSource
 
 BUCKET = "models"
 SECRET = "fake-secret-do-not-log"
@@ -52,7 +53,7 @@ def put(client: Any, prefix: str, files: Mapping[str, bytes]) -> None:
 
 def ref_for(client: Any, prefix: str) -> VersionRef:
     """The ref a source would report for the version now at `prefix`."""
-    fingerprint = listing_fingerprint(list_version_objects(client, BUCKET, prefix))
+    fingerprint = listing_fingerprint(S3Store(client).list_version_objects(BUCKET, prefix))
     return VersionRef(f"s3://{BUCKET}/{prefix}", fingerprint)
 
 
@@ -91,14 +92,14 @@ def test_fetch_copies_the_reported_version_exactly(s3: Any, cache: Path) -> None
     put(s3, "prefix/m/00000003/", {"variables/": b""})  # a folder marker is not a file
     put(s3, "prefix/m/30/", {"saved_model.pb": b"another version"})
     reported: dict[int, VersionRef] = {}
-    source = S3Source(
+    source = StoreSource(
         [ModelLocation("m", "s3://models/prefix/m")],
         lambda model, versions: reported.update(versions),
-        s3,
+        S3Store(s3),
         settle_seconds=0,
     )
     source.poll_once()
-    fetcher = S3Fetcher(s3, cache, max_concurrency=3)
+    fetcher = StoreFetcher(S3Store(s3), cache, max_concurrency=3)
 
     path = Path(fetcher.fetch("m", 3, reported[3]))
 
@@ -110,14 +111,14 @@ def test_fetch_copies_the_reported_version_exactly(s3: Any, cache: Path) -> None
 def test_many_files_are_fetched(s3: Any, cache: Path) -> None:
     files = {f"assets/part{i:03d}.bin": bytes([i]) * (i * 100) for i in range(60)} | COMPLETE
     put(s3, "m/1/", files)
-    path = Path(S3Fetcher(s3, cache).fetch("m", 1, ref_for(s3, "m/1/")))
+    path = Path(StoreFetcher(S3Store(s3), cache).fetch("m", 1, ref_for(s3, "m/1/")))
     assert files_under(path) == files
 
 
 def test_a_cached_version_is_not_downloaded_again(s3: Any, cache: Path) -> None:
     put(s3, "m/1/", COMPLETE)
     ref = ref_for(s3, "m/1/")
-    fetcher = S3Fetcher(s3, cache)
+    fetcher = StoreFetcher(S3Store(s3), cache)
     first = fetcher.fetch("m", 1, ref)
     calls = count_calls(s3)
     assert fetcher.fetch("m", 1, ref) == first
@@ -128,7 +129,7 @@ def test_a_changed_fingerprint_is_refused(s3: Any, cache: Path) -> None:
     put(s3, "m/1/", COMPLETE)
     stale = VersionRef("s3://models/m/1/", "0123456789abcdef")
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 1, stale)
+        StoreFetcher(S3Store(s3), cache).fetch("m", 1, stale)
     assert caught.value.code is Code.ABORTED
     assert "version 1 of model 'm' changed" in caught.value.message
     assert leftovers(cache) == []
@@ -140,7 +141,7 @@ def test_a_version_changed_during_the_download_is_abandoned(s3: Any, cache: Path
     ref = ref_for(s3, "m/1/")
     on_first_download(s3, lambda: put(s3, "m/1/", {"saved_model.pb": b"rewritten"}))
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache, max_concurrency=1).fetch("m", 1, ref)
+        StoreFetcher(S3Store(s3), cache, max_concurrency=1).fetch("m", 1, ref)
     assert caught.value.code is Code.ABORTED
     assert leftovers(cache) == []
     assert not (cache / "m").exists() or list((cache / "m").iterdir()) == []
@@ -162,7 +163,7 @@ def test_a_large_object_replaced_during_its_ranged_download_is_abandoned(
     s3.meta.events.register("before-parameter-build.s3.GetObject", replace_on_first_part)
     # One request at a time: moto cannot overwrite an object while another thread reads it.
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache, max_concurrency=1).fetch("m", 1, ref)
+        StoreFetcher(S3Store(s3), cache, max_concurrency=1).fetch("m", 1, ref)
     assert replaced.locked(), "the download was not ranged"
     assert caught.value.code is Code.ABORTED
     assert leftovers(cache) == []
@@ -178,7 +179,7 @@ def test_a_version_deleted_during_the_download_is_abandoned(s3: Any, cache: Path
 
     on_first_download(s3, delete_version)
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache, max_concurrency=1).fetch("m", 1, ref)
+        StoreFetcher(S3Store(s3), cache, max_concurrency=1).fetch("m", 1, ref)
     assert caught.value.code is Code.NOT_FOUND
     assert "deleted" in caught.value.message and "version 1 of model 'm'" in caught.value.message
     assert leftovers(cache) == []
@@ -186,14 +187,14 @@ def test_a_version_deleted_during_the_download_is_abandoned(s3: Any, cache: Path
 
 def test_a_version_deleted_before_the_fetch_is_not_found(s3: Any, cache: Path) -> None:
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 4, VersionRef("s3://models/m/4/", "0123456789abcdef"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 4, VersionRef("s3://models/m/4/", "0123456789abcdef"))
     assert caught.value.code is Code.NOT_FOUND
     assert leftovers(cache) == []
 
 
 def test_a_missing_bucket_is_a_clear_error(s3: Any, cache: Path) -> None:
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 4, VersionRef("s3://nowhere/m/4/", "0123456789abcdef"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 4, VersionRef("s3://nowhere/m/4/", "0123456789abcdef"))
     assert caught.value.code is Code.NOT_FOUND
     assert "s3://nowhere/m/4/" in caught.value.message
 
@@ -201,7 +202,7 @@ def test_a_missing_bucket_is_a_clear_error(s3: Any, cache: Path) -> None:
 def test_an_incomplete_version_is_refused(s3: Any, cache: Path) -> None:
     put(s3, "m/1/", {"saved_model.pb": b"g", "variables/variables.index": b"i"})
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 1, ref_for(s3, "m/1/"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 1, ref_for(s3, "m/1/"))
     assert caught.value.code is Code.FAILED_PRECONDITION
     assert "not complete" in caught.value.message
     assert leftovers(cache) == []
@@ -214,7 +215,7 @@ def test_an_unsafe_key_is_refused(s3: Any, cache: Path, relpath: str) -> None:
     put(s3, "m/1/", COMPLETE)
     put(s3, "m/1/", {relpath: b"evil"})
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 1, ref_for(s3, "m/1/"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 1, ref_for(s3, "m/1/"))
     assert repr(f"m/1/{relpath}") in caught.value.message
     assert leftovers(cache) == []
     assert not (cache.parent / "escape").exists()
@@ -224,14 +225,14 @@ def test_a_key_that_is_both_file_and_folder_is_refused(s3: Any, cache: Path) -> 
     put(s3, "m/1/", COMPLETE)
     put(s3, "m/1/", {"assets": b"a file where a folder is"})
     with pytest.raises(ServingError, match="not a safe relative path"):
-        S3Fetcher(s3, cache).fetch("m", 1, ref_for(s3, "m/1/"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 1, ref_for(s3, "m/1/"))
 
 
 @pytest.mark.parametrize("model", ["../m", ".tmp-m", "a/b", ""])
 def test_an_unsafe_model_name_is_refused(s3: Any, cache: Path, model: str) -> None:
     put(s3, "m/1/", COMPLETE)
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch(model, 1, ref_for(s3, "m/1/"))
+        StoreFetcher(S3Store(s3), cache).fetch(model, 1, ref_for(s3, "m/1/"))
     assert caught.value.code is Code.INVALID_ARGUMENT
 
 
@@ -241,7 +242,7 @@ def test_an_unwritable_cache_is_a_clear_error(s3: Any, tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     cache = blocker / "cache"  # cannot be made, even by root
     with pytest.raises(ServingError) as caught:
-        S3Fetcher(s3, cache).fetch("m", 1, ref_for(s3, "m/1/"))
+        StoreFetcher(S3Store(s3), cache).fetch("m", 1, ref_for(s3, "m/1/"))
     message = caught.value.message
     assert caught.value.code is Code.FAILED_PRECONDITION
     assert f"cache folder {cache}" in message and "Traceback" not in message
@@ -251,7 +252,7 @@ def test_an_unwritable_cache_is_a_clear_error(s3: Any, tmp_path: Path) -> None:
 def test_release_removes_the_cached_copy(s3: Any, cache: Path) -> None:
     put(s3, "m/1/", COMPLETE)
     ref = ref_for(s3, "m/1/")
-    fetcher = S3Fetcher(s3, cache)
+    fetcher = StoreFetcher(S3Store(s3), cache)
     path = Path(fetcher.fetch("m", 1, ref))
     fetcher.release("m", 1, ref)
     assert not path.exists()
@@ -259,12 +260,12 @@ def test_release_removes_the_cached_copy(s3: Any, cache: Path) -> None:
 
 
 def test_cleanup_stale_removes_only_temporary_folders(s3: Any, cache: Path) -> None:
-    S3Fetcher(s3, cache).cleanup_stale()  # no cache folder yet: nothing to do
+    StoreFetcher(S3Store(s3), cache).cleanup_stale()  # no cache folder yet: nothing to do
     stale = cache / ".tmp-m-1-abc123"
     (stale / "variables").mkdir(parents=True)
     (stale / "variables" / "variables.index").write_bytes(b"half")
     kept = cache / "m" / "1-0123456789abcdef"
     kept.mkdir(parents=True)
-    S3Fetcher(s3, cache).cleanup_stale()
+    StoreFetcher(S3Store(s3), cache).cleanup_stale()
     assert not stale.exists()
     assert kept.is_dir()

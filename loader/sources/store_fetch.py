@@ -1,4 +1,5 @@
-"""A fetcher that copies an S3 version into a local cache folder before it is loaded.
+"""A fetcher that copies a version from an object store (S3, GCS, Azure Blob Storage) into a
+local cache folder before it is loaded.
 
 A version is downloaded into a fresh `.tmp-*` folder, checked against the fingerprint the
 source reported, and only then renamed into `cache_dir/<model>/<version>-<fingerprint>`,
@@ -16,13 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
-
-from botocore.exceptions import ClientError
-from s3transfer.exceptions import RetriesExceededError, S3DownloadFailedError
-from s3transfer.futures import TransferFuture
-from s3transfer.manager import TransferConfig, TransferManager
-from s3transfer.subscribers import BaseSubscriber
+from typing import Protocol
 
 from loader.base import (
     Code,
@@ -35,37 +30,21 @@ from loader.base import (
     VersionRef,
 )
 from loader.sources import versions
-from loader.sources.s3_client import (
-    S3_ERRORS,
+from loader.sources.object_store import (
+    ObjectChanged,
+    ObjectGone,
+    ObjectStore,
+    StoreError,
     VersionObject,
-    list_version_objects,
     listing_fingerprint,
-    parse_s3_uri,
+    parse_store_uri,
 )
 
 log = logging.getLogger(__name__)
 
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-_GONE = {"NoSuchKey", "NoSuchBucket", "404"}
-_CHANGED = {"PreconditionFailed", "412"}
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _TMP_PREFIX = ".tmp-"
-
-
-class _ListedObject(BaseSubscriber):
-    """Hands s3transfer the size and ETag we listed, so it skips a HeadObject per object.
-
-    With the ETag, the ranged downloads of a large object send If-Match, so its parts
-    cannot come from two different uploads; the listing after the download catches the
-    small objects that were replaced.
-    """
-
-    def __init__(self, obj: VersionObject) -> None:
-        self._obj = obj
-
-    def on_queued(self, future: TransferFuture, **kwargs: Any) -> None:
-        future.meta.provide_transfer_size(self._obj.size)
-        future.meta.provide_object_etag(f'"{self._obj.etag}"')
 
 
 class FetchProgress(Protocol):
@@ -76,29 +55,22 @@ class FetchProgress(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
 
-class _Progress(BaseSubscriber):
-    def __init__(self, progress: FetchProgress) -> None:
-        self._progress = progress
-
-    def on_progress(self, future: TransferFuture, bytes_transferred: int, **kwargs: Any) -> None:
-        self._progress.advance(bytes_transferred)
-
-
-class S3Fetcher:
-    """Downloads S3 versions into `cache_dir` with parallel transfers, and removes them."""
+class StoreFetcher:
+    """Downloads versions from an object store into `cache_dir` with parallel transfers,
+    and removes them."""
 
     def __init__(
         self,
-        client: Any,
+        store: ObjectStore,
         cache_dir: str | Path,
         *,
         max_concurrency: int = 8,
         progress: FetchProgress | None = None,
     ) -> None:
-        self._client = client
+        self._store = store
         self._progress = progress
         self._cache_dir = Path(cache_dir)
-        self._config = TransferConfig(max_request_concurrency=max_concurrency)
+        self._concurrency = max_concurrency
 
     def fetch(self, model: str, version: int, ref: VersionRef) -> str:
         """The local folder holding `ref`'s exact listing, downloading it if needed."""
@@ -171,8 +143,8 @@ class S3Fetcher:
         self, bucket: str, prefix: str, ref: VersionRef, what: str
     ) -> list[VersionObject]:
         try:
-            objects = list_version_objects(self._client, bucket, prefix)
-        except S3_ERRORS as error:
+            objects = self._store.list_version_objects(bucket, prefix)
+        except StoreError as error:
             raise _storage_error(error, what, ref.uri) from None
         if not objects:
             raise NotFound(f"{what} is no longer at {ref.uri}; it was deleted")
@@ -189,30 +161,19 @@ class S3Fetcher:
         what: str,
         uri: str,
     ) -> None:
-        extra: list[BaseSubscriber] = []
+        on_bytes = None
         if self._progress is not None:
             self._progress.start(what, sum(o.size for o in objects))
-            extra.append(_Progress(self._progress))
+            on_bytes = self._progress.advance
         try:
             for relpath in relpaths:
                 (temp / relpath).parent.mkdir(parents=True, exist_ok=True)
-            with TransferManager(self._client, self._config) as transfers:
-                futures = [
-                    transfers.download(
-                        bucket, obj.key, str(temp / relpath),
-                        subscribers=[_ListedObject(obj), *extra],
-                    )
-                    for obj, relpath in zip(objects, relpaths)
-                ]
-                for future in futures:
-                    future.result()
-        except S3_ERRORS as error:
+            self._store.download(
+                bucket, [(obj, temp / relpath) for obj, relpath in zip(objects, relpaths)],
+                on_bytes, self._concurrency,
+            )
+        except StoreError as error:
             raise _storage_error(error, what, uri) from None
-        except RetriesExceededError as error:
-            raise _storage_error(error.last_exception, what, uri) from None
-        except S3DownloadFailedError:
-            # s3transfer's word for "If-Match failed": the object was replaced meanwhile.
-            raise _changed(what, uri) from None
         except OSError as error:
             raise self._cache_error(what, error) from None
 
@@ -237,7 +198,7 @@ class S3Fetcher:
 
 
 def _version_location(ref: VersionRef) -> tuple[str, str]:
-    bucket, prefix = parse_s3_uri(ref.uri)
+    _, bucket, prefix = parse_store_uri(ref.uri)
     if not prefix:
         raise ValueError(f"{ref.uri!r} is a whole bucket, not a version folder")
     return bucket, prefix
@@ -263,11 +224,10 @@ def _checked_relpaths(objects: Sequence[VersionObject], what: str) -> list[str]:
     return relpaths
 
 
-def _storage_error(error: Exception, what: str, uri: str) -> ServingError:
-    code = error.response.get("Error", {}).get("Code") if isinstance(error, ClientError) else None
-    if code in _GONE:
+def _storage_error(error: StoreError, what: str, uri: str) -> ServingError:
+    if isinstance(error, ObjectGone):
         return NotFound(f"{what} was deleted from {uri} while it was being fetched")
-    if code in _CHANGED:
+    if isinstance(error, ObjectChanged):
         return _changed(what, uri)
     return Unavailable(f"could not fetch {what} from {uri}: {error}")
 

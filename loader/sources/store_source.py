@@ -1,6 +1,6 @@
-"""A source that watches model versions under S3 prefixes.
+"""A source that watches model versions under object store prefixes (S3, GCS, Azure Blob).
 
-Each poll lists a model's version "folders" with one delimited ListObjectsV2, then lists
+Each poll lists a model's version "folders" with one delimited listing, then lists
 the objects of only those versions that have not settled yet. A settled version keeps its
 last fingerprint and is re-listed only once every `reverify_every` polls, so a poll costs
 about one request per model plus one per unsettled version, however many files there are
@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor as ThreadPool
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -29,21 +28,19 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from loader.base import VersionRef
 from loader.sources import versions
 from loader.sources.base import ModelLocation, VersionsCallback
-from loader.sources.s3_client import (
-    S3_ERRORS,
+from loader.sources.object_store import (
+    ObjectStore,
     RequestCounter,
+    StoreError,
     VersionObject,
-    list_version_folders,
-    list_version_objects,
     listing_fingerprint,
-    parse_s3_uri,
-    read_object_range,
+    parse_store_uri,
 )
 from loader.sources.saved_model_graph import graph_restores_variables
 
 log = logging.getLogger(__name__)
 
-# The default settle time, as a share of the poll interval (see S3Source.__init__).
+# The default settle time, as a share of the poll interval (see StoreSource.__init__).
 _SETTLE_SLACK = 0.9
 
 def reverify_due(poll_index: int, model: str, version: int, every: int) -> bool:
@@ -76,15 +73,16 @@ class _ModelState:
 PollHook = Callable[[str, float, bool], None]
 
 
-class S3Source:
-    """Polls S3 prefixes and reports each model's complete set of ready versions.
+class StoreSource:
+    """Polls an object store's prefixes and reports each model's complete set of ready versions.
 
     A version is ready when it is complete (`versions.incompleteness`) and its listing has
     not changed for `settle_seconds`. Polls run on an APScheduler job after `start()`;
     `poll_once()` runs one synchronously. The settle time defaults to one poll interval
     (the same listing on two consecutive polls), or 0 when a `ready_marker` is configured.
 
-    For metrics: `requests_last_poll` (ListObjectsV2 pages the last poll cost),
+    The store's calls are the `ObjectStore`'s; everything else here is the same for every
+    store. For metrics: `requests_last_poll` (listing pages and reads the last poll cost),
     `last_poll_seconds`, `poll_errors_total` (failed model and version listings), and the
     optional `on_poll(model, seconds, ok)` hook, called once per model per poll.
     """
@@ -93,7 +91,7 @@ class S3Source:
         self,
         models: Sequence[ModelLocation],
         callback: VersionsCallback,
-        client: Any,
+        store: ObjectStore,
         *,
         poll_interval_seconds: float = 1.0,
         settle_seconds: float | None = None,
@@ -115,7 +113,7 @@ class S3Source:
             # than the one before it did.
             settle_seconds = poll_interval_seconds * _SETTLE_SLACK
         self._callback = callback
-        self._client = client
+        self._store = store
         self._interval = poll_interval_seconds
         self._ready_marker = ready_marker
         self._reverify_every = reverify_every
@@ -145,17 +143,22 @@ class S3Source:
         for model in models:
             if model.name in parsed:
                 raise ValueError(f"model {model.name!r} is listed twice")
-            parsed[model.name] = parse_s3_uri(model.base_path)
+            scheme, bucket, prefix = parse_store_uri(model.base_path)
+            if scheme != self._store.scheme:
+                raise ValueError(f"{model.base_path!r} is not a {self._store.scheme}:// path")
+            parsed[model.name] = (bucket, prefix)
         with self._models_lock:
             self._models = parsed
 
     def start(self) -> None:
         """Start polling every `poll_interval_seconds`, the first poll right away."""
         if self._scheduler is not None or self._stopping.is_set():
-            raise RuntimeError("an S3Source can be started only once")
+            raise RuntimeError("a StoreSource can be started only once")
         # One worker is enough: max_instances=1 never runs two polls at once.
         # The worker is named so the tests' thread-leak check sees a poll outliving join().
-        executor = ThreadPoolExecutor(1, pool_kwargs={"thread_name_prefix": "s3-source-poll"})
+        executor = ThreadPoolExecutor(
+            1, pool_kwargs={"thread_name_prefix": f"{self._store.scheme}-source-poll"}
+        )
         scheduler = BackgroundScheduler(executors={"default": executor})
         scheduler.add_job(
             self._poll_job,
@@ -189,8 +192,8 @@ class S3Source:
         self._poll(None)
 
     def poll_models(self, names: Iterable[str]) -> None:
-        """Scan just these models now, re-listing every one of their versions (an S3 event
-        said something under them changed); other models wait for the next poll."""
+        """Scan just these models now, re-listing every one of their versions (a storage
+        event said something under them changed); other models wait for the next poll."""
         self._poll(set(names))
 
     def recheck(self, model: str, version: int, fingerprint: str) -> None:
@@ -245,7 +248,7 @@ class S3Source:
                 for name, (bucket, prefix) in models.items():
                     scan(name, bucket, prefix)
             else:
-                with ThreadPool(min(self._parallel, len(models)), "s3-source-list") as pool:
+                with ThreadPool(min(self._parallel, len(models)), "store-source-list") as pool:
                     for _ in pool.map(lambda item: scan(item[0], *item[1]), models.items()):
                         pass
             if only is None:
@@ -257,7 +260,7 @@ class S3Source:
         try:
             self.poll_once()
         except Exception:
-            log.exception("polling S3 for model versions failed unexpectedly")
+            log.exception("polling %s for model versions failed unexpectedly", self._store.scheme)
 
     def _count_error(self) -> None:
         with self._errors_lock:
@@ -283,20 +286,21 @@ class S3Source:
     ) -> dict[int, VersionRef] | None:
         state = self._states.setdefault(name, _ModelState(bucket, prefix))
         try:
-            folders = list_version_folders(self._client, bucket, prefix, counter)
-        except S3_ERRORS as error:
+            folders = self._store.list_version_folders(bucket, prefix, counter)
+        except StoreError as error:
             self._count_error()
             if not state.failing:
                 log.warning(
-                    "Could not list the versions of model %r at s3://%s/%s, so its versions "
+                    "Could not list the versions of model %r at %s://%s/%s, so its versions "
                     "are left as they are until the listing works again: %s",
-                    name, bucket, prefix, error,
+                    name, self._store.scheme, bucket, prefix, error,
                 )
             state.failing = True
             return None
         if state.failing:
             log.info(
-                "Listing the versions of model %r at s3://%s/%s works again", name, bucket, prefix
+                "Listing the versions of model %r at %s://%s/%s works again",
+                name, self._store.scheme, bucket, prefix,
             )
             state.failing = False
         scanned = {
@@ -335,19 +339,19 @@ class S3Source:
         ):
             return state
         try:
-            objects = list_version_objects(self._client, bucket, folder, counter)
+            objects = self._store.list_version_objects(bucket, folder, counter)
             missing = versions.incompleteness(
                 (o.relpath for o in objects), self._ready_marker,
                 self._graph_reader(bucket, objects, counter),
             )
-        except S3_ERRORS as error:
+        except StoreError as error:
             # Keep what we knew: one failed request must not unload a serving version.
             self._count_error()
             if not state.failing:
                 log.warning(
-                    "Could not list version %d of model %r at s3://%s/%s, so it is left as "
+                    "Could not list version %d of model %r at %s://%s/%s, so it is left as "
                     "it is until the listing works again: %s",
-                    version, name, bucket, folder, error,
+                    version, name, self._store.scheme, bucket, folder, error,
                 )
             state.failing = True
             return state
@@ -362,7 +366,7 @@ class S3Source:
         state.settling = missing is None and not settled
         if state.settled:
             state.ready = VersionRef(
-                f"s3://{bucket}/{folder}", fingerprint, sum(o.size for o in objects)
+                f"{self._store.scheme}://{bucket}/{folder}", fingerprint, sum(o.size for o in objects)
             )
         # Otherwise `ready` keeps the last ready listing: a settled version whose content is
         # being rewritten stays reported (and served) until the new content settles.
@@ -371,16 +375,19 @@ class S3Source:
     def _graph_reader(
         self, bucket: str, objects: Iterable[VersionObject], counter: RequestCounter
     ) -> Callable[[str], bool | None]:
-        """Reads a version's graph file with ranged GETs (for `versions.incompleteness`)."""
+        """Reads a version's graph file with ranged reads (for `versions.incompleteness`)."""
         by_path = {o.relpath: o for o in objects}
 
         def restores_variables(name: str) -> bool | None:
             obj = by_path[name]
-            return graph_restores_variables(
-                name, obj.size,
-                lambda offset, length: read_object_range(
-                    self._client, bucket, obj, offset, length, counter
-                ),
-            )
+
+            def read(offset: int, length: int) -> bytes:
+                last = min(obj.size, offset + length) - 1
+                if last < offset:
+                    return b""
+                counter.add()
+                return self._store.read_range(bucket, obj, offset, last)
+
+            return graph_restores_variables(name, obj.size, read)
 
         return restores_variables
