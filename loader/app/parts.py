@@ -9,11 +9,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from loader.base import Servable, VersionRef
-from loader.config.schema import BatchingConfig, Config, ModelConfig
+from loader.config.schema import BatchingConfig, Config, ModelConfig, ServerConfig
 from loader.manager.manager import Manager, ModelSpec
 from loader.manager.memory_guard import MemoryGuard
 from loader.manager.process_memory import default_limit_bytes
 from loader.serving.metrics import Metrics
+from loader.serving.rest.allowed_hosts import allowed_hosts
+from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.open_files import connection_cap
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
 from policies.base import SelectionPolicy
@@ -21,6 +24,8 @@ from policies.selection import All, Latest, Specific
 from policies.transition import TRANSITIONS
 
 EVENT_SETTLE_SECONDS = 1.0
+# How long a stop lets the requests in flight finish (a pod's grace period must cover it).
+DRAIN_SECONDS = 30
 
 
 def selection_policy(model: ModelConfig) -> SelectionPolicy:
@@ -206,3 +211,26 @@ def source_kind(model: ModelConfig) -> str:
 
 def locations(models: Any) -> list[ModelLocation]:
     return [ModelLocation(m.name, m.base_path) for m in models]
+
+
+def http_limits(server: ServerConfig) -> HttpLimits:
+    """The REST server's limits on connections and request heads, from `server.*`."""
+    return HttpLimits(
+        max_url_bytes=server.max_url_bytes,
+        max_header_bytes=server.max_header_bytes,
+        max_header_count=server.max_header_count,
+        header_timeout_seconds=server.header_timeout_seconds,
+        max_connections=connection_cap(server.max_connections),
+        allowed_hosts=allowed_hosts(server.host, server.allowed_hosts),
+    )
+
+
+def grpc_limits(server: ServerConfig) -> Any:
+    """The gRPC server's limits on connections and streams, from `server.grpc_*`."""
+    from loader.serving.grpc.server import GrpcLimits  # grpc: only where a server is built
+
+    return GrpcLimits(
+        server.grpc_max_metadata_bytes, server.grpc_max_concurrent_streams,
+        server.grpc_handshake_timeout_seconds, server.grpc_idle_connection_timeout_seconds,
+        server.grpc_max_connections,
+    )

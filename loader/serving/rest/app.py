@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from loader.base import Code, Internal, InvalidArgument, ServingError
@@ -105,7 +106,9 @@ class RestApi:
         metrics_path: str | None = PROMETHEUS_PATH,
         operator_page: OperatorPage | None = None,
         decode_budget: DecodeBudget | None = None,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
+        """`routes`: the caller's own, matched before TF Serving's (a cluster replica's)."""
         self._dataplane = dataplane
         self._max_request_bytes = max_request_bytes
         self._body_timeout = body_timeout_seconds
@@ -128,6 +131,7 @@ class RestApi:
                 Route("/readyz", self._readyz, methods=["GET"]),
                 Route("/modelwatch/models", self._models, methods=["GET"]),
                 *operator_routes,
+                *routes,
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ],
             # What no route matches (a path with a newline, a PUT) is malformed, in JSON.
