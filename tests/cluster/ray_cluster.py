@@ -82,6 +82,11 @@ class LocalRayCluster:
             process.wait(10)
         self._processes.clear()
 
+    @property
+    def pids(self) -> list[int]:
+        """The `ray start` processes: every process of the cluster descends from one."""
+        return [process.pid for process in self._processes]
+
     def processes(self, title: str) -> list[psutil.Process]:
         """This cluster's processes (never another run's) whose command line has `title`,
         e.g. Ray's "ServeReplica:modelwatch:ReplicaDeployment"."""
@@ -146,6 +151,10 @@ class Deployment:
             argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, **env, **cluster.env}, start_new_session=True,
         )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def log(self) -> str:
         return self._log.read_text(errors="replace")[-6000:]

@@ -25,7 +25,7 @@ class Replica(ThreadingHTTPServer):
 
     def __init__(self, name: str) -> None:
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802  # http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 body = name.encode()
                 self.send_response(200)
                 self.send_header("content-length", str(len(body)))
