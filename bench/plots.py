@@ -11,7 +11,10 @@ bench/memory.py and bench/peers.py) and writes, as SVG:
 - `memory.svg`: the daemon's RSS after each of the 200 swaps, against one copy of the
   model above the RSS with no model loaded: a leak would be a rising line;
 - `peers.svg` (from `peers.json`, bench/peers.py): each server's answers/s at the highest
-  concurrency and its CPU-seconds per 1,000 requests, with the rounds' spread.
+  concurrency and its CPU-seconds per 1,000 requests, with the rounds' spread;
+- `ray_serve.svg` (from `ray_serve.json`, bench/ray_serve.py): the Ray cluster's and the
+  daemon's answers/s against concurrency, REST and gRPC side by side, with the rounds'
+  spread.
 
 Needs matplotlib (`make bench-install`); nothing is measured here.
 """
@@ -136,6 +139,40 @@ def plot_peers(result: dict[str, Any], out: Path) -> Path:
     return path
 
 
+def plot_ray_serve(result: dict[str, Any], out: Path) -> Path:
+    """bench/ray_serve.py: answers/s against concurrency, cluster and daemon, per transport."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, transport, tool in zip(axes, ("rest", "grpc"), ("REST (hey)", "gRPC (h2load)")):
+        for side, label in (("cluster", "Ray cluster: 2 replicas, HAProxy"),
+                            ("daemon", "modelwatch serve")):
+            by_c = result["median"][f"{side}_{transport}"]
+            levels = sorted(by_c, key=int)
+            xs = [int(c) for c in levels]
+            ys = [by_c[c]["throughput_rps"] for c in levels]
+            rounds = [by_c[c].get("rounds_throughput_rps", [y]) for c, y in zip(levels, ys)]
+            ax.errorbar(xs, ys, yerr=[[y - min(r) for y, r in zip(ys, rounds)],
+                                      [max(r) - y for y, r in zip(ys, rounds)]],
+                        marker="o", capsize=3, label=label)
+            ax.annotate(f"{ys[-1]:,.0f}", (xs[-1], ys[-1]), textcoords="offset points",
+                        xytext=(-8, 6), fontsize=8, ha="right")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(tool, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("answers per second")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"MLP 64-512-512-10, one instance a request, 2 cores shared by both sides "
+                 f"({result['date'][:10]})", fontsize=10)
+    fig.tight_layout()
+    path = out / "ray_serve.svg"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(ROOT / "bench" / "results"))
@@ -149,7 +186,7 @@ def main() -> None:
     results, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, plot in (("throughput", plot_throughput), ("memory", plot_memory),
-                       ("peers", plot_peers)):
+                       ("peers", plot_peers), ("ray_serve", plot_ray_serve)):
         source = results / f"{name}.json"
         if not source.exists():
             print(f"skipped {name}: no {source}", file=sys.stderr)

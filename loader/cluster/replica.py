@@ -154,7 +154,10 @@ class Replica:
         if self._replicas is None or self._loop is None:
             return JSONResponse({"error": "no watcher to ask"}, 503)
         asked = asyncio.run_coroutine_threadsafe(self._ask_replicas(), self._loop)
-        return JSONResponse(await asyncio.wrap_future(asked))
+        try:
+            return JSONResponse(await asyncio.wrap_future(asked))
+        except Exception as exc:  # the watcher restarts: say so, as TF Serving's errors do
+            return JSONResponse({"error": f"the watcher did not answer: {exc}"}, 503)
 
     async def _ask_replicas(self) -> Any:
         assert self._replicas is not None
