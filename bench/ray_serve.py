@@ -50,25 +50,21 @@ from bench.common import (  # noqa: E402
     ensure_hey,
     hey_version,
     instances_body,
-    latency_summary,
-    metric_sum,
     parse_list,
-    run_hey,
     write_mlp,
     write_result,
 )
 from bench.grpc_load import (  # noqa: E402
     PREDICT_PATH,
-    H2Load,
     ensure_h2load,
     grpc_frame,
     h2load_version,
     predict_request_bytes,
-    summary_extra,
 )
-from bench.proc_cpu import become_subreaper, read_all, tree, window_cpu_s  # noqa: E402
+from bench.proc_cpu import become_subreaper, read_all, tree  # noqa: E402
 from bench.rounds import median_round, ratios_over  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW  # noqa: E402
+from bench.windows import measured_window  # noqa: E402
 from tests.cluster.ray_cluster import Deployment, LocalRayCluster  # noqa: E402
 from tests.daemon_process import DaemonProcess, free_port, wait_until  # noqa: E402
 from tests.s3_storage import CREDENTIALS, upload  # noqa: E402
@@ -100,54 +96,13 @@ class Side:
         return found
 
 
-def grpc_counts(urls: list[str]) -> tuple[float, float]:
-    """gRPC predicts counted by these servers: (all, not OK)."""
-    import httpx
-
-    from bench.common import prometheus
-
-    class _Client:
-        def __init__(self, url: str) -> None:
-            self.client = httpx.Client(base_url=url, timeout=30)
-
-    total = non_ok = 0.0
-    for url in urls:
-        holder = _Client(url)
-        try:
-            samples = prometheus(holder)
-        finally:
-            holder.client.close()
-        name = "modelwatch_requests_total"
-        counted = metric_sum(samples, name, api="predict", transport="grpc")
-        total += counted
-        non_ok += counted - metric_sum(samples, name, api="predict", transport="grpc",
-                                       status="OK")
-    return total, non_ok
-
-
 def one_window(side: Side, transport: str, concurrency: int, duration_s: float, body: str,
                frame: bytes) -> dict[str, Any]:
     """One measured window, with the side's CPU around it."""
-    counted = grpc_counts(side.metrics_urls()) if transport == "grpc" else None
-    before = side.cpu_snapshot()
     if transport == "grpc":
-        result = H2Load(side.grpc_url, frame, concurrency, duration_s).start().wait()
-        after = side.cpu_snapshot()
-        summary = latency_summary(result.run) | summary_extra(result)
-    else:
-        run = run_hey(side.rest_url, body, concurrency, duration_s=duration_s)
-        after = side.cpu_snapshot()
-        summary = latency_summary(run)
-    cpu = window_cpu_s(before, after)
-    answered = summary["requests_answered"]
-    summary["server_cpu_s"] = round(cpu, 3)
-    summary["cpu_s_per_1000"] = round(cpu / answered * 1000, 4) if answered else None
-    summary["server_processes"] = len(after)
-    if counted is not None:
-        total, non_ok = grpc_counts(side.metrics_urls())
-        summary["grpc_counted"] = int(total - counted[0])
-        summary["grpc_non_ok"] = int(non_ok - counted[1])
-    return summary
+        return measured_window(side.cpu_snapshot, side.grpc_url, concurrency, duration_s,
+                               frame=frame, counted_at=side.metrics_urls())
+    return measured_window(side.cpu_snapshot, side.rest_url, concurrency, duration_s, body=body)
 
 
 def serving(deployment: Deployment) -> list[dict[str, Any]]:
