@@ -132,6 +132,11 @@ class BalancerDeployment:
                 continue
             self._balancer.update(known)
 
+    def check_health(self) -> None:
+        """Serve's periodic check: a balancer whose HAProxy has exited is replaced."""
+        if not self._balancer.running():
+            raise RuntimeError(f"HAProxy has exited: {self._balancer.log()}")
+
     async def __del__(self) -> None:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

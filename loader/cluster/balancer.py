@@ -181,14 +181,20 @@ class Balancer:
         self._backends = dict(backends)
         self._save_server_states()
         self._write()
-        if self._process is not None and self._process.poll() is None:
+        if self.running():
+            assert self._process is not None
             self._process.send_signal(signal.SIGUSR2)  # the master re-reads the file
         log.info("balancing across %d replica(s): %s", len(backends),
                  ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
 
+    def running(self) -> bool:
+        """HAProxy has started and not exited."""
+        return self._process is not None and self._process.poll() is None
+
     def stop(self) -> None:
         """Stop accepting; requests in flight finish (SIGUSR1: HAProxy's soft stop)."""
-        if self._process is not None and self._process.poll() is None:
+        if self.running():
+            assert self._process is not None
             self._process.send_signal(signal.SIGUSR1)
 
     def join(self, timeout: float | None = None) -> None:

@@ -79,6 +79,8 @@ def test_requests_are_balanced_over_the_replicas_it_is_given_and_follow_a_new_se
             wait_until(lambda: answers({"b", "c"}), 30, "requests to follow the new set")
             c.close()  # dead before any new set says so: HAProxy's checks and retries
             wait_until(lambda: answers({"b"}), 30, "the dead replica to be out of rotation")
+        assert balancer.running()
     finally:
         balancer.stop()
         balancer.join(30)
+    assert not balancer.running()  # what Serve's health check of the balancer reads
