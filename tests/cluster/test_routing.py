@@ -132,3 +132,30 @@ def test_a_replica_exports_the_rollouts_it_hears_of(tmp_path) -> None:
         assert replica.report().models["m"].held == 12
     finally:
         replica.stop()
+
+
+def test_a_replica_serves_rest_and_grpc_with_the_daemons_servers_and_limits(tmp_path) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from loader.cluster.replica import Replica
+    from loader.config.schema import parse_config
+
+    config = parse_config({"server": {"max_url_bytes": 1024},
+                           "models": [{"name": "m", "base_path": str(tmp_path)}]}, "test")
+    replica = Replica(config, "r1", "node", hold_limit_seconds=1)
+    try:
+        endpoint = replica.serve("127.0.0.1")
+        assert replica.report().endpoint == endpoint  # what the balancer is told
+        assert replica._rest.fast_path  # predictions skip ASGI, as in `modelwatch serve`
+        rest = f"http://127.0.0.1:{endpoint.rest_port}"
+        too_long = httpx.get(f"{rest}/v1/models/{'m' * 2000}", timeout=10)
+        assert too_long.status_code == 414, too_long.text  # server.max_url_bytes, as the daemon
+        assert httpx.get(f"{rest}/healthz", timeout=10).status_code == 200  # HAProxy's check
+        with grpc.insecure_channel(f"127.0.0.1:{endpoint.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status in (health_pb2.HealthCheckResponse.SERVING,
+                                     health_pb2.HealthCheckResponse.NOT_SERVING)
+    finally:
+        replica.stop()
