@@ -461,5 +461,32 @@ def metric_sum(samples: Mapping[str, float], name: str, **labels: str) -> float:
                if key.split("{", 1)[0] == name and all(w in key for w in wanted))
 
 
+class _MetricsAt:
+    """A server's REST address as `prometheus()` expects it (an object with `.client`)."""
+
+    def __init__(self, base_url: str) -> None:
+        import httpx
+
+        self.client = httpx.Client(base_url=base_url, timeout=30)
+
+
+def grpc_counts(base_urls: Sequence[str]) -> tuple[float, float]:
+    """The gRPC predicts these modelwatch servers (their REST addresses) counted: (all,
+    not OK), their view of the trailers, which a load generator may not read."""
+    total = non_ok = 0.0
+    name = "modelwatch_requests_total"
+    for base_url in base_urls:
+        metrics = _MetricsAt(base_url)
+        try:
+            samples = prometheus(metrics)
+        finally:
+            metrics.client.close()
+        counted = metric_sum(samples, name, api="predict", transport="grpc")
+        total += counted
+        non_ok += counted - metric_sum(samples, name, api="predict", transport="grpc",
+                                       status="OK")
+    return total, non_ok
+
+
 def parse_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]

@@ -49,22 +49,17 @@ from bench.common import (  # noqa: E402
     ensure_hey,
     hey_version,
     instances_body,
-    latency_summary,
-    metric_sum,
     parse_list,
-    prometheus,
-    run_hey,
     write_mlp,
     write_result,
 )
 from bench.grpc_load import (  # noqa: E402
-    H2Load,
+    PREDICT_PATH,
     ensure_h2load,
     grpc_frame,
     grpc_predict,
     h2load_version,
     predict_request_bytes,
-    summary_extra,
 )
 from bench.peer_specs import (  # noqa: E402
     BY_NAME,
@@ -76,8 +71,9 @@ from bench.peer_specs import (  # noqa: E402
     not_installed_reason,
     versions,
 )
-from bench.proc_cpu import become_subreaper, descendants_cpu, window_cpu_s  # noqa: E402
+from bench.proc_cpu import become_subreaper, descendants_cpu  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW, SIZES  # noqa: E402
+from bench.windows import measured_window  # noqa: E402
 from tests.daemon_process import free_port  # noqa: E402
 
 TOLERANCE = 1e-5
@@ -86,27 +82,6 @@ START_TIMEOUT_S = 180.0
 
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-class _Metrics:
-    """The daemon's REST port as `prometheus()` expects it (an object with `.client`)."""
-
-    def __init__(self, port: int) -> None:
-        import httpx
-
-        self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-
-
-def grpc_counts(port: int) -> tuple[float, float]:
-    """modelwatch's count of gRPC predicts: (all, not OK), its view of the trailers."""
-    metrics = _Metrics(port)
-    try:
-        samples = prometheus(metrics)
-    finally:
-        metrics.client.close()
-    name = "modelwatch_requests_total"
-    total = metric_sum(samples, name, api="predict", transport="grpc")
-    return total, total - metric_sum(samples, name, api="predict", transport="grpc", status="OK")
 
 
 def check_answer(peer: Peer, server: PeerServer, instance: list[float],
@@ -145,28 +120,11 @@ def one_window(peer: Peer, server: PeerServer, concurrency: int, duration_s: flo
                fixture: Fixture) -> dict[str, Any]:
     """One measured window: load for `duration_s`, with the server tree's CPU around it."""
     body = json.dumps(peer.body(fixture.instance), separators=(",", ":"))
-    grpc_before = grpc_counts(server.port) if peer.grpc else None
-    before = descendants_cpu()
     if peer.grpc:
-        h2 = H2Load(f"http://127.0.0.1:{server.grpc_port}/tensorflow.serving."
-                    "PredictionService/Predict", fixture.frame, concurrency, duration_s).start()
-        result = h2.wait()
-        after = descendants_cpu()
-        summary = latency_summary(result.run) | summary_extra(result)
-    else:
-        run = run_hey(server.url, body, concurrency, duration_s=duration_s)
-        after = descendants_cpu()
-        summary = latency_summary(run)
-    cpu = window_cpu_s(before, after)
-    answered = summary["requests_answered"]
-    summary["server_cpu_s"] = round(cpu, 3)
-    summary["cpu_s_per_1000"] = round(cpu / answered * 1000, 4) if answered else None
-    summary["server_processes"] = len(after)
-    if grpc_before is not None:
-        total, non_ok = grpc_counts(server.port)
-        summary["grpc_counted"] = int(total - grpc_before[0])
-        summary["grpc_non_ok"] = int(non_ok - grpc_before[1])
-    return summary
+        return measured_window(
+            descendants_cpu, f"http://127.0.0.1:{server.grpc_port}{PREDICT_PATH}", concurrency,
+            duration_s, frame=fixture.frame, counted_at=[f"http://127.0.0.1:{server.port}"])
+    return measured_window(descendants_cpu, server.url, concurrency, duration_s, body=body)
 
 
 def run_peer(peer: Peer, round_number: int, levels: list[int], work: Path, fixture: Fixture,

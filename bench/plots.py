@@ -11,7 +11,10 @@ bench/memory.py and bench/peers.py) and writes, as SVG:
 - `memory.svg`: the daemon's RSS after each of the 200 swaps, against one copy of the
   model above the RSS with no model loaded: a leak would be a rising line;
 - `peers.svg` (from `peers.json`, bench/peers.py): each server's answers/s at the highest
-  concurrency and its CPU-seconds per 1,000 requests, with the rounds' spread.
+  concurrency and its CPU-seconds per 1,000 requests, with the rounds' spread;
+- `ray_serve.svg` (from `ray_serve.json`, bench/ray_serve.py): the Ray cluster's and the
+  daemon's answers/s against concurrency, REST and gRPC side by side, with the rounds'
+  spread.
 
 Needs matplotlib (`make bench-install`); nothing is measured here.
 """
@@ -33,6 +36,29 @@ LABELS = {
 }
 
 
+def _saved(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _throughput_line(ax: Any, by_c: dict[str, Any], label: str) -> None:
+    """Answers/s against concurrency (the median round), the rounds' spread as error bars,
+    the last point's figure beside it."""
+    levels = sorted(by_c, key=int)
+    xs = [int(c) for c in levels]
+    ys = [by_c[c]["throughput_rps"] for c in levels]
+    rounds = [by_c[c].get("rounds_throughput_rps", [by_c[c]["throughput_rps"]]) for c in levels]
+    low = [y - min(r) for y, r in zip(ys, rounds)]
+    high = [max(r) - y for y, r in zip(ys, rounds)]
+    ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
+    ax.annotate(f"{ys[-1]:,.0f}", (xs[-1], ys[-1]), textcoords="offset points",
+                xytext=(-8, 6), fontsize=8, ha="right")
+
+
 def plot_throughput(result: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -41,16 +67,7 @@ def plot_throughput(result: dict[str, Any], out: Path) -> Path:
     for variant, label in LABELS.items():
         if variant not in results:
             continue
-        by_c = results[variant]["by_concurrency"]
-        levels = sorted(by_c, key=int)
-        xs = [int(c) for c in levels]
-        ys = [by_c[c]["throughput_rps"] for c in levels]
-        rounds = [by_c[c].get("rounds_throughput_rps", [by_c[c]["throughput_rps"]]) for c in levels]
-        low = [y - min(r) for y, r in zip(ys, rounds)]
-        high = [max(r) - y for y, r in zip(ys, rounds)]
-        ax.errorbar(xs, ys, yerr=[low, high], marker="o", capsize=3, label=label)
-        ax.annotate(f"{ys[-1]:,.0f}", (xs[-1], ys[-1]), textcoords="offset points",
-                    xytext=(-8, 6), fontsize=8, ha="right")
+        _throughput_line(ax, results[variant]["by_concurrency"], label)
     ceiling = results.get("in_process", {}).get("batch_32", {}).get("instances_per_s")
     if ceiling:  # an order of magnitude above: a note, not a line that flattens the rest
         ax.text(0.98, 0.03, f"the model alone, in process, full batches of 32: "
@@ -64,11 +81,7 @@ def plot_throughput(result: dict[str, Any], out: Path) -> Path:
                  fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = out / "throughput.svg"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / "throughput.svg")
 
 
 def plot_memory(result: dict[str, Any], out: Path) -> Path:
@@ -93,11 +106,7 @@ def plot_memory(result: dict[str, Any], out: Path) -> Path:
     ax.set_title(f"{len(series)} swaps of a {result['model']['mib_on_disk']} MiB model: "
                  f"{swaps['growth_pct']:+.1f}% ({result['date'][:10]})", fontsize=10)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    path = out / "memory.svg"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / "memory.svg")
 
 
 def plot_peers(result: dict[str, Any], out: Path) -> Path:
@@ -129,11 +138,28 @@ def plot_peers(result: dict[str, Any], out: Path) -> Path:
     rounds = result["parameters"]["rounds"]
     fig.suptitle(f"MLP 64-512-512-10, one instance a request, {rounds} interleaved "
                  f"round{'s' if rounds != 1 else ''} ({result['date'][:10]})", fontsize=10)
-    fig.tight_layout()
-    path = out / "peers.svg"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _saved(fig, out / "peers.svg")
+
+
+def plot_ray_serve(result: dict[str, Any], out: Path) -> Path:
+    """bench/ray_serve.py: answers/s against concurrency, cluster and daemon, per transport."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, transport, tool in zip(axes, ("rest", "grpc"), ("REST (hey)", "gRPC (h2load)")):
+        for side, label in (("cluster", "Ray cluster: 2 replicas, HAProxy"),
+                            ("daemon", "modelwatch serve")):
+            _throughput_line(ax, result["median"][f"{side}_{transport}"], label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([1, 8, 32], ["1", "8", "32"])
+        ax.set_xlabel("concurrent clients")
+        ax.set_title(tool, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("answers per second")
+    axes[0].legend(fontsize=8, loc="upper left")
+    fig.suptitle(f"MLP 64-512-512-10, one instance a request, 2 cores shared by both sides "
+                 f"({result['date'][:10]})", fontsize=10)
+    return _saved(fig, out / "ray_serve.svg")
 
 
 def main() -> None:
@@ -149,7 +175,7 @@ def main() -> None:
     results, out = Path(args.results), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for name, plot in (("throughput", plot_throughput), ("memory", plot_memory),
-                       ("peers", plot_peers)):
+                       ("peers", plot_peers), ("ray_serve", plot_ray_serve)):
         source = results / f"{name}.json"
         if not source.exists():
             print(f"skipped {name}: no {source}", file=sys.stderr)

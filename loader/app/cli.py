@@ -239,7 +239,13 @@ def _ray(args: argparse.Namespace) -> int:
     if config.server.tls is not None:  # rather than serve plain text where TLS was asked
         raise ConfigError(
             f"{args.config}: server.tls is not supported by `modelwatch ray` yet; terminate "
-            "TLS in front of Ray Serve's proxy, or run `modelwatch serve`"
+            "TLS in front of the cluster's balancer, or run `modelwatch serve`"
+        )
+    logged = [m.name for m in config.models if m.request_logging is not None]
+    if logged:  # rather than drop the records a user asked for
+        raise ConfigError(
+            f"{args.config}: models[{logged[0]!r}].request_logging is not supported by "
+            "`modelwatch ray` yet; run `modelwatch serve` to log requests"
         )
     try:
         from loader.cluster.application import serve_forever
@@ -251,7 +257,8 @@ def _ray(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     bounds = Bounds(args.hold_seconds, args.retry_seconds, args.replica_timeout_seconds)
     serve_forever(config, address=args.address, replicas=args.replicas, http_host=args.http_host,
-                  http_port=args.http_port, node_ip=args.node_ip, bounds=bounds, stop=stop)
+                  http_port=args.http_port, node_ip=args.node_ip, bounds=bounds, stop=stop,
+                  grpc_port=args.grpc_port)
     return 0
 
 
@@ -317,8 +324,12 @@ def parser() -> argparse.ArgumentParser:
     ray.add_argument("--config", default="config.yaml", help="path to config.yaml")
     ray.add_argument("--address", default="auto", help="the Ray cluster (default: auto)")
     ray.add_argument("--replicas", type=int, default=2, help="Serve replicas (default: 2)")
-    ray.add_argument("--http-host", default="127.0.0.1", help="Serve's HTTP proxy address")
-    ray.add_argument("--http-port", type=int, default=8000, help="Serve's HTTP proxy port")
+    ray.add_argument("--http-host", default="127.0.0.1",
+                     help="the cluster's endpoint address (the balancer, on the head node)")
+    ray.add_argument("--http-port", type=int, default=8000,
+                     help="the cluster's REST port (default: 8000)")
+    ray.add_argument("--grpc-port", type=int, default=8500,
+                     help="the cluster's gRPC port, 0 for none (default: 8500)")
     ray.add_argument("--node-ip", help="this machine's Ray node address, if not the default")
     ray.add_argument("--hold-seconds", type=float, default=5.0,
                      help="every replica must hold requests within this, or a flip aborts")
@@ -328,7 +339,8 @@ def parser() -> argparse.ArgumentParser:
                      help="a replica silent for this long is gone and no longer awaited")
     ray.set_defaults(run=_ray)
     replicas = commands.add_parser("replicas", help="a Ray Serve deployment's replicas and rollouts")
-    replicas.add_argument("--url", default="http://127.0.0.1:8000", help="Serve's HTTP address")
+    replicas.add_argument("--url", default="http://127.0.0.1:8000",
+                          help="the cluster's REST endpoint")
     replicas.set_defaults(run=_replicas)
     demo = commands.add_parser("prepare-demo", help="build the demo model repository")
     demo.add_argument("models_dir", nargs="?", default="models")

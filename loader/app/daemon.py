@@ -14,8 +14,11 @@ from pathlib import Path
 from tensorflow_serving.config import model_server_config_pb2
 
 from loader.app.parts import (
+    DRAIN_SECONDS,
     PortsTls,
     Storage,
+    grpc_limits,
+    http_limits,
     locations,
     log_targets,
     make_manager,
@@ -25,7 +28,7 @@ from loader.app.parts import (
     source_kind,
 )
 from loader.base import Code, InvalidArgument, ServingError
-from loader.config.schema import Config, ConfigError, ModelConfig, ServerConfig
+from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
 from loader.manager.harness import Transition
 from loader.manager.memory import mib
@@ -33,15 +36,12 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
-from loader.serving.grpc.server import GrpcLimits, GrpcServer
+from loader.serving.grpc.server import GrpcServer
 from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
 from loader.serving.request_log import RequestLog
-from loader.serving.rest.allowed_hosts import allowed_hosts
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
-from loader.serving.rest.http_guard import HttpLimits
-from loader.serving.rest.open_files import connection_cap
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer, bind
 from loader.serving.tls import ServerTls
@@ -50,22 +50,8 @@ from policies.base import Phase
 
 log = logging.getLogger("modelwatch.daemon")
 
-# How long a stop lets the requests in flight finish (a pod's grace period must cover it).
-DRAIN_SECONDS = 30
 # A gRPC reload without a deadline waits this long for its new models, then answers.
 RELOAD_WAIT_SECONDS = 300.0
-
-
-def http_limits(server: ServerConfig) -> HttpLimits:
-    """The REST server's limits on connections and request heads, from `server.*`."""
-    return HttpLimits(
-        max_url_bytes=server.max_url_bytes,
-        max_header_bytes=server.max_header_bytes,
-        max_header_count=server.max_header_count,
-        header_timeout_seconds=server.header_timeout_seconds,
-        max_connections=connection_cap(server.max_connections),
-        allowed_hosts=allowed_hosts(server.host, server.allowed_hosts),
-    )
 
 
 def _over_tls(tls: ServerTls | None) -> str:
@@ -148,11 +134,7 @@ class Daemon:
                 grpc_api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
                 max_workers=server.grpc_threads(), socket_path=server.grpc_socket_path,
                 channel_arguments=list(server.grpc_channel_arguments.items()),
-                limits=GrpcLimits(
-                    server.grpc_max_metadata_bytes, server.grpc_max_concurrent_streams,
-                    server.grpc_handshake_timeout_seconds,
-                    server.grpc_idle_connection_timeout_seconds, server.grpc_max_connections,
-                ),
+                limits=grpc_limits(server),
                 extra_handlers=[self._profiler] if self._profiler else [], tls=tls.grpc,
             )
 

@@ -1,8 +1,12 @@
-"""The Ray Serve application: a watcher deployment and a replica deployment, from one config.
+"""The Ray Serve application: a watcher, the replicas and a balancer, from one config.
 
 `build({"config": "config.yaml", "replicas": "2"})` is an application builder, so Ray users
 can `serve run loader.cluster.application:build config=config.yaml replicas=2` or name it
 as `import_path` in a Serve config file. The one module that imports `ray`.
+
+Ray carries control only: the watcher's orders and the replicas' reports. Requests go from
+the balancer (HAProxy, `balancer.py`, on the head node) straight to each replica's own REST
+and gRPC ports; Serve's HTTP proxy is not used (`proxy_location="Disabled"`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import ray
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from loader.cluster.messages import Orders, Report
+from loader.cluster.balancer import STOP_SECONDS, Balancer, Listen
+from loader.cluster.messages import Endpoint, Orders, Report
 from loader.cluster.replica import Replica
 from loader.cluster.rollout import Bounds
 from loader.cluster.watcher import Watcher
@@ -28,6 +33,8 @@ log = logging.getLogger("modelwatch.cluster")
 APP_NAME = "modelwatch"
 POLL_SECONDS = 1.0  # a long poll returns after this when nothing changed (a heartbeat)
 HOLD_SLACK_SECONDS = 5.0  # a replica holds a request this much longer than the watcher's bound
+RETRY_SECONDS = 0.5  # after a failed call to the watcher (it restarts)
+HEAD_NODE = {"node:__internal_head__": 0.001}  # Ray's resource of the head node
 
 
 @serve.deployment(num_replicas=1, max_ongoing_requests=10_000,
@@ -48,15 +55,17 @@ class WatcherDeployment:
     async def replicas(self) -> dict[str, Any]:
         return {"replicas": self._watcher.replicas(), "rollouts": self._watcher.rollouts()}
 
+    async def backends(self, known: dict[str, Endpoint], timeout: float) -> dict[str, Endpoint]:
+        return await self._watcher.backends(known, timeout)
+
     def __del__(self) -> None:
         self._watcher.stop()
         self._watcher.join(10)
 
 
 @serve.deployment(max_ongoing_requests=1_000)
-@serve.ingress()
 class ReplicaDeployment:
-    """One replica: TF Serving's REST API over its own manager, behind the hold gate."""
+    """One replica: TF Serving's REST and gRPC APIs on its own ports, over its own manager."""
 
     async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
         self, config: Config, watcher: DeploymentHandle[Any], bounds: Bounds
@@ -75,9 +84,8 @@ class ReplicaDeployment:
         if not await self._replica.started(timeout):
             log.warning("replica %s: not every routed version loaded within %gs; serving anyway",
                         context.replica_tag, timeout)
-
-    def __serve_build_asgi_app__(self) -> Any:
-        return self._replica.app
+        # On the node's address, which the balancer on another node reaches.
+        self._replica.serve(ray.util.get_node_ip_address())  # type: ignore[no-untyped-call]
 
     async def _poll(self, report: Report) -> Orders:
         orders: Orders = await self._watcher.poll.remote(report, POLL_SECONDS)
@@ -96,20 +104,66 @@ class ReplicaDeployment:
         self._replica.stop()
 
 
+@serve.deployment(num_replicas=1, max_ongoing_requests=100,
+                  ray_actor_options={"num_cpus": 0, "resources": HEAD_NODE})
+class BalancerDeployment:
+    """HAProxy at the cluster's endpoint, its backends the watcher's live replicas.
+
+    It is bound to the replica deployment only so that Serve deploys them together; no
+    request crosses that handle."""
+
+    async def __init__(  # type: ignore[misc]  # Serve awaits an async constructor
+        self, listen: Listen, watcher: DeploymentHandle[Any], replicas: DeploymentHandle[Any]
+    ) -> None:
+        self._watcher = watcher
+        self._balancer = Balancer(listen)
+        self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._balancer.start()
+
+    async def _follow(self) -> None:
+        known: dict[str, Endpoint] = {}
+        while True:
+            try:
+                known = await self._watcher.backends.remote(known, POLL_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watcher restarts: HAProxy keeps its servers
+                log.warning("balancer: asking the watcher for replicas failed: %s", exc)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            self._balancer.update(known)
+
+    def check_health(self) -> None:
+        """Serve's periodic check: a balancer whose HAProxy has exited is replaced."""
+        if not self._balancer.running():
+            raise RuntimeError(f"HAProxy has exited: {self._balancer.log()}")
+
+    async def __del__(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._balancer.stop()
+        self._balancer.join(STOP_SECONDS)
+
+
 def application(
-    config: Config, replicas: int = 2, bounds: Bounds | None = None, num_cpus: float = 1.0
+    config: Config, replicas: int = 2, bounds: Bounds | None = None, num_cpus: float = 1.0,
+    listen: Listen | None = None,
 ) -> Any:
-    """The application graph: the replicas, each given a handle to the one watcher."""
+    """The application graph: the replicas, each given a handle to the one watcher, and
+    the balancer in front of them."""
     bounds = bounds or Bounds()
     watcher = WatcherDeployment.bind(config, bounds)  # type: ignore[attr-defined]
-    return ReplicaDeployment.options(  # type: ignore[attr-defined]
+    serving = ReplicaDeployment.options(  # type: ignore[attr-defined]
         num_replicas=replicas, ray_actor_options={"num_cpus": num_cpus}
     ).bind(config, watcher, bounds)
+    return BalancerDeployment.bind(listen or Listen(), watcher, serving)  # type: ignore[attr-defined]
 
 
 def build(args: dict[str, str]) -> Any:
     """Serve's application builder: `config` (a path), `replicas`, `num_cpus`,
-    `hold_seconds`, `retry_seconds`, `replica_timeout_seconds` (strings, as Serve passes)."""
+    `hold_seconds`, `retry_seconds`, `replica_timeout_seconds`, and the endpoint's `host`,
+    `rest_port` and `grpc_port` (strings, as Serve passes)."""
     config = load_config(args["config"])
     defaults = Bounds()
     bounds = Bounds(
@@ -117,13 +171,17 @@ def build(args: dict[str, str]) -> Any:
         float(args.get("retry_seconds", defaults.retry_seconds)),
         float(args.get("replica_timeout_seconds", defaults.replica_timeout_seconds)),
     )
+    endpoint = Listen()
+    listen = Listen(args.get("host", endpoint.host),
+                    int(args.get("rest_port", endpoint.rest_port)),
+                    int(args.get("grpc_port", endpoint.grpc_port)))
     return application(config, int(args.get("replicas", 2)), bounds,
-                       float(args.get("num_cpus", 1.0)))
+                       float(args.get("num_cpus", 1.0)), listen)
 
 
 def serve_forever(
     config: Config, *, address: str, replicas: int, http_host: str, http_port: int,
-    node_ip: str | None, bounds: Bounds, stop: Any,
+    node_ip: str | None, bounds: Bounds, stop: Any, grpc_port: int = 0,
 ) -> None:
     """`modelwatch ray`: deploy onto the Ray cluster at `address`, serve until `stop` is
     set (an Event), then delete the application (the cluster keeps running). The caller's
@@ -135,11 +193,13 @@ def serve_forever(
     # be left deployed. Kubernetes and systemd stop with SIGTERM, so it must stop as SIGINT.
     signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        # One HTTP proxy, on the head: several nodes of one machine would fight for the port.
-        serve.start(http_options={"host": http_host, "port": http_port},
-                    proxy_location="HeadOnly")
-        serve.run(application(config, replicas, bounds), name=APP_NAME, route_prefix="/")
-        log.info("serving %d replica(s) on http://%s:%d", replicas, http_host, http_port)
+        # No Serve proxy: the balancer is the endpoint, requests never cross Ray.
+        serve.start(proxy_location="Disabled")
+        listen = Listen(http_host, http_port, grpc_port)
+        serve.run(application(config, replicas, bounds, listen=listen), name=APP_NAME,
+                  route_prefix=None)
+        log.info("serving %d replica(s) on http://%s:%d (gRPC port %d)", replicas, http_host,
+                 http_port, grpc_port)
         while not stop.wait(0.5):  # with a timeout, as `modelwatch serve` (app/cli.py) says why
             pass
         serve.delete(APP_NAME)

@@ -48,6 +48,15 @@ class ModelState:
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where a replica's own data plane listens (the balancer sends requests there)."""
+
+    host: str
+    rest_port: int
+    grpc_port: int
+
+
+@dataclass(frozen=True)
 class Report:
     """One replica's state, sent on every poll and whenever it changes."""
 
@@ -57,3 +66,4 @@ class Report:
     serving: bool  # it has started (its first versions loaded)
     models: Mapping[str, ModelState]
     applied: tuple[str, int] = ("", -1)  # the watcher id and revision of the orders applied
+    endpoint: Endpoint | None = None  # once its ports are open

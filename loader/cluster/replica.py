@@ -1,10 +1,15 @@
-"""A replica: its own manager, servables, batching and REST app, loading what it is told.
+"""A replica: its own manager, servables, batching, REST and gRPC servers, loading what it is told.
 
 The replica long-polls the watcher for orders and applies them: the versions to keep
 loaded go to its manager (as a source's report would), the routed versions to its data
 plane, a hold to its gate. It reports its state on every poll and at once whenever a
 version moves or a hold starts, so the watcher hears of a finished load or an ack without
 waiting for the next poll. It does not start serving before its routed versions are loaded.
+
+Its REST (the fast path included) and gRPC servers are those `modelwatch serve` runs, with
+the same limits, on ports of its own: the balancer sends requests straight to them, so no
+request crosses Ray. The hold is applied where every request takes its version
+(`RoutedDataPlane`), before the data plane answers.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from loader.app.parts import Storage, make_manager
+from loader.app.parts import DRAIN_SECONDS, Storage, grpc_limits, http_limits, make_manager
 from loader.base import Code
-from loader.cluster.messages import ModelState, Orders, Report
+from loader.cluster.messages import Endpoint, ModelState, Orders, Report
 from loader.cluster.routing import Gate, RoutedDataPlane
 from loader.config.schema import Config
 from loader.manager.harness import Transition
@@ -35,10 +40,11 @@ log = logging.getLogger("modelwatch.cluster.replica")
 
 RETRY_SECONDS = 0.5  # after a poll that failed (the watcher restarting, say)
 HEARTBEAT_SECONDS = 1.0
+REPLICAS_PATH = "/modelwatch/replicas"  # the watcher's table, at the cluster's endpoint
 
 
 class Replica:
-    """One replica's parts; `app` is its ASGI app (the gate in front of TF Serving's API)."""
+    """One replica's parts; `serve(host)` opens its REST and gRPC ports."""
 
     def __init__(
         self,
@@ -76,15 +82,13 @@ class Replica:
              for m in config.models]
         )
         self._models = [m.name for m in config.models]
-        self.dataplane = RoutedDataPlane(self.manager)
-        rest = RestApi(
-            self.dataplane, self.metrics, max_request_bytes=config.server.max_request_bytes,
-            body_timeout_seconds=config.server.body_timeout_seconds,
-            decode_budget=DecodeBudget(config.server.max_decoding_bytes),
-            request_timeout_seconds=config.server.request_timeout_seconds,
-            cors=config.server.rest_cors,
-        )
-        self.gate = Gate(rest.app, hold_limit_seconds, replicas)
+        self.gate = Gate(hold_limit_seconds)
+        self.dataplane = RoutedDataPlane(self.manager, self.gate)
+        self._config = config
+        self._replicas = replicas
+        self._rest: Any = None  # the servers, once `serve` has opened their ports
+        self._grpc: Any = None
+        self.endpoint: Endpoint | None = None
         self._orders = Orders("", -1)
         self.metrics.registry.register(_RolloutMetrics(lambda: self._orders))
         self._sequence = 0
@@ -92,13 +96,74 @@ class Replica:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
 
-    @property
-    def app(self) -> Gate:
-        return self.gate
+    def serve(self, host: str) -> Endpoint:
+        """Open the REST and gRPC ports on `host` (free ones), built as `modelwatch serve`
+        builds them from `server.*`: the REST fast path, batching, metrics, the limits."""
+        from starlette.routing import Route
+
+        from loader.serving.grpc.server import GrpcServer
+        from loader.serving.grpc.services import GrpcApi
+        from loader.serving.rest.server import RestServer, bind
+
+        server = self._config.server.model_copy(update={"host": host})
+        budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
+        rest = RestApi(
+            self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
+            body_timeout_seconds=server.body_timeout_seconds, decode_budget=budget,
+            request_timeout_seconds=server.request_timeout_seconds, cors=server.rest_cors,
+            routes=[Route(REPLICAS_PATH, self._replicas_table, methods=["GET"])],
+        )
+        grpc = GrpcServer(
+            GrpcApi(self.dataplane, metrics=self.metrics, decode_budget=budget,
+                    max_decoded_bytes=server.max_decoded_tensor_bytes,
+                    max_message_bytes=server.max_request_bytes,
+                    tensor_content=server.grpc_tensor_content),
+            host, 0, max_message_bytes=server.max_request_bytes,
+            max_workers=server.grpc_threads(),
+            channel_arguments=list(server.grpc_channel_arguments.items()),
+            limits=grpc_limits(server),
+        )
+        grpc.start()
+        self._grpc = grpc
+        self._rest = RestServer(
+            rest.app, bind(host, 0), drain_timeout_seconds=DRAIN_SECONDS,
+            fast_path=server.rest_fast_path, limits=http_limits(server), metrics=self.metrics,
+        )
+        self._rest.start()
+        if not self._rest.wait_started(30):
+            raise RuntimeError("the replica's REST server did not start")
+        self.endpoint = Endpoint(host, self._rest.port, grpc.port)
+        if self._changed is not None:
+            self._changed.set()  # the watcher hears of the endpoint at once
+        return self.endpoint
 
     def stop(self) -> None:
+        """Close the ports (requests in flight are answered), then unload."""
+        if self._grpc is not None:
+            self._grpc.stop(grace_seconds=DRAIN_SECONDS)
+        if self._rest is not None:
+            self._rest.stop()
+            self._rest.join()
+        if self._grpc is not None:
+            self._grpc.join(DRAIN_SECONDS + 5)
         self.manager.stop()
         self.manager.join()
+
+    async def _replicas_table(self, request: Any) -> Any:
+        """GET /modelwatch/replicas: the watcher's table, asked on the control loop."""
+        from starlette.responses import JSONResponse
+
+        if self._replicas is None or self._loop is None:
+            return JSONResponse({"error": "no watcher to ask"}, 503)
+        asked = asyncio.run_coroutine_threadsafe(self._ask_replicas(), self._loop)
+        try:
+            return JSONResponse(await asyncio.wrap_future(asked))
+        except Exception as exc:  # the watcher restarts: say so, as TF Serving's errors do
+            return JSONResponse({"error": f"the watcher did not answer: {exc}"}, 503)
+
+    async def _ask_replicas(self) -> Any:
+        assert self._replicas is not None
+        return await self._replicas()
 
     # -- orders and reports ----------------------------------------------------------
 
@@ -137,7 +202,8 @@ class Replica:
                 held.get(model),
             )
         applied = (self._orders.watcher, self._orders.revision)
-        return Report(self.name, self.node, self._sequence, self._serving, models, applied)
+        return Report(self.name, self.node, self._sequence, self._serving, models, applied,
+                      self.endpoint)
 
     def ready(self) -> bool:
         """Every model's routed versions are loaded here (or the model has none yet)."""

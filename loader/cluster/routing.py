@@ -2,37 +2,32 @@
 
 `RoutedDataPlane` answers only from the versions the watcher routes (a version loaded for
 the next flip stays out of reach until the flip), and reports the cluster's view of a
-model's versions. `Gate` wraps the REST app: while a model is held, requests for it wait
-(at most `limit_seconds`, then 503) instead of being answered; releasing the hold lets them
-through to whatever is routed by then. See `rollout.py` for why this keeps invariant 8.
+model's versions. Every request, REST (fast path or not) and gRPC alike, takes its version
+through it, so the hold is here too: while its `Gate` holds a model, requests for it wait
+(at most `limit_seconds`, then 503 / UNAVAILABLE) before any version is chosen; releasing
+the hold lets them through to whatever is routed by then. See `rollout.py` for why this
+keeps invariant 8.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+import threading
+from collections.abc import Mapping
 
-import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from loader.base import NotFound, ServingError, Unavailable
+from loader.base import NotFound, Unavailable
 from loader.manager.handles import Lease
 from loader.manager.harness import VersionStatus
 from loader.manager.manager import Manager
 from loader.serving.dataplane import DataPlane
-from loader.serving.rest.error_answers import error_answer
-from loader.serving.rest.targets import model_of, raw_path
-
-REPLICAS_PATH = "/modelwatch/replicas"
-_REPLICAS_RAW = REPLICAS_PATH.encode()  # matched as it arrived: an escape names no route
 
 
 class RoutedDataPlane(DataPlane):
     """The data plane, restricted to the routed versions and reporting the cluster's view."""
 
-    def __init__(self, manager: Manager) -> None:
+    def __init__(self, manager: Manager, gate: Gate) -> None:
         super().__init__(manager)
+        self._gate = gate
         self._routes: dict[str, frozenset[int]] = {}
         self._cluster: dict[str, tuple[VersionStatus, ...]] = {}
 
@@ -44,7 +39,20 @@ class RoutedDataPlane(DataPlane):
     def routed(self, model: str) -> frozenset[int]:
         return self._routes.get(model, frozenset())
 
+    def waits(self, model: str) -> bool:
+        return self._gate.holds(model)
+
     def hold(self, model: str, version: int | None = None, label: str | None = None) -> Lease:
+        self._gate.admit(model)
+        return self._hold_routed(model, version, label)
+
+    async def hold_async(
+        self, model: str, version: int | None = None, label: str | None = None
+    ) -> Lease:
+        await self._gate.admit_async(model)
+        return self._hold_routed(model, version, label)
+
+    def _hold_routed(self, model: str, version: int | None, label: str | None) -> Lease:
         routed = self.routed(model)
         if label is not None:
             version = self._manager.resolve_label(model, label)
@@ -79,64 +87,93 @@ class RoutedDataPlane(DataPlane):
 
 
 class Gate:
-    """The hold barrier in front of a replica's REST app."""
+    """The hold barrier: while a model is held, requests for it wait (at most
+    `limit_seconds`, then 503) instead of being answered.
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        limit_seconds: float,
-        replicas: Callable[[], Awaitable[Any]] | None = None,
-    ) -> None:
-        self._app = app
+    Thread-safe: orders are applied on the replica's control loop while requests wait on
+    the REST server's loop, the gRPC server's loop or a worker thread.
+    """
+
+    def __init__(self, limit_seconds: float) -> None:
         self._limit = limit_seconds
-        self._replicas = replicas
-        self._held: dict[str, tuple[int | None, asyncio.Event]] = {}
+        self._lock = threading.Lock()
+        self._held: dict[str, _Hold] = {}
 
     def hold(self, model: str, flip: int | None) -> None:
         """Hold new requests for `model` (for a flip, or `None`: until it can serve)."""
-        held = self._held.get(model)
-        if held is None:
-            self._held[model] = (flip, asyncio.Event())
-        elif held[0] != flip:
-            self._held[model] = (flip, held[1])
+        with self._lock:
+            held = self._held.get(model)
+            if held is None:
+                self._held[model] = _Hold(flip)
+            else:
+                held.flip = flip
 
     def release(self, model: str) -> None:
-        held = self._held.pop(model, None)
+        with self._lock:
+            held = self._held.pop(model, None)
         if held is not None:
-            held[1].set()
+            held.release()
 
     def held(self) -> Mapping[str, int | None]:
         """The held models and the flip each is held for."""
-        return {model: flip for model, (flip, _) in self._held.items()}
+        return {model: held.flip for model, held in list(self._held.items())}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            if raw_path(scope) == _REPLICAS_RAW and self._replicas is not None:
-                await _send(send, 200, orjson.dumps(await self._replicas()))
-                return
-            if self._held:  # nothing to look up while no model is held
-                try:
-                    await self._admit(model_of(scope))
-                except ServingError as error:
-                    await _send(send, *error_answer(error))
-                    return
-        await self._app(scope, receive, send)
+    def holds(self, model: str) -> bool:
+        return model in self._held
 
-    async def _admit(self, model: str | None) -> None:
-        held = self._held.get(model) if model is not None else None
+    async def admit_async(self, model: str) -> None:
+        """Return once `model` is not held; Unavailable after the limit."""
+        held = self._held.get(model)
+        if held is None:
+            return
+        loop = asyncio.get_running_loop()
+        woken: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._held.get(model) is not held:
+                return  # released meanwhile
+            held.waiters.append((loop, woken))
+        try:
+            await asyncio.wait_for(woken, self._limit)
+        except TimeoutError:
+            raise self._too_long(model) from None
+
+    def admit(self, model: str) -> None:
+        """`admit_async` for a worker thread; on an event loop a held model is refused at
+        once (503, try again), since waiting there would stall every other request."""
+        held = self._held.get(model)
         if held is None:
             return
         try:
-            await asyncio.wait_for(held[1].wait(), self._limit)
-        except TimeoutError:
-            raise Unavailable(
-                f"model {model} is switching versions across replicas and this replica has "
-                f"not been told to go on within {self._limit:g}s; try again"
-            ) from None
+            asyncio.get_running_loop()
+        except RuntimeError:  # a worker thread: it may wait
+            if held.released.wait(self._limit):
+                return
+        raise self._too_long(model)
+
+    def _too_long(self, model: str) -> Unavailable:
+        return Unavailable(
+            f"model {model} is switching versions across replicas and this replica has "
+            f"not been told to go on within {self._limit:g}s; try again"
+        )
 
 
-async def _send(send: Send, status: int, body: bytes) -> None:
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+class _Hold:
+    """One model's hold: its flip and who waits for its release."""
+
+    def __init__(self, flip: int | None) -> None:
+        self.flip = flip
+        self.released = threading.Event()  # worker threads wait on this
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def release(self) -> None:
+        self.released.set()
+        for loop, woken in self.waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, woken)
+            except RuntimeError:  # that loop has closed: nobody waits there any more
+                pass
+
+
+def _wake(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)

@@ -19,7 +19,7 @@ from typing import Any
 
 from loader.app.parts import Storage, make_source, selection_policy, source_kind
 from loader.base import Code, VersionRef
-from loader.cluster.messages import ModelOrder, Orders, Report
+from loader.cluster.messages import Endpoint, ModelOrder, Orders, Report
 from loader.cluster.rollout import Bounds, ReplicaModel, Rollout, aim, live, start, step
 from loader.config.schema import Config
 from loader.manager.harness import VersionStatus
@@ -53,6 +53,7 @@ class Watcher:
         self._born = time.monotonic()
         self._flip_seed = time.time_ns() // 1_000_000  # hold ids never repeat across restarts
         self._orders = Orders(uuid.uuid4().hex[:12], 0)
+        self._backends: dict[str, Endpoint] = {}  # the live, serving replicas' endpoints
         self._wakers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._stopping = threading.Event()
         self._ticker = threading.Thread(target=self._tick, name="modelwatch-watcher", daemon=True)
@@ -131,8 +132,19 @@ class Watcher:
         replica applied, or after `timeout` seconds (a heartbeat either way)."""
         self.report(report)
         orders = self._orders
-        if (orders.watcher, orders.revision) != report.applied:
-            return orders
+        if (orders.watcher, orders.revision) == report.applied:
+            await self._change(timeout)
+        return self._orders
+
+    async def backends(self, known: Mapping[str, Endpoint], timeout: float) -> dict[str, Endpoint]:
+        """The endpoints of the live replicas that serve (replica -> endpoint), once they
+        differ from `known`, or after `timeout` seconds: what the balancer sends to."""
+        if self._backends == known:
+            await self._change(timeout)
+        return dict(self._backends)
+
+    async def _change(self, timeout: float) -> None:
+        """Wait until the orders or the backends change, or `timeout` passes."""
         waker = (asyncio.get_running_loop(), asyncio.Event())
         with self._lock:
             self._wakers.add(waker)
@@ -143,7 +155,6 @@ class Watcher:
         finally:
             with self._lock:
                 self._wakers.discard(waker)
-        return self._orders
 
     # -- outputs ---------------------------------------------------------------------
 
@@ -163,6 +174,7 @@ class Watcher:
                     "live": r in alive,
                     "serving": k.report.serving,
                     "seconds_since_report": round(now - k.seen, 3),
+                    "endpoint": _address(k.report.endpoint),
                     "models": {
                         m: {
                             "available": sorted(s.available), "routed": sorted(s.routed),
@@ -202,6 +214,10 @@ class Watcher:
             if now - seen.seen > FORGET_AFTER_TIMEOUTS * self._bounds.replica_timeout_seconds:
                 del self._replicas[name]
         reports = [self._replicas[r].report for r in alive]
+        backends = {r.replica: r.endpoint for r in reports if r.serving and r.endpoint}
+        if backends != self._backends:
+            self._backends = backends
+            self._wake()
         changed = False
         for model, ready in self._ready.items():
             target = frozenset(self._policies[model](ready.keys()))
@@ -237,6 +253,9 @@ class Watcher:
                 rollout.aborts, dict(rollout.blocked),
             )
         self._orders = Orders(self._orders.watcher, self._orders.revision + 1, models)
+        self._wake()
+
+    def _wake(self) -> None:
         for loop, event in self._wakers:
             loop.call_soon_threadsafe(event.set)
 
@@ -269,4 +288,8 @@ def _cluster_status(model: str, rollout: Rollout) -> tuple[VersionStatus, ...]:
     return tuple(statuses)
 
 
-
+def _address(endpoint: Endpoint | None) -> dict[str, str] | None:
+    if endpoint is None:
+        return None
+    return {"rest": f"{endpoint.host}:{endpoint.rest_port}",
+            "grpc": f"{endpoint.host}:{endpoint.grpc_port}"}

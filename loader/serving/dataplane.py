@@ -105,6 +105,11 @@ class DataPlane:
         """Whether `model` loads on its first request (`models[].load: on_demand`)."""
         return self._manager.is_on_demand(model)
 
+    def waits(self, model: str) -> bool:
+        """Whether a request for `model` may wait before a version is chosen for it (here:
+        an on-demand load), so that it must take `hold_async` rather than `hold`."""
+        return self.is_on_demand(model)
+
     def hold(self, model: str, version: int | None = None, label: str | None = None) -> Lease:
         """Hold the version a request names (or the latest) until the lease is released.
 

@@ -19,3 +19,20 @@ def test_the_peers_figure_has_a_bar_per_server_with_numbers(tmp_path: Path) -> N
     for text in ("Flask", "modelwatch", "answers per second, c=32", "8,000", "1,000", "0.20"):
         assert text in svg
     assert "ray_serve" not in svg  # no numbers: no bar
+
+
+def test_the_ray_serve_figure_draws_both_sides_for_each_transport(tmp_path: Path) -> None:
+    import json
+
+    import matplotlib
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    from bench.plots import plot_ray_serve
+
+    result = json.loads((Path(__file__).resolve().parents[2] / "bench" / "results"
+                         / "ray_serve.json").read_text())
+    svg = plot_ray_serve(result, tmp_path).read_text()
+    at_32 = [f"{result['median'][run]['32']['throughput_rps']:,.0f}" for run in result["median"]]
+    for text in ("REST (hey)", "gRPC (h2load)", "Ray cluster: 2 replicas, HAProxy",
+                 "modelwatch serve", *at_32):
+        assert text in svg

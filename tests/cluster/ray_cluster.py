@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import httpx
+import psutil
 import yaml
 
 from tests.daemon_process import free_port
@@ -81,6 +82,26 @@ class LocalRayCluster:
             process.wait(10)
         self._processes.clear()
 
+    @property
+    def pids(self) -> list[int]:
+        """The `ray start` processes: every process of the cluster descends from one."""
+        return [process.pid for process in self._processes]
+
+    def processes(self, title: str) -> list[psutil.Process]:
+        """This cluster's processes (never another run's) whose command line has `title`,
+        e.g. Ray's "ServeReplica:modelwatch:ReplicaDeployment"."""
+        ours = {process.pid for process in self._processes}
+        found = []
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if title in " ".join(process.info["cmdline"] or ()) and any(
+                    parent.pid in ours for parent in process.parents()
+                ):
+                    found.append(process)
+            except psutil.Error:
+                pass
+        return found
+
     def log(self) -> str:
         return "\n".join(
             f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}"
@@ -119,17 +140,23 @@ class Deployment:
                  config: dict[str, Any], replicas: int = 2) -> None:
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port, self.grpc_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.port}"  # the balancer's REST port
+        self.grpc_target = f"127.0.0.1:{self.grpc_port}"
         self._log = tmp_path / "modelwatch-ray.log"
         self._cluster = cluster
         argv = [sys.executable, "-m", "loader", "ray", "--config", str(path),
                 "--address", cluster.address, "--node-ip", HEAD_IP, "--replicas", str(replicas),
-                "--http-port", str(self.port), "--hold-seconds", "5"]
+                "--http-port", str(self.port), "--grpc-port", str(self.grpc_port),
+                "--hold-seconds", "5"]
         self._process = subprocess.Popen(
             argv, stdout=open(self._log, "wb"), stderr=subprocess.STDOUT,
             env={**os.environ, **env, **cluster.env}, start_new_session=True,
         )
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def __enter__(self) -> Self:
         return self

@@ -1,20 +1,33 @@
 """End to end on a real local Ray cluster (a head and a second node, `ray start` on this
-machine) with `modelwatch ray` deploying 2 replicas that serve from moto's S3 server:
-version 2 is published while 8 clients send requests through Serve's HTTP proxy.
+machine) with `modelwatch ray` deploying 2 replicas that serve from moto's S3 server, and
+requests going through the cluster's balancer (HAProxy) straight to the replicas' own REST
+and gRPC ports: versions 2 to 5 roll out while 8 clients (4 REST, 4 gRPC with TF Serving's
+stubs) send requests, then one replica is killed with SIGKILL under that load.
 
 Version v of the test model answers y = 0.5 * x + v, so every answer names its version.
+One test, one cluster: each start of Ray and of a replica's TensorFlow costs many seconds.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import grpc
 import httpx
+import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tensorflow_serving.apis import (
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from tests.cluster.ray_cluster import Deployment, LocalRayCluster
 from tests.daemon_process import wait_until
@@ -25,7 +38,9 @@ pytest.importorskip("ray", reason="Ray Serve is not installed: pip install 'mode
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 BUCKET = "models"
-CLIENTS = 8
+CLIENTS = 8  # half over REST, half over gRPC
+LAST = 5  # versions 2 to LAST roll out under load
+REPLICA_TITLE = "ServeReplica:modelwatch:ReplicaDeployment"
 upload = partial(_upload, bucket=BUCKET)
 
 
@@ -48,7 +63,56 @@ def version_of(answer: float) -> int:
     return round(answer - 0.5 * 2.0)
 
 
-def test_a_rollout_flips_every_replica_at_once_with_no_failed_request_and_no_going_back(
+def grpc_answer(stub: prediction_service_pb2_grpc.PredictionServiceStub) -> float:
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    tensor = request.inputs["x"]
+    tensor.dtype = 1  # DT_FLOAT
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.tensor_shape.dim.add(size=1)
+    tensor.float_val.append(2.0)
+    response = stub.Predict(request, timeout=30)
+    return float(np.array(response.outputs["y"].float_val)[0])
+
+
+class Clients:
+    """`CLIENTS` threads asking for predictions until stopped; every answer's version and
+    every failure is recorded, per client."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.seen: list[list[int]] = [[] for _ in range(CLIENTS)]
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._deployment = deployment
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def answered_again(self) -> Callable[[], bool]:
+        counts = [len(s) for s in self.seen]
+        return lambda: all(len(s) > c for s, c in zip(self.seen, counts))
+
+    def _run(self, index: int) -> None:
+        with httpx.Client() as http, grpc.insecure_channel(self._deployment.grpc_target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    answer = (self._deployment.answer(http) if index % 2 == 0
+                              else grpc_answer(stub))
+                    self.seen[index].append(version_of(answer))
+                except Exception as exc:  # every failure counts, whatever it is
+                    self.failures.append(f"client {index}: {type(exc).__name__}: {exc}")
+
+
+def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going_back(
     tmp_path: Path, s3: Any, moto_server: str, cluster: LocalRayCluster, model_builder: Any
 ) -> None:
     upload(s3, model_builder.built(1), "repo/m/1")
@@ -59,58 +123,62 @@ def test_a_rollout_flips_every_replica_at_once_with_no_failed_request_and_no_goi
         "loading": {"max_retries": 0},
         "models": [{"name": "m", "base_path": f"s3://{BUCKET}/repo/m"}],
     })
+
+    def live() -> list[dict[str, Any]]:
+        return [r for r in deployment.replicas()["replicas"] if r["live"] and r["serving"]]
+
+    def all_on(version: int) -> Callable[[], bool]:
+        def check() -> bool:
+            replicas = live()
+            return len(replicas) == 2 and all(
+                r["models"]["m"]["routed"] == [version] and r["models"]["m"]["available"] == [version]
+                for r in replicas)
+        return check
+
     try:
-        wait_until(lambda: deployment.serves(1 + 1.0), 400, "version 1 to serve through Serve")
+        wait_until(lambda: deployment.serves(1 + 1.0), 400, "version 1 to serve through the balancer")
+        wait_until(lambda: len({r["node"] for r in live()}) == 2, 300,
+                   "a serving replica on each node")
+        # gRPC at the same endpoint, with TF Serving's stubs and the standard health service.
+        with grpc.insecure_channel(deployment.grpc_target) as channel:
+            assert version_of(grpc_answer(prediction_service_pb2_grpc.PredictionServiceStub(channel))) == 1
+            status = get_model_status_pb2.GetModelStatusRequest()
+            status.model_spec.name = "m"
+            (version,) = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+                status, timeout=30).model_version_status
+            assert (version.version, version.state) == (1, version.AVAILABLE)
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
 
-        def serving_nodes() -> set[str]:
-            table = deployment.replicas()["replicas"]
-            return {r["node"] for r in table if r["live"] and r["serving"]}
+        with Clients(deployment) as clients:
+            wait_until(lambda: all(clients.seen), 60, "every client to be answered")
+            for version in range(2, LAST + 1):
+                upload(s3, model_builder.built(version), f"repo/m/{version}")
+                wait_until(all_on(version), 300, f"both replicas to route version {version} alone")
+            wait_until(clients.answered_again(), 60, "every client to be answered after the rollouts")
+            assert not clients.failures, clients.failures[:5]
 
-        wait_until(lambda: len(serving_nodes()) == 2, 300, "a serving replica on each node")
-
-        seen: list[list[int]] = [[] for _ in range(CLIENTS)]
-        failures: list[str] = []
-        stop = threading.Event()
-
-        def client(index: int) -> None:
-            with httpx.Client() as http:
-                while not stop.is_set():
-                    try:
-                        seen[index].append(version_of(deployment.answer(http)))
-                    except Exception as exc:  # every failure counts, whatever it is
-                        failures.append(f"{type(exc).__name__}: {exc}")
-
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        try:
-            wait_until(lambda: all(seen), 60, "every client to be answered")
-            upload(s3, model_builder.built(2), "repo/m/2")
-
-            def all_on_2() -> bool:
-                live = [r for r in deployment.replicas()["replicas"] if r["live"]]
-                return len(live) == 2 and all(
-                    r["models"]["m"]["routed"] == [2] and r["models"]["m"]["available"] == [2]
-                    for r in live
-                )
-
-            wait_until(all_on_2, 300, "both replicas to route version 2 and unload version 1")
-            counts = [len(s) for s in seen]
-            wait_until(lambda: all(len(s) > c for s, c in zip(seen, counts)), 60,
-                       "every client to be answered after the rollout")
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(60)
-        assert not failures, failures[:5]
-        for versions in seen:
-            assert versions[-1] == 2
-            first_2 = versions.index(2)
-            assert set(versions[first_2:]) == {2}, "a client saw version 2, then version 1"
+            # A replica killed under load: Ray starts another, which joins at the routed version.
+            before = {r["replica"] for r in live()}
+            (victim, *_) = cluster.processes(REPLICA_TITLE)
+            victim.send_signal(signal.SIGKILL)
+            # The killed one leaves the watcher's live set when its heartbeat times out.
+            wait_until(lambda: len(names := {r["replica"] for r in live()}) == 2 and names != before,
+                       300, "a new replica to serve in place of the killed one")
+            wait_until(all_on(LAST), 60,
+                       "the new replica to route the latest version, never an older one")
+            wait_until(clients.answered_again(), 60, "every client to be answered after the kill")
+        # The balancer resends a request whose connection failed or was closed unanswered,
+        # so the kill costs at most the requests in flight at that replica: one per client.
+        print(f"requests failed around the kill: {len(clients.failures)}: {clients.failures[:8]}")
+        assert len(clients.failures) <= CLIENTS, clients.failures
+        for versions in clients.seen:
+            assert versions[-1] == LAST
+            assert versions == sorted(versions), "a client saw a version, then an older one"
         rollouts = deployment.replicas()["rollouts"]["m"]
-        assert (rollouts["routed"], rollouts["stage"]) == ([2], "steady")
+        assert (rollouts["routed"], rollouts["stage"]) == ([LAST], "steady")
         status = httpx.get(f"{deployment.url}/v1/models/m", timeout=10).json()
-        assert status["model_version_status"][0]["version"] == "2"
+        assert status["model_version_status"][0]["version"] == str(LAST)
         assert status["model_version_status"][0]["state"] == "AVAILABLE"
     except BaseException:
         print(deployment.log())

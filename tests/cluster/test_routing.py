@@ -20,7 +20,12 @@ from tests.fakes import FakeLoader, refs
 
 
 @pytest.fixture
-def plane() -> Iterator[RoutedDataPlane]:
+def gate() -> Gate:
+    return Gate(limit_seconds=30)
+
+
+@pytest.fixture
+def plane(gate: Gate) -> Iterator[RoutedDataPlane]:
     manager = Manager(FakeLoader(), load_retries=0)
     manager.set_models([ModelSpec("m", All(), availability_preserving),
                         ModelSpec("other", All(), availability_preserving)])
@@ -29,7 +34,7 @@ def plane() -> Iterator[RoutedDataPlane]:
     assert manager.wait_until(
         lambda: all(len([s for s in manager.status(m) if s.state == "AVAILABLE"]) == 2
                     for m in ("m", "other")), 10)
-    routed = RoutedDataPlane(manager)
+    routed = RoutedDataPlane(manager, gate)
     routed.route("other", frozenset({1}), ())
     yield routed
     manager.stop()
@@ -67,35 +72,39 @@ def test_only_routed_versions_answer_and_status_is_the_clusters(plane: RoutedDat
     asyncio.run(scenario())
 
 
-def test_a_held_model_waits_and_is_released_onto_the_new_routing(plane: RoutedDataPlane) -> None:
+def test_a_held_model_waits_and_is_released_onto_the_new_routing(
+    plane: RoutedDataPlane, gate: Gate
+) -> None:
     plane.route("m", frozenset({1}), cluster((1, "AVAILABLE")))
-    gate = Gate(RestApi(plane).app, limit_seconds=30)
 
     async def scenario() -> None:
-        async with client(gate) as http:
+        async with client(RestApi(plane).app) as http:
             gate.hold("m", 7)
             assert gate.held() == {"m": 7}
-            waiting = asyncio.create_task(http.get("/v1/models/m/metadata"))
+            waiting = asyncio.create_task(http.get("/v1/models/m/metadata"))  # a thread waits
+            leased = asyncio.create_task(plane.hold_async("m"))  # as gRPC's Predict: the loop
             # Another model is not held: it answers while m waits.
             assert served_version(await http.get("/v1/models/other/metadata")) == "1"
             await asyncio.sleep(0.2)
-            assert not waiting.done()
+            assert not waiting.done() and not leased.done()
             plane.route("m", frozenset({2}), cluster((2, "AVAILABLE")))  # the flip ...
             gate.release("m")  # ... then the release, as the replica applies orders
             assert served_version(await asyncio.wait_for(waiting, 10)) == "2"
+            with await asyncio.wait_for(leased, 10) as lease:
+                assert lease.version == 2
             assert gate.held() == {}
 
     asyncio.run(scenario())
 
 
 def test_a_hold_that_outlives_its_limit_answers_503_and_never_the_old_version(
-    plane: RoutedDataPlane,
+    plane: RoutedDataPlane, gate: Gate
 ) -> None:
     plane.route("m", frozenset({1}), cluster((1, "AVAILABLE")))
-    gate = Gate(RestApi(plane).app, limit_seconds=0.2)
+    gate._limit = 0.2
 
     async def scenario() -> None:
-        async with client(gate) as http:
+        async with client(RestApi(plane).app) as http:
             gate.hold("m", 8)
             response = await http.post("/v1/models/m:predict", json={"instances": [[1.0]]})
             assert response.status_code == 503
@@ -121,5 +130,32 @@ def test_a_replica_exports_the_rollouts_it_hears_of(tmp_path) -> None:
             assert line in text
         assert replica.gate.held() == {"m": 12}  # the hold is applied, and will be reported
         assert replica.report().models["m"].held == 12
+    finally:
+        replica.stop()
+
+
+def test_a_replica_serves_rest_and_grpc_with_the_daemons_servers_and_limits(tmp_path) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from loader.cluster.replica import Replica
+    from loader.config.schema import parse_config
+
+    config = parse_config({"server": {"max_url_bytes": 1024},
+                           "models": [{"name": "m", "base_path": str(tmp_path)}]}, "test")
+    replica = Replica(config, "r1", "node", hold_limit_seconds=1)
+    try:
+        endpoint = replica.serve("127.0.0.1")
+        assert replica.report().endpoint == endpoint  # what the balancer is told
+        assert replica._rest.fast_path  # predictions skip ASGI, as in `modelwatch serve`
+        rest = f"http://127.0.0.1:{endpoint.rest_port}"
+        too_long = httpx.get(f"{rest}/v1/models/{'m' * 2000}", timeout=10)
+        assert too_long.status_code == 414, too_long.text  # server.max_url_bytes, as the daemon
+        assert httpx.get(f"{rest}/healthz", timeout=10).status_code == 200  # HAProxy's check
+        with grpc.insecure_channel(f"127.0.0.1:{endpoint.grpc_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10)
+            assert health.status in (health_pb2.HealthCheckResponse.SERVING,
+                                     health_pb2.HealthCheckResponse.NOT_SERVING)
     finally:
         replica.stop()

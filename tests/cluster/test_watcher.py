@@ -50,3 +50,28 @@ def test_a_replicas_failed_load_makes_the_sources_recheck_that_version_once(tmp_
     watcher.report(report(3, {2: "not a valid checkpoint"}))  # the same failure, reported again
     watcher.report(report(2, {}))  # an old report is ignored
     assert source.rechecks == [("m", 2, "fp-2")]
+
+
+def test_the_balancers_backends_are_the_live_serving_replicas_and_a_change_wakes_its_poll(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+
+    from loader.cluster.messages import Endpoint
+
+    config = parse_config({"models": [{"name": "m", "base_path": str(tmp_path / "m")}]})
+    watcher = Watcher(config)
+    a, b = Endpoint("10.0.0.1", 1, 2), Endpoint("10.0.0.2", 3, 4)
+    state = ModelState(available=frozenset({1}), failed={}, routed=frozenset({1}), held=None)
+
+    async def scenario() -> None:
+        watcher.report(Report("a", "node", 1, True, {"m": state}, endpoint=a))
+        watcher.report(Report("b", "node", 1, False, {"m": state}, endpoint=b))  # not serving
+        assert await watcher.backends({}, 5) == {"a": a}
+        waiting = asyncio.create_task(watcher.backends({"a": a}, 30))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # nothing changed: a long poll
+        watcher.report(Report("b", "node", 2, True, {"m": state}, endpoint=b))
+        assert await asyncio.wait_for(waiting, 10) == {"a": a, "b": b}
+
+    asyncio.run(scenario())

@@ -143,3 +143,11 @@ def test_modelwatch_ray_refuses_server_tls_rather_than_serve_plain_text(tmp_path
     (tmp_path / "config.yaml").write_text("server: {tls: {cert_file: c, key_file: k}}\n")
     assert loader.app.cli.main(["ray", "--config", str(tmp_path / "config.yaml")]) == 2
     assert "server.tls is not supported by `modelwatch ray` yet" in capsys.readouterr().err
+
+
+def test_modelwatch_ray_refuses_request_logging_rather_than_drop_the_records(tmp_path, capsys):
+    (tmp_path / "config.yaml").write_text(
+        "models: [{name: m, base_path: m, request_logging: {sampling_rate: 1, filename_prefix: l}}]\n"
+    )
+    assert loader.app.cli.main(["ray", "--config", str(tmp_path / "config.yaml")]) == 2
+    assert "models['m'].request_logging is not supported by `modelwatch ray`" in capsys.readouterr().err

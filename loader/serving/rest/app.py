@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -21,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from loader.base import Code, Internal, InvalidArgument, ServingError
@@ -108,7 +109,9 @@ class RestApi:
         request_log: RequestLog | None = None,
         request_timeout_seconds: float | None = None,
         cors: bool = False,
+        routes: Sequence[BaseRoute] = (),
     ) -> None:
+        """`routes`: the caller's own, matched before TF Serving's (a cluster replica's)."""
         self._dataplane = dataplane
         self._cors = cors
         self._max_request_bytes = max_request_bytes
@@ -134,6 +137,7 @@ class RestApi:
                 Route("/readyz", self._readyz, methods=["GET"]),
                 Route("/modelwatch/models", self._models, methods=["GET"]),
                 *operator_routes,
+                *routes,
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ],
             # What no route matches (a path with a newline, a PUT) is malformed, in JSON.

@@ -181,9 +181,9 @@ class PredictionCall:
                 return
             self._sampled = sample_request(
                 self._routes.request_log, self.model, version, label, len(body))
-            if len(body) > INLINE_BODY_BYTES or self._routes.dataplane.is_on_demand(self.model):
-                # A task: a large body is parsed on a worker thread, and an on-demand
-                # model's first request waits for its load (off the loop).
+            if len(body) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
+                # A task: a large body is parsed on a worker thread, and a request that may
+                # wait (an on-demand model's load, a cluster's hold) waits off the loop.
                 self._routes.spawn(self._answer_from(self._predict_in_task(version, label, body)))
             else:
                 self._predict(version, label, body)

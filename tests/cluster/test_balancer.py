@@ -1,0 +1,86 @@
+"""The cluster's balancer: a real HAProxy in front of two tiny HTTP servers standing in for
+replicas' REST ports (no Ray, no TensorFlow)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from loader.cluster.balancer import Balancer, Listen, haproxy_binary
+from loader.cluster.messages import Endpoint
+from tests.daemon_process import free_port, wait_until
+
+try:
+    haproxy_binary()
+except RuntimeError as exc:
+    pytest.skip(str(exc), allow_module_level=True)
+
+
+class Replica(ThreadingHTTPServer):
+    """Answers every GET with its name (and /healthz with 200)."""
+
+    def __init__(self, name: str) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # http.server's name
+                body = name.encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.name = name
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint("127.0.0.1", self.server_address[1], 1)
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def replicas() -> Iterator[list[Replica]]:
+    started = [Replica("a"), Replica("b"), Replica("c")]
+    yield started
+    for replica in started:
+        replica.close()
+
+
+def test_requests_are_balanced_over_the_replicas_it_is_given_and_follow_a_new_set(
+    replicas: list[Replica],
+) -> None:
+    a, b, c = replicas
+    balancer = Balancer(Listen("127.0.0.1", free_port(), 0))
+    balancer.start()
+    try:
+        url = f"http://127.0.0.1:{balancer.listen.rest_port}/v1/models/m"
+        with httpx.Client() as http:  # one keep-alive connection: balanced per request
+            assert http.get(url, timeout=10).status_code == 503  # no replica yet
+            balancer.update({"a#1": a.endpoint, "b#1": b.endpoint})
+
+            def answers(expected: set[str]) -> bool:
+                return {http.get(url, timeout=10).text for _ in range(8)} == expected
+
+            wait_until(lambda: answers({"a", "b"}), 30, "requests to reach a and b")
+            balancer.update({})  # an empty set (a watcher restarting) changes nothing
+            assert answers({"a", "b"})
+            balancer.update({"b#1": b.endpoint, "c#1": c.endpoint})
+            wait_until(lambda: answers({"b", "c"}), 30, "requests to follow the new set")
+            c.close()  # dead before any new set says so: HAProxy's checks and retries
+            wait_until(lambda: answers({"b"}), 30, "the dead replica to be out of rotation")
+        assert balancer.running()
+    finally:
+        balancer.stop()
+        balancer.join(30)
+    assert not balancer.running()  # what Serve's health check of the balancer reads
