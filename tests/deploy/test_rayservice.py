@@ -23,8 +23,6 @@ from tests.deploy.test_manifests import KUBERNETES_VERSION
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "deploy" / "kuberay"
 CRD = Path(__file__).resolve().parent / "kuberay" / "ray.io_rayservices.yaml"
-# Ray Serve's high-throughput mode: HAProxy on every pod, requests straight to replicas.
-HIGH_THROUGHPUT_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1"}
 
 RAY_SERVICE = yaml.safe_load((KUBERAY / "rayservice.yaml").read_text())
 CONFIG_MAP = yaml.safe_load((KUBERAY / "configmap.yaml").read_text())
@@ -102,7 +100,7 @@ def test_the_serve_config_is_ray_serves_and_builds_modelwatchs_application(tmp_p
     assert build({**APPLICATION["args"], "config": str(config)}) is not None
 
 
-def test_every_ray_pod_reads_the_config_where_the_builder_does_with_the_same_serve_env() -> None:
+def test_every_ray_pod_reads_the_config_where_the_builder_does_and_the_s3_secret() -> None:
     config_dir = Path(APPLICATION["args"]["config"]).parent
     config_name = CONFIG_MAP["metadata"]["name"]
     for group in GROUPS:
@@ -111,8 +109,6 @@ def test_every_ray_pod_reads_the_config_where_the_builder_does_with_the_same_ser
         for container in pod["containers"]:
             mounts = {Path(m["mountPath"]): m["name"] for m in container["volumeMounts"]}
             assert volumes[mounts[config_dir]]["configMap"]["name"] == config_name
-            env = {e["name"]: e["value"] for e in container["env"]}
-            assert {k: v for k, v in env.items() if k.startswith("RAY_SERVE_")} == HIGH_THROUGHPUT_ENV
             assert [e["secretRef"]["name"] for e in container["envFrom"]] == ["modelwatch-s3"]
 
 
@@ -139,3 +135,13 @@ def test_the_ray_versions_agree_with_the_image_and_the_tests() -> None:
     assert importlib.metadata.version("ray") == version
     images = {c["image"] for c in _containers()}
     assert len(images) == 1, "every Ray pod runs the same image"
+
+
+def test_the_endpoint_is_modelwatchs_balancer_on_the_head_not_serves_proxy() -> None:
+    # Serve's Python proxy off: requests go from the balancer straight to the replicas.
+    assert SERVE_CONFIG["proxy_location"] == "Disabled"
+    args = APPLICATION["args"]
+    assert args["host"] == "0.0.0.0"
+    (head,) = CLUSTER["headGroupSpec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert (ports["rest"], ports["grpc"]) == (int(args["rest_port"]), int(args["grpc_port"]))
