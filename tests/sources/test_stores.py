@@ -17,7 +17,7 @@ from loader.sources.base import ModelLocation
 from loader.sources.object_store import ObjectStore, listing_fingerprint
 from loader.sources.store_fetch import StoreFetcher
 from loader.sources.store_source import StoreSource
-from tests.daemon_process import free_port
+from tests.daemon_process import free_port, wait_until
 from tests.fakes import FakeClock, Reports
 from tests.object_stores import Bucket, azurite, environ, gcs_emulator
 from tests.savedmodels import upload_order, write_sharded_model
@@ -275,3 +275,26 @@ def test_azure_without_an_account_is_one_clear_sentence(monkeypatch: pytest.Monk
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="az:// paths need a storage account"):
         make_store("az", StorageConfig())
+
+
+def test_the_clusters_watcher_takes_a_store_path_as_the_daemon_does(
+    bucket: Bucket, model_builder: Any
+) -> None:
+    """`modelwatch ray`'s watcher builds its sources as the daemon does: a gs:// or az://
+    base path is listed, and its complete version becomes the rollout's target."""
+    from loader.cluster.rollout import Bounds
+    from loader.cluster.watcher import Watcher
+    from loader.config.schema import parse_config
+
+    bucket.upload(model_builder.built(2.0), "w/1")
+    config = parse_config({"models": [{"name": "w", "base_path": bucket.uri("w")}],
+                           "watch": {"poll_interval_seconds": 0.2}})
+    with environ(bucket.env):  # the store's client is made, and reads its settings, here
+        watcher = Watcher(config, Bounds(replica_timeout_seconds=0.1))
+    watcher.start()
+    try:
+        wait_until(lambda: watcher.rollouts().get("w", {}).get("target") == [1], 60,
+                   "the watcher to list version 1 in the store")
+    finally:
+        watcher.stop()
+        watcher.join(30)
