@@ -4,6 +4,7 @@ touches another test run's Ray, as `ray stop` would."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -27,6 +28,15 @@ RAY = str(Path(sys.executable).with_name("ray"))
 # passes `_node_ip_address=HEAD_IP` to `ray.init`.
 HEAD_IP, NODE_IP = "127.0.0.2", "127.0.0.3"
 OBJECT_STORE_BYTES = 100 * 1024 * 1024
+
+
+# A separate driver's view of Serve: the applications and the named actors still alive.
+_SERVE_STATE = (
+    "import json, sys, ray; from ray import serve; "
+    f"ray.init(address=sys.argv[1], logging_level='ERROR', _node_ip_address='{HEAD_IP}'); "
+    "print(json.dumps({'applications': sorted(serve.status().applications), "
+    "'actors': sorted(a['name'] for a in ray.util.list_named_actors(all_namespaces=True))}))"
+)
 
 
 class LocalRayCluster:
@@ -199,3 +209,19 @@ class Deployment:
             return self.answer() == value
         except (httpx.HTTPError, AssertionError):
             return False
+
+
+def serve_state(cluster: LocalRayCluster) -> dict[str, list[str]]:
+    """Serve's applications and the named actors alive on `cluster`, from a driver of its own."""
+    result = subprocess.run([sys.executable, "-c", _SERVE_STATE, cluster.address],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **cluster.env})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def application_deleted(cluster: LocalRayCluster) -> bool:
+    """No modelwatch application on `cluster`, and none of its replicas alive."""
+    state = serve_state(cluster)
+    return not state["applications"] and not any(
+        name.startswith("SERVE_REPLICA::modelwatch#") for name in state["actors"])

@@ -2,7 +2,8 @@
 machine) with `modelwatch ray` deploying 2 replicas that serve from moto's S3 server, and
 requests going through the cluster's balancer (HAProxy) straight to the replicas' own REST
 and gRPC ports: versions 2 to 5 roll out while 8 clients (4 REST, 4 gRPC with TF Serving's
-stubs) send requests, then one replica is killed with SIGKILL under that load.
+stubs) send requests, then one replica is killed with SIGKILL under that load; last,
+`modelwatch ray` gets SIGTERM and must exit 0 having deleted its application.
 
 Version v of the test model answers y = 0.5 * x + v, so every answer names its version.
 One test, one cluster: each start of Ray and of a replica's TensorFlow costs many seconds.
@@ -29,7 +30,12 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.cluster.ray_cluster import Deployment, LocalRayCluster
+from tests.cluster.ray_cluster import (
+    Deployment,
+    LocalRayCluster,
+    application_deleted,
+    serve_state,
+)
 from tests.daemon_process import wait_until
 from tests.s3_storage import CREDENTIALS, bucket_client
 from tests.s3_storage import upload as _upload
@@ -180,6 +186,14 @@ def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going
         status = httpx.get(f"{deployment.url}/v1/models/m", timeout=10).json()
         assert status["model_version_status"][0]["version"] == str(LAST)
         assert status["model_version_status"][0]["state"] == "AVAILABLE"
+
+        # SIGTERM, as Kubernetes and systemd stop it (Ray's driver takes it over in
+        # ray.init; loader/cluster/application.py takes it back): exit 0, and the
+        # application and its replicas deleted, as on SIGINT.
+        assert "modelwatch" in serve_state(cluster)["applications"]
+        assert deployment.stop() == 0, deployment.log()
+        wait_until(lambda: application_deleted(cluster), 120,
+                   "the application and its replicas to be gone", interval=1)
     except BaseException:
         print(deployment.log())
         print(cluster.log())
