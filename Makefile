@@ -69,8 +69,11 @@ azurite:
 	  && npm install --silent --no-audit --no-fund --prefix .node azurite@$(AZURITE_VERSION) >/dev/null 2>&1; } \
 	  || echo "note: npm could not install azurite into .node; the Azure Blob Storage tests will skip"
 
+# Two worker processes: the suite mostly waits on daemons, Ray and emulators, so two halve
+# its time on two cores; --dist loadfile keeps each test module (and the daemon its module
+# fixture starts) in one worker.
 test: lint browser azurite
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # Benchmarks (not part of the tests): `make bench-install`, then one command each, e.g.
 # .venv/bin/python bench/throughput.py (see docs/benchmarks.md).
