@@ -84,10 +84,21 @@ def set_thread_pools(intra_op: int, inter_op: int) -> None:
     """Size TensorFlow's thread pools (0 leaves a pool to TensorFlow, or to the variable
     already in the environment; a negative inter-op size runs a session's ops on the
     thread that calls it). TensorFlow reads these when it creates its first session or
-    context, so call it before any model loads."""
+    context, so call it before any model loads.
+
+    numpy's BLAS (OpenBLAS) is kept to the calling thread. The server calls it only to
+    check request values (`np.vdot` in loader/serving/rest/json_tensors.py), where a
+    request is the unit of parallelism; with a pool, OpenBLAS's worker spins after each
+    call, and while a 60 MB body decoded it took 80% of one of this machine's two cores
+    from every other client (issue 21, attack 5).
+    """
     for name, threads in (("TF_NUM_INTRAOP_THREADS", intra_op), ("TF_NUM_INTEROP_THREADS", inter_op)):
         if threads != 0:
             os.environ[name] = str(threads)
+    import numpy  # noqa: F401  (loads the BLAS library that threadpoolctl finds)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
 
 
 def import_tensorflow() -> None:

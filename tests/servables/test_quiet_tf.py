@@ -145,3 +145,36 @@ def test_nothing_is_dropped_when_the_block_fails(capfd):
                     b"written to STDERR\n")
         raise RuntimeError("the import failed")
     assert "absl::InitializeLog()" in capfd.readouterr().err  # a known line, kept: it failed
+
+
+def test_numpy_blas_stays_on_the_calling_thread():
+    # The server's BLAS calls (np.vdot on request values) are one request's work: with
+    # OpenBLAS's pool, its worker took a core, spinning after each call, while a big body
+    # decoded (issue 21, attack 5). Counted here as CPU time of threads besides the main one.
+    code = (
+        "import os\n"
+        "from loader.servables.quiet_tf import set_thread_pools\n"
+        "set_thread_pools(0, 0)\n"
+        "import numpy as np\n"
+        "from threadpoolctl import threadpool_info\n"
+        "def others():\n"
+        "    ticks = 0\n"
+        "    for t in os.listdir('/proc/self/task'):\n"
+        "        if int(t) != os.getpid():\n"
+        "            fields = open(f'/proc/self/task/{t}/stat').read().rsplit(')', 1)[1].split()\n"
+        "            ticks += int(fields[11]) + int(fields[12])\n"
+        "    return ticks\n"
+        "values = np.random.default_rng(0).random(1_000_000)\n"
+        "before = others()\n"
+        "for _ in range(300):\n"
+        "    np.vdot(values, values)\n"
+        "blas = [i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas']\n"
+        "print(blas, others() - before)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_NUM_THREADS")}
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    blas, ticks = run.stdout.rsplit(" ", 1)
+    assert blas == "[1]"
+    assert int(ticks) <= 2  # clock ticks (10 ms): nothing but stray wake-ups
