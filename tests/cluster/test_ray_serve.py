@@ -4,7 +4,8 @@ requests going through the cluster's balancer (HAProxy) straight to the replicas
 and gRPC ports: versions 2 to 5 roll out while 8 clients (4 REST, 4 gRPC with TF Serving's
 stubs) send requests, then one replica is killed with SIGKILL under that load, then the
 watcher (its successor takes over from the replicas, and version 6 still rolls out); last,
-`modelwatch ray` gets SIGTERM and must exit 0 having deleted its application.
+`modelwatch ray` gets SIGTERM and must exit 0 having deleted its application, and again
+while an application of 3 replicas (which cannot all be placed) deploys.
 
 Version v of the test model answers y = 0.5 * x + v, so every answer names its version.
 One test, one cluster: each start of Ray and of a replica's TensorFlow costs many seconds.
@@ -224,3 +225,13 @@ def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going
         raise
     finally:
         deployment.stop()
+
+    # SIGTERM while the application deploys: 3 replicas of one CPU each on 2 nodes of one
+    # CPU, so it never runs; `modelwatch ray` must not wait for it to (Serve's own wait is
+    # endless here: Deployment.stop would have to kill it), but exit 0 having deleted it.
+    with Deployment(tmp_path, cluster, CREDENTIALS, deployment.config, replicas=3) as deploying:
+        wait_until(lambda: "modelwatch" in serve_state(cluster)["applications"], 120,
+                   "the application to be deploying", interval=1)
+        assert deploying.stop() == 0, deploying.log()
+        wait_until(lambda: application_deleted(cluster), 120,
+                   "the deploying application to be gone", interval=1)
