@@ -10,7 +10,8 @@ each window are reported, with the load's CPU-seconds per 1,000 requests for eac
 
 Variants (--variants, comma-separated): `as_is`, the bench's cluster as it stands; `quiet`,
 with Ray's background work the application does not use switched off by Ray's own settings
-(QUIET_ENV). The machine is shared: compare processes within a run, not runs across days.
+(QUIET_ENV); `batch_wait`, the replicas' batches waiting 1 ms to fill. The machine is
+shared: compare processes within a run, not runs across days.
 
     .venv/bin/python bench/ray_cpu.py [--duration 8] [--concurrency 32] [--variants as_is,quiet]
 
@@ -48,7 +49,13 @@ QUIET_ENV = {
     "RAY_enable_metrics_collection": "0",
     "RAY_task_events_report_interval_ms": "0",
 }
-VARIANTS = {"as_is": {}, "quiet": QUIET_ENV}
+# name: (the cluster's environment, the model's batching over the bench's own)
+VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
+    "as_is": ({}, {}),
+    "quiet": (QUIET_ENV, {}),
+    # Each replica sees half the clients: let a batch wait 1 ms for more of them.
+    "batch_wait": ({}, {"batch_timeout_micros": 1000}),
+}
 
 # (what the command line contains, the process's name here), the first match wins.
 NAMES = (
@@ -95,8 +102,8 @@ def by_process(before: dict[tuple[int, int], ProcStat], after: dict[tuple[int, i
     return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
-def measure(work: Path, endpoint: str, variant: str, env: dict[str, str], args: Any,
-            body: str) -> dict[str, Any]:
+def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> dict[str, Any]:
+    env, batching = VARIANTS[variant]
     cluster = LocalRayCluster(work, head_cpus=1, node_cpus=1, env={**CREDENTIALS, **env}).start()
     deployment: Deployment | None = None
     try:
@@ -105,7 +112,7 @@ def measure(work: Path, endpoint: str, variant: str, env: dict[str, str], args: 
                         "s3": {"endpoint_url": endpoint, "region": "us-east-1"}},
             "watch": {"poll_interval_seconds": 0.5},
             "tensorflow": DEFAULT_TENSORFLOW,
-            "models": [{"name": MODEL, "batching": DEFAULT_BATCHING,
+            "models": [{"name": MODEL, "batching": {**DEFAULT_BATCHING, **batching},
                         "base_path": f"s3://{BUCKET}/repo/{MODEL}"}],
         }, replicas=2)
         dep = deployment
@@ -134,7 +141,7 @@ def measure(work: Path, endpoint: str, variant: str, env: dict[str, str], args: 
         for name, seconds in load.items():
             print(f"  {name:28} idle {idle.get(name, 0.0):7.3f} s  load {seconds:7.3f} s  "
                   f"{per_1000.get(name, 0.0):.4f} s/1000", file=sys.stderr, flush=True)
-        return {"env": env, "window": summary, "idle_cpu_s": idle, "load_cpu_s": load,
+        return {"env": env, "batching": {**DEFAULT_BATCHING, **batching}, "window": summary, "idle_cpu_s": idle, "load_cpu_s": load,
                 "load_cpu_s_per_1000": per_1000}
     finally:
         if deployment is not None:
@@ -172,8 +179,7 @@ def main() -> None:
             s3.create_bucket(Bucket=BUCKET)
             upload(s3, write_mlp(work / "model", SIZES, seed=0), f"repo/{MODEL}/1", bucket=BUCKET)
             for variant in args.variants.split(","):
-                result["variants"][variant] = measure(work, endpoint, variant, VARIANTS[variant],
-                                                      args, body)
+                result["variants"][variant] = measure(work, endpoint, variant, args, body)
     finally:
         moto.stop()
     result["notes"] = ("CPU-seconds per process of the cluster's tree; the machine's 2 cores "
