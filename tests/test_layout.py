@@ -43,7 +43,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
     "loader.cluster": (
         "loader.base", "loader.sources", "loader.manager", "loader.servables", "loader.serving",
-        "loader.config", "loader.cluster", "loader.app.parts", "policies",
+        "loader.config", "loader.cluster", "loader.app.parts", "loader.app.servers",
+        "policies",
     ),
     "loader.app": ("loader", "policies"),
     "loader.__main__": ("loader.app",),

@@ -14,11 +14,8 @@ from pathlib import Path
 from tensorflow_serving.config import model_server_config_pb2
 
 from loader.app.parts import (
-    DRAIN_SECONDS,
     PortsTls,
     Storage,
-    grpc_limits,
-    http_limits,
     locations,
     log_targets,
     make_manager,
@@ -27,6 +24,7 @@ from loader.app.parts import (
     ports_tls,
     source_kind,
 )
+from loader.app.servers import DRAIN_SECONDS, grpc_server, rest_server
 from loader.base import Code, InvalidArgument, ServingError
 from loader.config.schema import Config, ConfigError, ModelConfig
 from loader.config.tfs_model_config import parse_model_server_config
@@ -37,13 +35,12 @@ from loader.serving.decode_budget import DecodeBudget
 from loader.serving.grpc.profiler import ProfilerForwarder
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.server import GrpcServer
-from loader.serving.grpc.services import GrpcApi
 from loader.serving.metrics import Metrics
 from loader.serving.operator_view import OperatorView
 from loader.serving.request_log import RequestLog
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.operator_page import OperatorPage
-from loader.serving.rest.server import RestServer, bind
+from loader.serving.rest.server import RestServer
 from loader.serving.tls import ServerTls
 from loader.sources.base import Source
 from policies.base import Phase
@@ -100,42 +97,28 @@ class Daemon:
         self.rest: RestServer | None = None
         self._rest_api: RestApi | None = None
         if serve_rest:  # TF Serving's --rest_api_port=0
-            self._rest_api = RestApi(
-                self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
-                body_timeout_seconds=server.body_timeout_seconds, metrics_path=metrics_path,
+            self._rest_api, self.rest = rest_server(
+                server, self.dataplane, self.metrics, budget, server.rest_port, tls=tls.rest,
+                metrics_path=metrics_path, request_log=self.request_log,
                 operator_page=OperatorPage(
                     self.operator_view, metrics=self.metrics,
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
-                decode_budget=budget, request_log=self.request_log,
-                request_timeout_seconds=server.request_timeout_seconds, cors=server.rest_cors,
-            )
-            self.rest = RestServer(
-                self._rest_api.app, bind(server.host, server.rest_port),
-                drain_timeout_seconds=DRAIN_SECONDS, fast_path=server.rest_fast_path,
-                limits=http_limits(server), metrics=self.metrics, tls=tls.rest,
             )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None
         if server.grpc_port:
             token = server.reload_token.get_secret_value() if server.reload_token else None
             guard = ReloadGuard(token or os.environ.get("MODELWATCH_RELOAD_TOKEN"), server.host)
-            grpc_api = GrpcApi(
-                self.dataplane, reload=self.reload_from_grpc, metrics=self.metrics, guard=guard,
-                max_decoded_bytes=server.max_decoded_tensor_bytes, decode_budget=budget,
-                max_message_bytes=server.max_request_bytes, request_log=self.request_log,
-                tensor_content=server.grpc_tensor_content,
-            )
             if server.enable_profiler:
                 from loader.servables.profiler import start_profiler_server
 
                 self._profiler = ProfilerForwarder(f"127.0.0.1:{start_profiler_server()}")
-            self.grpc = GrpcServer(
-                grpc_api, server.host, server.grpc_port, max_message_bytes=server.max_request_bytes,
-                max_workers=server.grpc_threads(), socket_path=server.grpc_socket_path,
-                channel_arguments=list(server.grpc_channel_arguments.items()),
-                limits=grpc_limits(server),
-                extra_handlers=[self._profiler] if self._profiler else [], tls=tls.grpc,
+            self.grpc = grpc_server(
+                server, self.dataplane, self.metrics, budget, server.grpc_port, tls=tls.grpc,
+                socket_path=server.grpc_socket_path,
+                extra_handlers=[self._profiler] if self._profiler else [],
+                reload=self.reload_from_grpc, guard=guard, request_log=self.request_log,
             )
 
     @property

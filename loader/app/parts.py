@@ -20,7 +20,6 @@ from loader.config.schema import (
     Config,
     ConfigError,
     ModelConfig,
-    ServerConfig,
     StorageConfig,
     TlsConfig,
 )
@@ -30,9 +29,6 @@ from loader.manager.memory_guard import MemoryGuard
 from loader.manager.process_memory import default_limit_bytes
 from loader.serving.metrics import Metrics
 from loader.serving.request_log import LogTarget
-from loader.serving.rest.allowed_hosts import allowed_hosts
-from loader.serving.rest.http_guard import HttpLimits
-from loader.serving.rest.open_files import connection_cap
 from loader.serving.tls import Pem, ServerTls, TlsError, read_pem_files
 from loader.sources.base import ModelLocation, Source, VersionsCallback
 from loader.sources.local import LocalSource
@@ -45,8 +41,6 @@ from policies.transition import TRANSITIONS
 log = logging.getLogger("modelwatch.storage")
 
 EVENT_SETTLE_SECONDS = 1.0
-# How long a stop lets the requests in flight finish (a pod's grace period must cover it).
-DRAIN_SECONDS = 30
 
 
 def selection_policy(model: ModelConfig) -> SelectionPolicy:
@@ -321,26 +315,3 @@ def ports_tls(tls: TlsConfig | None, ssl_config_file: Path | None = None) -> Por
         return PortsTls(rest=both, grpc=both)
     except TlsError as error:
         raise ConfigError(str(error)) from None
-
-
-def http_limits(server: ServerConfig) -> HttpLimits:
-    """The REST server's limits on connections and request heads, from `server.*`."""
-    return HttpLimits(
-        max_url_bytes=server.max_url_bytes,
-        max_header_bytes=server.max_header_bytes,
-        max_header_count=server.max_header_count,
-        header_timeout_seconds=server.header_timeout_seconds,
-        max_connections=connection_cap(server.max_connections),
-        allowed_hosts=allowed_hosts(server.host, server.allowed_hosts),
-    )
-
-
-def grpc_limits(server: ServerConfig) -> Any:
-    """The gRPC server's limits on connections and streams, from `server.grpc_*`."""
-    from loader.serving.grpc.server import GrpcLimits  # grpc: only where a server is built
-
-    return GrpcLimits(
-        server.grpc_max_metadata_bytes, server.grpc_max_concurrent_streams,
-        server.grpc_handshake_timeout_seconds, server.grpc_idle_connection_timeout_seconds,
-        server.grpc_max_connections,
-    )

@@ -196,12 +196,25 @@ def serve_forever(
         # No Serve proxy: the balancer is the endpoint, requests never cross Ray.
         serve.start(proxy_location="Disabled")
         listen = Listen(http_host, http_port, grpc_port)
-        serve.run(application(config, replicas, bounds, listen=listen), name=APP_NAME,
-                  route_prefix=None)
-        log.info("serving %d replica(s) on http://%s:%d (gRPC port %d)", replicas, http_host,
-                 http_port, grpc_port)
+        # Deployed without Serve's wait for RUNNING (TensorFlow's import and the first
+        # loads: minutes), which would hold off a SIGTERM until it ended; ours checks `stop`.
+        serve.run_many([serve.RunTarget(application(config, replicas, bounds, listen=listen),
+                                        name=APP_NAME, route_prefix=None)],
+                       wait_for_ingress_deployment_creation=False,
+                       wait_for_applications_running=False)
+        running = False
         while not stop.wait(0.5):  # with a timeout, as `modelwatch serve` (app/cli.py) says why
-            pass
+            if not running and (running := _running()):
+                log.info("serving %d replica(s) on http://%s:%d (gRPC port %d)", replicas,
+                         http_host, http_port, grpc_port)
         serve.delete(APP_NAME)
     finally:
         ray.shutdown()
+
+
+def _running() -> bool:
+    """Whether the application runs; a failed deployment raises, as `serve.run` does."""
+    status = serve.status().applications.get(APP_NAME)
+    if status is not None and status.status == "DEPLOY_FAILED":
+        raise RuntimeError(f"deploying application {APP_NAME} failed: {status.message}")
+    return status is not None and status.status == "RUNNING"

@@ -23,7 +23,8 @@ from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from loader.app.parts import DRAIN_SECONDS, Storage, grpc_limits, http_limits, make_manager
+from loader.app.parts import Storage, make_manager
+from loader.app.servers import DRAIN_SECONDS, grpc_server, rest_server
 from loader.base import Code
 from loader.cluster.messages import Endpoint, ModelState, Orders, Report
 from loader.cluster.routing import Gate, RoutedDataPlane
@@ -32,7 +33,6 @@ from loader.manager.harness import Transition
 from loader.manager.manager import ModelSpec
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics
-from loader.serving.rest.app import RestApi
 from policies.selection import All
 from policies.transition import availability_preserving
 
@@ -101,38 +101,18 @@ class Replica:
         builds them from `server.*`: the REST fast path, batching, metrics, the limits."""
         from starlette.routing import Route
 
-        from loader.serving.grpc.server import GrpcServer
-        from loader.serving.grpc.services import GrpcApi
-        from loader.serving.rest.server import RestServer, bind
-
         server = self._config.server.model_copy(update={"host": host})
         budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
-        rest = RestApi(
-            self.dataplane, self.metrics, max_request_bytes=server.max_request_bytes,
-            body_timeout_seconds=server.body_timeout_seconds, decode_budget=budget,
-            request_timeout_seconds=server.request_timeout_seconds, cors=server.rest_cors,
+        self._grpc = grpc_server(server, self.dataplane, self.metrics, budget, 0)
+        self._grpc.start()
+        _, self._rest = rest_server(
+            server, self.dataplane, self.metrics, budget, 0,
             routes=[Route(REPLICAS_PATH, self._replicas_table, methods=["GET"])],
-        )
-        grpc = GrpcServer(
-            GrpcApi(self.dataplane, metrics=self.metrics, decode_budget=budget,
-                    max_decoded_bytes=server.max_decoded_tensor_bytes,
-                    max_message_bytes=server.max_request_bytes,
-                    tensor_content=server.grpc_tensor_content),
-            host, 0, max_message_bytes=server.max_request_bytes,
-            max_workers=server.grpc_threads(),
-            channel_arguments=list(server.grpc_channel_arguments.items()),
-            limits=grpc_limits(server),
-        )
-        grpc.start()
-        self._grpc = grpc
-        self._rest = RestServer(
-            rest.app, bind(host, 0), drain_timeout_seconds=DRAIN_SECONDS,
-            fast_path=server.rest_fast_path, limits=http_limits(server), metrics=self.metrics,
         )
         self._rest.start()
         if not self._rest.wait_started(30):
             raise RuntimeError("the replica's REST server did not start")
-        self.endpoint = Endpoint(host, self._rest.port, grpc.port)
+        self.endpoint = Endpoint(host, self._rest.port, self._grpc.port)
         if self._changed is not None:
             self._changed.set()  # the watcher hears of the endpoint at once
         return self.endpoint

@@ -52,6 +52,9 @@ class Bounds:
     hold_seconds: float = 5.0  # every live replica must hold within this, or the flip aborts
     retry_seconds: float = 5.0  # after an abort, the next flip waits this long
     replica_timeout_seconds: float = 15.0  # a replica not heard from for this long is gone
+    # A (re)started watcher decides nothing for this long after its first report: every
+    # live replica reports within a heartbeat, so it takes over from all of them at once.
+    settle_seconds: float = 2.0
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class Watcher:
         self._rollouts: dict[str, Rollout] = {}
         self._replicas: dict[str, _Replica] = {}
         self._born = time.monotonic()
+        self._first_report: float | None = None  # monotonic time of the first replica's report
         self._flip_seed = time.time_ns() // 1_000_000  # hold ids never repeat across restarts
         self._orders = Orders(uuid.uuid4().hex[:12], 0)
         self._backends: dict[str, Endpoint] = {}  # the live, serving replicas' endpoints
@@ -109,6 +110,8 @@ class Watcher:
                 return
             failed = self._newly_failed(known.report if known else None, report)
             self._replicas[report.replica] = _Replica(report, time.monotonic())
+            if self._first_report is None:
+                self._first_report = time.monotonic()
             self._decide()
         # A replica's failed load is storage's news too: the sources look at that version on
         # every poll until its content changes, so a fixed upload rolls out within a poll or two.
@@ -214,8 +217,13 @@ class Watcher:
             if now - seen.seen > FORGET_AFTER_TIMEOUTS * self._bounds.replica_timeout_seconds:
                 del self._replicas[name]
         reports = [self._replicas[r].report for r in alive]
+        # After a (re)start, hear every live replica before telling anyone anything: a
+        # watcher that took over from the first replica alone could route back the version
+        # a flip left behind, or drop from the balancer the replicas not heard from yet.
+        settled = (self._first_report is not None
+                   and now - self._first_report >= self._bounds.settle_seconds)
         backends = {r.replica: r.endpoint for r in reports if r.serving and r.endpoint}
-        if backends != self._backends:
+        if settled and backends != self._backends:
             self._backends = backends
             self._wake()
         changed = False
@@ -224,8 +232,8 @@ class Watcher:
             rollout = self._rollouts.get(model)
             if rollout is None:
                 waited = now - self._born >= self._bounds.replica_timeout_seconds
-                if not reports and not waited:
-                    continue  # after a restart, let replicas say what they route first
+                if not settled and not waited:
+                    continue
                 routed = [r.models[model].routed for r in reports if model in r.models]
                 rollout = start(target, routed, self._flip_seed)
             replicas = {

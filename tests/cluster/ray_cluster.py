@@ -148,6 +148,7 @@ class Deployment:
 
     def __init__(self, tmp_path: Path, cluster: LocalRayCluster, env: Mapping[str, str],
                  config: dict[str, Any], replicas: int = 2) -> None:
+        self.config = config
         path = tmp_path / "config.yaml"
         path.write_text(yaml.safe_dump(config))
         self.port, self.grpc_port = free_port(), free_port()

@@ -2,8 +2,10 @@
 machine) with `modelwatch ray` deploying 2 replicas that serve from moto's S3 server, and
 requests going through the cluster's balancer (HAProxy) straight to the replicas' own REST
 and gRPC ports: versions 2 to 5 roll out while 8 clients (4 REST, 4 gRPC with TF Serving's
-stubs) send requests, then one replica is killed with SIGKILL under that load; last,
-`modelwatch ray` gets SIGTERM and must exit 0 having deleted its application.
+stubs) send requests, then one replica is killed with SIGKILL under that load, then the
+watcher (its successor takes over from the replicas, and version 6 still rolls out); last,
+`modelwatch ray` gets SIGTERM and must exit 0 having deleted its application, and again
+while an application of 3 replicas (which cannot all be placed) deploys.
 
 Version v of the test model answers y = 0.5 * x + v, so every answer names its version.
 One test, one cluster: each start of Ray and of a replica's TensorFlow costs many seconds.
@@ -47,6 +49,7 @@ BUCKET = "models"
 CLIENTS = 8  # half over REST, half over gRPC
 LAST = 5  # versions 2 to LAST roll out under load
 REPLICA_TITLE = "ServeReplica:modelwatch:ReplicaDeployment"
+WATCHER_TITLE = "ServeReplica:modelwatch:WatcherDeployment"
 upload = partial(_upload, bucket=BUCKET)
 
 
@@ -133,6 +136,12 @@ def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going
     def live() -> list[dict[str, Any]]:
         return [r for r in deployment.replicas()["replicas"] if r["live"] and r["serving"]]
 
+    def rollout() -> dict[str, Any] | None:
+        try:
+            return dict(deployment.replicas()["rollouts"]["m"])
+        except (httpx.HTTPError, KeyError):
+            return None  # the watcher restarts, or has not decided yet
+
     def all_on(version: int) -> Callable[[], bool]:
         def check() -> bool:
             replicas = live()
@@ -174,17 +183,33 @@ def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going
             wait_until(all_on(LAST), 60,
                        "the new replica to route the latest version, never an older one")
             wait_until(clients.answered_again(), 60, "every client to be answered after the kill")
+
+            # The watcher killed under load: the replicas go on serving what is routed, and
+            # the watcher Serve starts in its place takes over from what they report: it
+            # routes the latest version without a flip of its own, and still rolls out.
+            failed_before = len(clients.failures)
+            (watcher,) = cluster.processes(WATCHER_TITLE)
+            watcher.send_signal(signal.SIGKILL)
+            wait_until(lambda: (r := rollout()) is not None and r["flips"] == 0, 300,
+                       "a new watcher to answer")
+            assert (rollout() or {})["routed"] == [LAST]
+            wait_until(all_on(LAST), 60, "both replicas to report to the new watcher")
+            wait_until(clients.answered_again(), 60, "every client to be answered after it")
+            upload(s3, model_builder.built(LAST + 1), f"repo/m/{LAST + 1}")
+            wait_until(all_on(LAST + 1), 300, "the new watcher to roll out the next version")
+            wait_until(clients.answered_again(), 60, "every client to be answered after that")
+            assert clients.failures[failed_before:] == [], "the watcher's kill failed requests"
         # The balancer resends a request whose connection failed or was closed unanswered,
         # so the kill costs at most the requests in flight at that replica: one per client.
         print(f"requests failed around the kill: {len(clients.failures)}: {clients.failures[:8]}")
         assert len(clients.failures) <= CLIENTS, clients.failures
         for versions in clients.seen:
-            assert versions[-1] == LAST
+            assert versions[-1] == LAST + 1
             assert versions == sorted(versions), "a client saw a version, then an older one"
         rollouts = deployment.replicas()["rollouts"]["m"]
-        assert (rollouts["routed"], rollouts["stage"]) == ([LAST], "steady")
+        assert (rollouts["routed"], rollouts["stage"], rollouts["flips"]) == ([LAST + 1], "steady", 1)
         status = httpx.get(f"{deployment.url}/v1/models/m", timeout=10).json()
-        assert status["model_version_status"][0]["version"] == str(LAST)
+        assert status["model_version_status"][0]["version"] == str(LAST + 1)
         assert status["model_version_status"][0]["state"] == "AVAILABLE"
 
         # SIGTERM, as Kubernetes and systemd stop it (Ray's driver takes it over in
@@ -200,3 +225,13 @@ def test_rollouts_and_a_killed_replica_through_the_balancer_with_no_client_going
         raise
     finally:
         deployment.stop()
+
+    # SIGTERM while the application deploys: 3 replicas of one CPU each on 2 nodes of one
+    # CPU, so it never runs; `modelwatch ray` must not wait for it to (Serve's own wait is
+    # endless here: Deployment.stop would have to kill it), but exit 0 having deleted it.
+    with Deployment(tmp_path, cluster, CREDENTIALS, deployment.config, replicas=3) as deploying:
+        wait_until(lambda: "modelwatch" in serve_state(cluster)["applications"], 120,
+                   "the application to be deploying", interval=1)
+        assert deploying.stop() == 0, deploying.log()
+        wait_until(lambda: application_deleted(cluster), 120,
+                   "the deploying application to be gone", interval=1)

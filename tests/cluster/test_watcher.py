@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from loader.base import VersionRef
-from loader.cluster.messages import ModelState, Report
+from loader.cluster.messages import Endpoint, ModelState, Report
+from loader.cluster.rollout import Bounds
 from loader.cluster.watcher import Watcher
 from loader.config.schema import parse_config
 from loader.sources.base import ModelLocation
+from tests.daemon_process import wait_until
 
 
 class RecordingSource:
@@ -57,10 +59,8 @@ def test_the_balancers_backends_are_the_live_serving_replicas_and_a_change_wakes
 ) -> None:
     import asyncio
 
-    from loader.cluster.messages import Endpoint
-
     config = parse_config({"models": [{"name": "m", "base_path": str(tmp_path / "m")}]})
-    watcher = Watcher(config)
+    watcher = Watcher(config, Bounds(settle_seconds=0))
     a, b = Endpoint("10.0.0.1", 1, 2), Endpoint("10.0.0.2", 3, 4)
     state = ModelState(available=frozenset({1}), failed={}, routed=frozenset({1}), held=None)
 
@@ -75,3 +75,34 @@ def test_the_balancers_backends_are_the_live_serving_replicas_and_a_change_wakes
         assert await asyncio.wait_for(waiting, 10) == {"a": a, "b": b}
 
     asyncio.run(scenario())
+
+
+def test_a_restarted_watcher_hears_every_replica_before_it_decides_so_a_flip_cut_short_goes_forward(
+    tmp_path: Path,
+) -> None:
+    """The watcher died mid-flip: replica a still holds version 1, b has flipped to 2 and
+    answered from it. Its successor must not take over from a alone (and route 1 again, on
+    b too): it waits for every replica's report, then routes 2 everywhere."""
+    import asyncio
+
+    config = parse_config({"models": [{"name": "m", "base_path": str(tmp_path / "m")}]})
+    watcher = Watcher(config, Bounds(settle_seconds=0.5))
+    watcher._sources = []  # storage's listing is given below
+    watcher.on_versions("m", {v: VersionRef(str(tmp_path / f"m/{v}"), f"fp-{v}") for v in (1, 2)})
+    both = frozenset({1, 2})
+    a, b = Endpoint("10.0.0.1", 1, 2), Endpoint("10.0.0.2", 3, 4)
+    watcher.report(Report("a", "node", 1, True, {"m": ModelState(both, {}, frozenset({1}), 7)},
+                          ("old-watcher", 9), a))
+    assert watcher.orders.models == {}, "decided on one replica's word"
+    assert asyncio.run(watcher.backends({}, 0.1)) == {}
+    watcher.report(Report("b", "node", 1, True, {"m": ModelState(both, {}, frozenset({2}), None)},
+                          ("old-watcher", 10), b))
+    watcher.start()
+    try:
+        wait_until(lambda: "m" in watcher.orders.models, 30, "the watcher's first orders")
+        order = watcher.orders.models["m"]
+        assert (order.routed, order.hold) == (frozenset({2}), None)
+        assert asyncio.run(watcher.backends({}, 5)) == {"a": a, "b": b}
+    finally:
+        watcher.stop()
+        watcher.join(10)
