@@ -76,6 +76,8 @@ HEAVY: dict[str, set[str]] = {
     "grpc": {
         "loader.serving.grpc.answers", "loader.serving.grpc.health", "loader.serving.grpc.profiler",
         "loader.serving.grpc.server", "loader.serving.grpc.services",
+        # protoc's stubs for the Open Inference Protocol, generated at build time (setup.py).
+        "loader.serving.grpc.open_inference_grpc_pb2_grpc",
     },
     "ray": {"loader.cluster.application"},
 }
