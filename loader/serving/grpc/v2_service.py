@@ -1,0 +1,184 @@
+"""The Open Inference Protocol's gRPC service (`inference.GRPCInferenceService`, KServe v2)
+over the data plane, beside TF Serving's services on the same server.
+
+A thin adapter: requests become `loader.serving.v2.inference` requests, answers become
+protos, errors become statuses with the core's words (NOT_FOUND for an unknown model or
+version, INVALID_ARGUMENT for a request that does not fit). Inputs come as
+`raw_input_contents` (one per input, in order) or as each input's typed `contents`, not both
+(as Triton refuses); outputs always go in `raw_output_contents`, as Triton's do
+(tritonclient's `as_numpy` reads only those). The limits are TF Serving Predict's over gRPC
+(`PredictInputs`): the decoded size, the decode budget, the send limit, the deadline.
+The code under `open_inference_grpc_pb2*` is generated at build time (setup.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+
+from loader.base import InvalidArgument, NotFound
+from loader.serving.dataplane import DataPlane
+from loader.serving.grpc import open_inference_grpc_pb2 as pb
+from loader.serving.grpc import open_inference_grpc_pb2_grpc as pb_grpc
+from loader.serving.grpc.answers import Answerer
+from loader.serving.grpc.predict_inputs import PredictInputs
+from loader.serving.v2 import datatypes, inference
+from loader.serving.v2.inference import InferAnswer, InferRequest, InputTensor, RequestedOutput
+
+# Answers of up to this many bytes of outputs are built on the event loop; larger ones on a
+# worker thread, measured against the send limit.
+INLINE_OUTPUT_BYTES = 64 * 1024
+# Each datatype's typed field of InferTensorContents (FP16 has none: raw only).
+_CONTENTS = {
+    "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+    "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+    "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+    "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+
+
+def parameters(given: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
+    """A request's parameters as plain values (an unset one is None)."""
+    return {
+        key: getattr(value, choice) if (choice := value.WhichOneof("parameter_choice")) else None
+        for key, value in given.items()
+    }
+
+
+def version_number(model: str, version: str) -> int | None:
+    """A request's version: "" is the latest; a version that is no number names none."""
+    if not version:
+        return None
+    if not version.isdigit():
+        raise NotFound(f"Request for unknown model: '{model}' version {version} is not found")
+    return int(version)
+
+
+def infer_request(request: pb.ModelInferRequest) -> InferRequest:
+    """The core's request from the proto: each input with its raw bytes or typed data."""
+    model = request.model_name
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidArgument(
+            f"expected {len(request.inputs)} raw_input_contents, one for each input, for model "
+            f"'{model}', got {len(raw)}"
+        )
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        common = (tensor.name, tensor.datatype, tuple(tensor.shape))
+        given = parameters(tensor.parameters)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidArgument(
+                    f"contents field must not be specified when using raw_input_contents for "
+                    f"'{tensor.name}' for model '{model}'"
+                )
+            inputs.append(InputTensor(*common, raw=raw[index], parameters=given))
+            continue
+        field = _CONTENTS.get(tensor.datatype)
+        if tensor.datatype == "FP16":
+            raise InvalidArgument(
+                f"input '{tensor.name}' is FP16, which has no typed contents: send it in "
+                f"raw_input_contents (model '{model}')"
+            )
+        # A datatype not served has no data: the core's check names it against the signature.
+        data = None if field is None else list(getattr(tensor.contents, field))
+        inputs.append(InputTensor(*common, data=data, parameters=given))
+    return InferRequest(
+        model,
+        version_number(model, request.model_version),
+        inputs,
+        [RequestedOutput(o.name, parameters=parameters(o.parameters)) for o in request.outputs],
+        id=request.id or None,
+        parameters=parameters(request.parameters),
+    )
+
+
+def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
+    """The proto of an answer, every output's bytes in `raw_output_contents`."""
+    response = pb.ModelInferResponse(
+        model_name=answer.model_name, model_version=answer.model_version, id=answer.id or ""
+    )
+    for output in answer.outputs:
+        response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+        response.raw_output_contents.append(datatypes.to_raw(output.array, output.datatype))
+    return response
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer.
+
+    Counted in the metrics under the APIs `v2_health`, `v2_metadata` and `v2_infer`.
+    """
+
+    def __init__(self, dataplane: DataPlane, answer: Answerer, inputs: PredictInputs) -> None:
+        self._dataplane = dataplane
+        self._answer = answer
+        self._inputs = inputs
+
+    def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return self._answer(context, "v2_health", "", lambda: pb.ServerLiveResponse(live=True))
+
+    def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return self._answer(context, "v2_health", "", lambda: pb.ServerReadyResponse(
+            ready=inference.server_ready(self._dataplane)))
+
+    def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        def ready() -> pb.ModelReadyResponse:
+            try:
+                version = version_number(request.name, request.version)
+            except NotFound:
+                return pb.ModelReadyResponse(ready=False)
+            return pb.ModelReadyResponse(
+                ready=inference.model_ready(self._dataplane, request.name, version))
+
+        return self._answer(context, "v2_health", request.name, ready)
+
+    def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return self._answer(context, "v2_metadata", "", lambda: pb.ServerMetadataResponse(
+            **inference.server_metadata()))
+
+    def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        def metadata() -> pb.ModelMetadataResponse:
+            version = version_number(request.name, request.version)
+            found = inference.model_metadata(self._dataplane, request.name, version)
+            return pb.ModelMetadataResponse(**found)
+
+        return self._answer(context, "v2_metadata", request.name, metadata)
+
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """On the event loop, as TF Serving's Predict: a batched request waits for its batch
+        without a thread."""
+        return await self._answer.answer_async(
+            context, "v2_infer", request.model_name,
+            lambda: self._infer(request, context.time_remaining()),
+        )
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, remaining: float | None
+    ) -> pb.ModelInferResponse:
+        deadline = None if remaining is None else time.monotonic() + remaining
+        asked = infer_request(request)
+        self._inputs.check_decoded(inference.decoded_nbytes(asked))
+        answer = await self._inputs.budgeted(lambda budget: inference.infer(
+            self._dataplane, asked, budget=budget, deadline=deadline))
+        if sum(output.array.nbytes for output in answer.outputs) <= INLINE_OUTPUT_BYTES:
+            return infer_response(answer)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._inputs.bounded(infer_response(answer)))
