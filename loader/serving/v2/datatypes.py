@@ -111,28 +111,34 @@ def decoded_nbytes(datatype: str, shape: Sequence[int], wire_bytes: int) -> int:
     return count * numpy_dtype(datatype).itemsize
 
 
-def from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview, what: str) -> np.ndarray:
-    """A tensor from its raw bytes, which must be exactly what `shape` needs."""
+def check_raw_size(datatype: str, shape: Sequence[int], size: int, what: str) -> int:
+    """Refuse raw bytes that cannot be a tensor of `shape`: not exactly its size (fixed-size
+    datatypes), or too few for its elements' lengths (BYTES). Returns the element count."""
     count = element_count(shape, what)
     if datatype == "BYTES":
+        if count * _LENGTH.size > size:  # each element needs its length at least
+            raise InvalidArgument(
+                f"unexpected number of string elements for {what}: {size} bytes cannot hold "
+                f"{count} elements"
+            )
+        return count
+    expected = count * numpy_dtype(datatype).itemsize
+    if size != expected:
+        raise InvalidArgument(f"unexpected total byte size {size} for {what}, expecting {expected}")
+    return count
+
+
+def from_raw(datatype: str, shape: Sequence[int], raw: bytes | memoryview, what: str) -> np.ndarray:
+    """A tensor from its raw bytes, which must be exactly what `shape` needs."""
+    count = check_raw_size(datatype, shape, len(raw), what)
+    if datatype == "BYTES":
         return _bytes_from_raw(count, shape, raw, what)
-    dtype = numpy_dtype(datatype)
-    expected = count * dtype.itemsize
-    if len(raw) != expected:
-        raise InvalidArgument(
-            f"unexpected total byte size {len(raw)} for {what}, expecting {expected}"
-        )
-    return np.frombuffer(raw, dtype).reshape(shape)
+    return np.frombuffer(raw, numpy_dtype(datatype)).reshape(shape)
 
 
 def _bytes_from_raw(
     count: int, shape: Sequence[int], raw: bytes | memoryview, what: str
 ) -> np.ndarray:
-    if count * _LENGTH.size > len(raw):  # each element needs its length at least
-        raise InvalidArgument(
-            f"unexpected number of string elements for {what}: {len(raw)} bytes cannot hold "
-            f"{count} elements"
-        )
     view = memoryview(raw)
     values = np.empty(count, dtype=object)
     offset = 0
@@ -172,14 +178,9 @@ def _as_bytes(item: Any) -> bytes:
 def from_json(datatype: str, shape: Sequence[int], data: Any, what: str) -> np.ndarray:
     """A tensor from JSON `data` (or gRPC's typed contents): flat or nested lists, read
     row-major, holding exactly the shape's element count of values of the datatype's kind."""
-    count = element_count(shape, what)
     dtype = numpy_dtype(datatype)
-    flat = _flatten(data)
-    if len(flat) != count:
-        raise InvalidArgument(
-            f"unexpected number of elements for {what}: shape {shape_text(shape)} needs {count}, "
-            f"got {len(flat)}"
-        )
+    flat = check_data_count(shape, data, what)
+    count = len(flat)
     accepted = _JSON_KINDS[dtype.kind]
     if not all(type(value) in accepted for value in flat):
         wrong = next(value for value in flat if type(value) not in accepted)
@@ -196,6 +197,18 @@ def from_json(datatype: str, shape: Sequence[int], data: Any, what: str) -> np.n
         raise InvalidArgument(
             f"unable to parse 'data' of {what}: a value is out of range for {datatype}"
         ) from None
+
+
+def check_data_count(shape: Sequence[int], data: Any, what: str) -> list[Any]:
+    """Refuse data that does not hold exactly the shape's element count; its values, flat."""
+    count = element_count(shape, what)
+    flat = _flatten(data)
+    if len(flat) != count:
+        raise InvalidArgument(
+            f"unexpected number of elements for {what}: shape {shape_text(shape)} needs {count}, "
+            f"got {len(flat)}"
+        )
+    return flat
 
 
 # The JSON values each numpy kind takes (a bool is no number here, as in Triton).

@@ -213,6 +213,17 @@ def decoded_nbytes(request: InferRequest) -> int:
     )
 
 
+def check_sizes(request: InferRequest) -> None:
+    """Refuse inputs whose raw bytes or data cannot be their shapes (before reserving what
+    their shapes would decode to: a huge shape with a few bytes is refused, not reserved)."""
+    for tensor in request.inputs:
+        what = f"input '{tensor.name}'"
+        if tensor.raw is not None:
+            datatypes.check_raw_size(tensor.datatype, tensor.shape, len(tensor.raw), what)
+        elif tensor.data is not None:
+            datatypes.check_data_count(tensor.shape, tensor.data, what)
+
+
 def decode_inputs(request: InferRequest) -> dict[str, np.ndarray]:
     """The request's inputs as arrays, each checked to be exactly its shape's size."""
     return {tensor.name: decode_input(tensor) for tensor in request.inputs}
@@ -265,6 +276,7 @@ async def infer(
     need = decoded_nbytes(request)
     held = 0
     if budget is not None and need > SMALL_DECODE_BYTES:
+        check_sizes(request)
         held = await budget.reserve(need, "this request's inputs")
     try:
         with await dataplane.hold_async(request.model, request.version) as lease:
