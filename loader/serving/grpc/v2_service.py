@@ -112,7 +112,8 @@ def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer.
 
-    Counted in the metrics under the APIs `v2_health`, `v2_metadata` and `v2_infer`.
+    Counted in the metrics under the APIs `server_live`, `server_ready`, `server_metadata`,
+    `model_ready`, `model_metadata` and `infer` (those of the REST side where it has them).
     """
 
     def __init__(self, dataplane: DataPlane, answer: Answerer, inputs: PredictInputs) -> None:
@@ -123,12 +124,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
     ) -> pb.ServerLiveResponse:
-        return self._answer(context, "v2_health", "", lambda: pb.ServerLiveResponse(live=True))
+        return self._answer(context, "server_live", "", lambda: pb.ServerLiveResponse(live=True))
 
     def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
     ) -> pb.ServerReadyResponse:
-        return self._answer(context, "v2_health", "", lambda: pb.ServerReadyResponse(
+        return self._answer(context, "server_ready", "", lambda: pb.ServerReadyResponse(
             ready=inference.server_ready(self._dataplane)))
 
     def ModelReady(
@@ -142,12 +143,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             return pb.ModelReadyResponse(
                 ready=inference.model_ready(self._dataplane, request.name, version))
 
-        return self._answer(context, "v2_health", request.name, ready)
+        return self._answer(context, "model_ready", request.name, ready)
 
     def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return self._answer(context, "v2_metadata", "", lambda: pb.ServerMetadataResponse(
+        return self._answer(context, "server_metadata", "", lambda: pb.ServerMetadataResponse(
             **inference.server_metadata()))
 
     def ModelMetadata(
@@ -158,7 +159,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             found = inference.model_metadata(self._dataplane, request.name, version)
             return pb.ModelMetadataResponse(**found)
 
-        return self._answer(context, "v2_metadata", request.name, metadata)
+        return self._answer(context, "model_metadata", request.name, metadata)
 
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -166,7 +167,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         """On the event loop, as TF Serving's Predict: a batched request waits for its batch
         without a thread."""
         return await self._answer.answer_async(
-            context, "v2_infer", request.model_name,
+            context, "infer", request.model_name,
             lambda: self._infer(request, context.time_remaining()),
         )
 

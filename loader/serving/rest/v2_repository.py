@@ -4,7 +4,7 @@
 Their bodies are small JSON objects (`{"ready": true}`, `{"parameters": {...}}`) or empty;
 one past MAX_BODY_BYTES is refused (413) unread. Answers and errors are Triton's: the index
 as a JSON list, an empty 200 for a load or an unload, `{"error": ...}` otherwise. Counted
-in the metrics under the API `v2_repository` (transport rest).
+in the metrics under the APIs `repository_index`, `repository_load`, `repository_unload`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from loader.serving.rest.error_answers import error_answer, too_large
 from loader.serving.v2.repository import Repository
 
 MAX_BODY_BYTES = 64 * 1024
-API = "v2_repository"
 
 
 class RepositoryRoutes:
@@ -49,7 +48,7 @@ class RepositoryRoutes:
             return Response(orjson.dumps(self._repository.index(ready)),
                             media_type="application/json")
 
-        return await self._answer(request, "", index)
+        return await self._answer(request, "repository_index", "", index)
 
     async def _load(self, request: Request) -> Response:
         model = request.path_params["model"]
@@ -58,7 +57,7 @@ class RepositoryRoutes:
             await run_in_threadpool(self._repository.load, model, _parameters(body))
             return Response(b"", media_type="application/json")
 
-        return await self._answer(request, model, load)
+        return await self._answer(request, "repository_load", model, load)
 
     async def _unload(self, request: Request) -> Response:
         model = request.path_params["model"]
@@ -68,12 +67,13 @@ class RepositoryRoutes:
             await run_in_threadpool(self._repository.unload, model)
             return Response(b"", media_type="application/json")
 
-        return await self._answer(request, model, unload)
+        return await self._answer(request, "repository_unload", model, unload)
 
     async def _answer(
-        self, request: Request, model: str, handle: Callable[[dict[str, Any]], Awaitable[Response]]
+        self, request: Request, api: str, model: str,
+        handle: Callable[[dict[str, Any]], Awaitable[Response]],
     ) -> Response:
-        with self._metrics.request("rest", API) as outcome:
+        with self._metrics.request("rest", api) as outcome:
             outcome.model = model
             try:
                 return await handle(await self._body(request))
