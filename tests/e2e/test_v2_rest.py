@@ -24,6 +24,7 @@ from tests.savedmodels import V2_IDENTITY_DTYPES, ModelBuilder, write_identity_m
 pytestmark = pytest.mark.e2e
 
 IDENTITY, LINEAR = "identity", "linear"
+HEADER = "inference-header-content-length"
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +167,23 @@ def test_a_version_is_served_as_asked(client: triton.InferenceServerClient) -> N
     np.testing.assert_allclose(latest.as_numpy("y").ravel(), 0.5 * xs + 2)
 
 
+def test_infer_on_the_asgi_path_answers_as_on_the_fast_path(daemon: DaemonProcess) -> None:
+    # A query string leaves the fast path: the ASGI app answers, with the same headers.
+    body, headers = binary_request([2, 1], 8, np.array([2, 4], np.float32).tobytes())
+    head = orjson.dumps({"inputs": orjson.loads(body[: int(headers[HEADER])])["inputs"],
+                         "parameters": {"binary_data_output": True}})
+    assert daemon.client is not None
+    for path in (f"/v2/models/{LINEAR}/infer?via=asgi", f"/v2/models/{LINEAR}/infer"):
+        answer = daemon.client.post(path, content=head + body[int(headers[HEADER]):],
+                                    headers={HEADER: str(len(head))})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["content-type"] == "application/octet-stream"
+        length = int(answer.headers[HEADER])
+        output = orjson.loads(answer.content[:length])["outputs"][0]
+        assert output["parameters"] == {"binary_data_size": 8}
+        assert np.frombuffer(answer.content[length:], "<f4").tolist() == [3.0, 4.0]
+
+
 def refused(call: Any) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as error:
         call()
@@ -270,7 +288,7 @@ def binary_request(shape: list[int], size: int, data: bytes, datatype: str = "FP
         "name": "x", "datatype": datatype, "shape": shape,
         "parameters": {"binary_data_size": size},
     }]})
-    return head + data, {"inference-header-content-length": str(len(head))}
+    return head + data, {HEADER: str(len(head))}
 
 
 @pytest.mark.parametrize(
