@@ -9,8 +9,9 @@ Every variant's answer is checked against TF Serving REST's first. Variants:
 
 - `tfs_rest`: `POST /v1/models/mlp:predict`, `{"instances": [[64 floats]]}`
 - `v2_rest`: `POST /v2/models/mlp/infer`, the same row as JSON `data`
-- `tfs_grpc`: `tensorflow.serving.PredictionService/Predict` (add `v2_grpc`, ModelInfer,
-  to VARIANTS once the daemon serves it)
+- `tfs_grpc`: `tensorflow.serving.PredictionService/Predict`, the row as a TensorProto
+- `v2_grpc`: `inference.GRPCInferenceService/ModelInfer`, the row in `raw_input_contents`
+  (as tritonclient.grpc sends it)
 
     .venv/bin/python bench/v2_protocol.py [--variants tfs_rest,v2_rest] [--rounds 4]
         [--duration 10] [--concurrency 32]
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import struct
 import sys
 import tempfile
 from collections.abc import Callable
@@ -72,6 +74,28 @@ def _tfs_grpc_answer(daemon: DaemonProcess, row: list[float]) -> list[float]:
     return [float(v) for v in grpc_predict(daemon.grpc_port, MODEL, row)]
 
 
+def _v2_grpc_request(row: list[float]) -> bytes:
+    from loader.serving.grpc import open_inference_grpc_pb2 as pb
+
+    request = pb.ModelInferRequest(
+        model_name=MODEL, raw_input_contents=[struct.pack(f"<{len(row)}f", *row)])
+    request.inputs.add(name="x", datatype="FP32", shape=[1, len(row)])
+    return request.SerializeToString()
+
+
+def _v2_grpc_answer(daemon: DaemonProcess, row: list[float]) -> list[float]:
+    import grpc
+
+    from loader.serving.grpc import open_inference_grpc_pb2 as pb
+    from loader.serving.grpc import open_inference_grpc_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{daemon.grpc_port}") as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(
+            pb.ModelInferRequest.FromString(_v2_grpc_request(row)), timeout=30)
+    raw = answer.raw_output_contents[0]
+    return list(struct.unpack(f"<{len(raw) // 4}f", raw))
+
+
 VARIANTS: dict[str, Variant] = {
     "tfs_rest": Variant("rest", f"/v1/models/{MODEL}:predict",
                         lambda row: json.dumps({"instances": [row]}, separators=(",", ":")),
@@ -80,6 +104,8 @@ VARIANTS: dict[str, Variant] = {
     "tfs_grpc": Variant("grpc", "/tensorflow.serving.PredictionService/Predict",
                         lambda row: grpc_frame(predict_request_bytes(MODEL, row)),
                         _tfs_grpc_answer),
+    "v2_grpc": Variant("grpc", "/inference.GRPCInferenceService/ModelInfer",
+                       lambda row: grpc_frame(_v2_grpc_request(row)), _v2_grpc_answer),
 }
 
 

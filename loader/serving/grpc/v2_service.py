@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+import numpy as np
 
 from loader.base import InvalidArgument, NotFound
 from loader.serving.dataplane import DataPlane
@@ -27,6 +28,7 @@ from loader.serving.grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.predict_inputs import PredictInputs
 from loader.serving.v2 import datatypes, inference
+from loader.serving.v2.datatypes import shape_text
 from loader.serving.v2.inference import InferAnswer, InferRequest, InputTensor, RequestedOutput
 
 # Answers of up to this many bytes of outputs are built on the event loop; larger ones on a
@@ -38,6 +40,12 @@ _CONTENTS = {
     "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
     "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
     "FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents",
+}
+_FIELD_DTYPES = {  # each numeric field's own type
+    "bool_contents": np.dtype(np.bool_), "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64), "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64), "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
 }
 
 
@@ -58,8 +66,13 @@ def version_number(model: str, version: str) -> int | None:
     return int(version)
 
 
-def infer_request(request: pb.ModelInferRequest) -> InferRequest:
-    """The core's request from the proto: each input with its raw bytes or typed data."""
+def infer_request(
+    request: pb.ModelInferRequest, limit: Callable[[int], None]
+) -> InferRequest:
+    """The core's request from the proto: each input with its raw bytes, typed contents
+    made raw (BYTES: a list). `limit(bytes)` sees what the inputs decode to, from their
+    shapes, before any typed contents are converted (packed zeros are a byte each on the
+    wire and eight in an INT64 array)."""
     model = request.model_name
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -67,27 +80,24 @@ def infer_request(request: pb.ModelInferRequest) -> InferRequest:
             f"expected {len(request.inputs)} raw_input_contents, one for each input, for model "
             f"'{model}', got {len(raw)}"
         )
-    inputs = []
+    total = 0
     for index, tensor in enumerate(request.inputs):
-        common = (tensor.name, tensor.datatype, tuple(tensor.shape))
-        given = parameters(tensor.parameters)
-        if raw:
-            if tensor.HasField("contents"):
-                raise InvalidArgument(
-                    f"contents field must not be specified when using raw_input_contents for "
-                    f"'{tensor.name}' for model '{model}'"
-                )
-            inputs.append(InputTensor(*common, raw=raw[index], parameters=given))
-            continue
-        field = _CONTENTS.get(tensor.datatype)
-        if tensor.datatype == "FP16":
+        if raw and tensor.HasField("contents"):
             raise InvalidArgument(
-                f"input '{tensor.name}' is FP16, which has no typed contents: send it in "
-                f"raw_input_contents (model '{model}')"
+                f"contents field must not be specified when using raw_input_contents for "
+                f"'{tensor.name}' for model '{model}'"
             )
-        # A datatype not served has no data: the core's check names it against the signature.
-        data = None if field is None else list(getattr(tensor.contents, field))
-        inputs.append(InputTensor(*common, data=data, parameters=given))
+        datatypes.element_count(tensor.shape, f"input '{tensor.name}'")  # named if no shape
+        wire = len(raw[index]) if raw else _typed_count(model, tensor)
+        if tensor.datatype in datatypes.DATATYPES:  # otherwise the core's check names it
+            total += datatypes.decoded_nbytes(tensor.datatype, tensor.shape, wire)
+    limit(total)
+    inputs = [
+        InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape),
+                    parameters=parameters(tensor.parameters),
+                    **({"raw": raw[index]} if raw else _typed(tensor)))
+        for index, tensor in enumerate(request.inputs)
+    ]
     return InferRequest(
         model,
         version_number(model, request.model_version),
@@ -96,6 +106,49 @@ def infer_request(request: pb.ModelInferRequest) -> InferRequest:
         id=request.id or None,
         parameters=parameters(request.parameters),
     )
+
+
+def _typed_count(model: str, tensor: pb.ModelInferRequest.InferInputTensor) -> int:
+    """How many typed values an input has (BYTES: their bytes), checked against its shape
+    without converting any."""
+    if tensor.datatype == "FP16":
+        raise InvalidArgument(
+            f"input '{tensor.name}' is FP16, which has no typed contents: send it in "
+            f"raw_input_contents (model '{model}')"
+        )
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        return 0
+    values = getattr(tensor.contents, field)
+    what = f"input '{tensor.name}'"
+    count = datatypes.element_count(tensor.shape, what)
+    if len(values) != count:
+        raise InvalidArgument(
+            f"unexpected number of elements for {what}: shape {shape_text(tensor.shape)} needs "
+            f"{count}, got {len(values)}"
+        )
+    return sum(map(len, values)) if tensor.datatype == "BYTES" else 0
+
+
+def _typed(tensor: pb.ModelInferRequest.InferInputTensor) -> dict[str, Any]:
+    """An input's typed contents as the core takes them: raw bytes, or BYTES as a list."""
+    field = _CONTENTS.get(tensor.datatype)
+    if field is None:
+        return {}
+    values = getattr(tensor.contents, field)
+    if tensor.datatype == "BYTES":
+        return {"data": list(values)}
+    # Read in the field's own type (no list of Python numbers), then narrowed, checked.
+    wide = np.fromiter(values, _FIELD_DTYPES[field], len(values))
+    dtype = datatypes.DATATYPES[tensor.datatype]
+    if dtype.kind in "iu" and wide.size and (
+        wide.min() < np.iinfo(dtype).min or wide.max() > np.iinfo(dtype).max
+    ):
+        raise InvalidArgument(
+            f"unable to parse the contents of input '{tensor.name}': a value is out of range "
+            f"for {tensor.datatype}"
+        )
+    return {"raw": wide.astype(dtype).tobytes()}
 
 
 def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
@@ -175,8 +228,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, remaining: float | None
     ) -> pb.ModelInferResponse:
         deadline = None if remaining is None else time.monotonic() + remaining
-        asked = infer_request(request)
-        self._inputs.check_decoded(inference.decoded_nbytes(asked))
+        asked = infer_request(request, self._inputs.check_decoded)
         answer = await self._inputs.budgeted(lambda budget: inference.infer(
             self._dataplane, asked, budget=budget, deadline=deadline))
         if sum(output.array.nbytes for output in answer.outputs) <= INLINE_OUTPUT_BYTES:

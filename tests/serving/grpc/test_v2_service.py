@@ -22,7 +22,7 @@ def test_raw_contents_typed_contents_and_parameters_become_the_cores_request() -
     raw.inputs.add(name="b", datatype="FP32", shape=[1, 1])
     raw.parameters["signature_name"].string_param = "other"
     raw.outputs.add(name="y")
-    asked = infer_request(raw)
+    asked = infer_request(raw, lambda nbytes: None)
     assert (asked.model, asked.version, asked.id, asked.signature_name) == ("m", 3, "r", "other")
     assert [(t.name, t.shape, bytes(t.raw or b"")) for t in asked.inputs] == [
         ("a", (1,), b"\1\0"), ("b", (1, 1), b"\0\0\0\0")]
@@ -31,9 +31,10 @@ def test_raw_contents_typed_contents_and_parameters_become_the_cores_request() -
     typed = request()
     typed.inputs.add(name="a", datatype="UINT8", shape=[2]).contents.uint_contents.extend([1, 2])
     typed.inputs.add(name="s", datatype="BYTES", shape=[1]).contents.bytes_contents.append(b"x")
-    (a, s) = infer_request(typed).inputs
-    assert (a.data, a.raw, s.data) == ([1, 2], None, [b"x"])
-    assert infer_request(typed).version is None and infer_request(typed).id is None
+    asked = infer_request(typed, lambda nbytes: None)
+    (a, s) = asked.inputs
+    assert (a.data, a.raw, s.data, s.raw) == (None, b"\1\2", [b"x"], None)
+    assert asked.version is None and asked.id is None
 
 
 @pytest.mark.parametrize(
@@ -49,8 +50,31 @@ def test_what_the_adapter_refuses(fields: dict[str, object], datatype: str, word
     bad = request(**fields)
     bad.inputs.add(name="x", datatype=datatype, shape=[1])
     with pytest.raises(InvalidArgument) as refused:
-        infer_request(bad)
+        infer_request(bad, lambda nbytes: None)
     assert refused.value.message == words
+
+
+def test_typed_contents_are_sized_from_the_shape_before_conversion_and_range_checked() -> None:
+    packed = request()  # 10**6 INT64 zeros: about a megabyte on the wire, 8 MB as an array
+    packed.inputs.add(name="x", datatype="INT64", shape=[10**6]).contents.int64_contents.extend(
+        [0] * 10**6)
+    seen: list[int] = []
+
+    def limit(nbytes: int) -> None:
+        seen.append(nbytes)
+        raise InvalidArgument("too large")
+
+    with pytest.raises(InvalidArgument, match="too large"):
+        infer_request(packed, limit)
+    assert seen == [8 * 10**6]
+    wrong_count = request()
+    wrong_count.inputs.add(name="x", datatype="FP32", shape=[3]).contents.fp32_contents.append(1)
+    with pytest.raises(InvalidArgument, match=r"shape \[3\] needs 3, got 1"):
+        infer_request(wrong_count, lambda nbytes: None)
+    wide = request()
+    wide.inputs.add(name="x", datatype="INT8", shape=[2]).contents.int_contents.extend([1, 300])
+    with pytest.raises(InvalidArgument, match="out of range for INT8"):
+        infer_request(wide, lambda nbytes: None)
 
 
 def test_a_version_that_is_no_number_names_none() -> None:
