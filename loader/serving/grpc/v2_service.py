@@ -51,6 +51,8 @@ _FIELD_DTYPES = {  # each numeric field's own type
 
 def parameters(given: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     """A request's parameters as plain values (an unset one is None)."""
+    if not given:  # the usual case, and reading an empty map still costs
+        return {}
     return {
         key: getattr(value, choice) if (choice := value.WhichOneof("parameter_choice")) else None
         for key, value in given.items()
@@ -81,22 +83,24 @@ def infer_request(
             f"'{model}', got {len(raw)}"
         )
     total = 0
+    shapes = []
     for index, tensor in enumerate(request.inputs):
         if raw and tensor.HasField("contents"):
             raise InvalidArgument(
                 f"contents field must not be specified when using raw_input_contents for "
                 f"'{tensor.name}' for model '{model}'"
             )
-        datatypes.element_count(tensor.shape, f"input '{tensor.name}'")  # named if no shape
-        wire = len(raw[index]) if raw else _typed_count(model, tensor)
+        shape = tuple(tensor.shape)
+        datatypes.element_count(shape, f"input '{tensor.name}'")  # named if it is no shape
+        wire = len(raw[index]) if raw else _typed_count(model, tensor, shape)
         if tensor.datatype in datatypes.DATATYPES:  # otherwise the core's check names it
-            total += datatypes.decoded_nbytes(tensor.datatype, tensor.shape, wire)
+            total += datatypes.decoded_nbytes(tensor.datatype, shape, wire)
+        shapes.append(shape)
     limit(total)
     inputs = [
-        InputTensor(tensor.name, tensor.datatype, tuple(tensor.shape),
-                    parameters=parameters(tensor.parameters),
+        InputTensor(tensor.name, tensor.datatype, shape, parameters=parameters(tensor.parameters),
                     **({"raw": raw[index]} if raw else _typed(tensor)))
-        for index, tensor in enumerate(request.inputs)
+        for index, (tensor, shape) in enumerate(zip(request.inputs, shapes))
     ]
     return InferRequest(
         model,
@@ -108,7 +112,9 @@ def infer_request(
     )
 
 
-def _typed_count(model: str, tensor: pb.ModelInferRequest.InferInputTensor) -> int:
+def _typed_count(
+    model: str, tensor: pb.ModelInferRequest.InferInputTensor, shape: tuple[int, ...]
+) -> int:
     """How many typed values an input has (BYTES: their bytes), checked against its shape
     without converting any."""
     if tensor.datatype == "FP16":
@@ -121,10 +127,10 @@ def _typed_count(model: str, tensor: pb.ModelInferRequest.InferInputTensor) -> i
         return 0
     values = getattr(tensor.contents, field)
     what = f"input '{tensor.name}'"
-    count = datatypes.element_count(tensor.shape, what)
+    count = datatypes.element_count(shape, what)
     if len(values) != count:
         raise InvalidArgument(
-            f"unexpected number of elements for {what}: shape {shape_text(tensor.shape)} needs "
+            f"unexpected number of elements for {what}: shape {shape_text(shape)} needs "
             f"{count}, got {len(values)}"
         )
     return sum(map(len, values)) if tensor.datatype == "BYTES" else 0
