@@ -25,6 +25,7 @@ pytestmark = pytest.mark.e2e
 
 IDENTITY, LINEAR = "identity", "linear"
 HEADER = "inference-header-content-length"
+BUDGET = 1 << 20  # server.max_decoding_bytes
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, model_builder: ModelBuilder
     model_builder.publish(linear, 1)  # y = 0.5x + 1
     model_builder.publish(linear, 2)  # y = 0.5x + 2
     d = DaemonProcess(workdir, {
-        "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": free_port()},
+        "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": free_port(),
+                   "max_decoding_bytes": BUDGET, "max_decoded_tensor_bytes": BUDGET},
         "models": [
             {"name": IDENTITY, "base_path": str(workdir / "repo" / IDENTITY)},
             {"name": LINEAR, "base_path": str(linear), "version_policy": {"all": {}},
@@ -327,3 +329,22 @@ def test_hostile_requests_get_clean_400s(
     status, answer = post_raw(url, f"/v2/models/{LINEAR}/infer", body, headers)
     assert status == 400, answer
     assert words in orjson.loads(answer)["error"]
+
+
+def test_inputs_past_the_decode_budget_are_refused_and_counted(
+    url: str, daemon: DaemonProcess
+) -> None:
+    def refused() -> float:
+        assert daemon.client is not None
+        text = daemon.client.get("/monitoring/prometheus/metrics").text
+        prefix = 'modelwatch_refused_total{reason="decode_budget",transport="rest"} '
+        return sum(float(line[len(prefix):]) for line in text.splitlines()
+                   if line.startswith(prefix))
+
+    before = refused()
+    rows = BUDGET // 4 + 1
+    body, headers = binary_request([rows, 1], 4 * rows, b"\0" * (4 * rows))
+    status, answer = post_raw(url, f"/v2/models/{LINEAR}/infer", body, headers)
+    assert status == 413, answer
+    assert "server.max_decoding_bytes" in orjson.loads(answer)["error"]
+    assert refused() == before + 1
