@@ -222,6 +222,22 @@ def test_inputs_past_the_decoded_limit_are_refused_before_decoding(
                    reason="decoded_tensor_too_large") == before + 1
 
 
+def test_more_inputs_than_served_are_refused_before_any_is_read(
+    stub: Any, daemon: DaemonProcess
+) -> None:
+    before = counter(daemon, "modelwatch_refused_total", transport="grpc",
+                     reason="too_many_tensors")
+    request = service_pb2.ModelInferRequest(model_name=LINEAR)
+    for index in range(5000):
+        request.inputs.add(name=f"x{index}", datatype="FP32")
+    with pytest.raises(grpc.RpcError) as error:
+        stub.ModelInfer(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "the request has 5000 inputs; at most 4096 are served"
+    assert counter(daemon, "modelwatch_refused_total", transport="grpc",
+                   reason="too_many_tensors") == before + 1
+
+
 def test_32_concurrent_clients_every_row_right(daemon: DaemonProcess) -> None:
     failures: list[str] = []
     start = threading.Barrier(32)

@@ -372,7 +372,7 @@ class GrpcApi:
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content,
             inputs=inputs, request_log=request_log or RequestLog(metrics),
         )
-        self.inference = InferenceService(dataplane, answer, inputs)
+        self.inference = InferenceService(dataplane, answer, inputs, metrics)
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
         self.health = HealthService(dataplane)
 

@@ -27,10 +27,15 @@ from loader.serving.grpc import open_inference_grpc_pb2 as pb
 from loader.serving.grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from loader.serving.grpc.answers import Answerer
 from loader.serving.grpc.predict_inputs import PredictInputs
+from loader.serving.metrics import Metrics
 from loader.serving.v2 import datatypes, inference
 from loader.serving.v2.datatypes import shape_text
 from loader.serving.v2.inference import InferAnswer, InferRequest, InputTensor, RequestedOutput
 
+# What one request may name: a client controls these counts, and each costs work before the
+# model's signature could refuse it (a 64 MiB message holds millions of empty inputs).
+MAX_TENSORS = 4096  # inputs, and requested outputs
+MAX_PARAMETERS = 256  # the request's, and each input's and output's
 # Answers of up to this many bytes of outputs are built on the event loop; larger ones on a
 # worker thread, measured against the send limit.
 INLINE_OUTPUT_BYTES = 64 * 1024
@@ -168,6 +173,23 @@ def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
     return response
 
 
+class TooMany(InvalidArgument):
+    """A request names more inputs, outputs or parameters than MAX_TENSORS/MAX_PARAMETERS."""
+
+
+def _check_counts(request: pb.ModelInferRequest) -> None:
+    counts = [("inputs", len(request.inputs), MAX_TENSORS),
+              ("requested outputs", len(request.outputs), MAX_TENSORS),
+              ("parameters", len(request.parameters), MAX_PARAMETERS)]
+    counts += [(f"parameters of '{t.name}'", len(t.parameters), MAX_PARAMETERS)
+               for t in request.inputs]
+    counts += [(f"parameters of '{t.name}'", len(t.parameters), MAX_PARAMETERS)
+               for t in request.outputs]
+    for what, count, limit in counts:
+        if count > limit:
+            raise TooMany(f"the request has {count} {what}; at most {limit} are served")
+
+
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and ModelInfer.
 
@@ -175,10 +197,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     `model_ready`, `model_metadata` and `infer` (those of the REST side where it has them).
     """
 
-    def __init__(self, dataplane: DataPlane, answer: Answerer, inputs: PredictInputs) -> None:
+    def __init__(
+        self, dataplane: DataPlane, answer: Answerer, inputs: PredictInputs, metrics: Metrics
+    ) -> None:
         self._dataplane = dataplane
         self._answer = answer
         self._inputs = inputs
+        self._metrics = metrics
 
     def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
@@ -234,6 +259,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, remaining: float | None
     ) -> pb.ModelInferResponse:
         deadline = None if remaining is None else time.monotonic() + remaining
+        try:
+            _check_counts(request)
+        except TooMany:
+            self._metrics.refuse("grpc", "too_many_tensors")
+            raise
         asked = infer_request(request, self._inputs.check_decoded)
         answer = await self._inputs.budgeted(lambda budget: inference.infer(
             self._dataplane, asked, budget=budget, deadline=deadline))
