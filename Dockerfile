@@ -5,7 +5,7 @@
 #     --model_name=half_plus_two --model_base_path=/models/half_plus_two   # TF Serving's flags
 FROM python:3.11-slim AS wheel
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY loader ./loader
 COPY policies ./policies
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .

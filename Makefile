@@ -10,7 +10,7 @@ RAY_STAMP := $(VENV)/.ray-stamp
 
 .PHONY: serve test lint browser azurite install bench-install load-generators clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)

@@ -264,3 +264,32 @@ def upload_order(model: Path) -> list[str]:
         return 3 if relpath.startswith("variables/variables.data-") else 1
 
     return sorted(files, key=rank)
+
+
+# One input per TensorFlow dtype the Open Inference Protocol serves, keyed by its v2 name.
+V2_IDENTITY_DTYPES = {
+    "BOOL": "bool", "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
+    "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "string",
+}
+
+
+def write_identity_model(path: Path) -> Path:
+    """A SavedModel whose `serving_default` takes `in_<v2 datatype>` ([-1, 2]) for every
+    datatype of V2_IDENTITY_DTYPES and answers each as `out_<v2 datatype>`, unchanged."""
+    import tensorflow as tf
+
+    specs = [
+        tf.TensorSpec([None, 2], getattr(tf, dtype), name=f"in_{name}")
+        for name, dtype in V2_IDENTITY_DTYPES.items()
+    ]
+    names = list(V2_IDENTITY_DTYPES)
+
+    class Identity(tf.Module):
+        @tf.function(input_signature=specs)
+        def __call__(self, *inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+            return {f"out_{name}": tf.identity(x) for name, x in zip(names, inputs, strict=True)}
+
+    module = Identity()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.__call__})
+    return path

@@ -27,12 +27,17 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "loader.serving.metrics", "loader.serving.operator_view", "loader.serving.rest",
         "loader.serving.decode_budget", "loader.serving.rate_limited_log", "policies",
         "loader.serving.request_log", "loader.serving.prediction_protos", "loader.serving.tls",
+        "loader.serving.v2",
     ),
     "loader.serving.grpc": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
         "loader.serving.metrics", "loader.serving.grpc", "loader.serving.decode_budget",
         "loader.serving.rate_limited_log", "policies", "loader.serving.request_log",
-        "loader.serving.prediction_protos", "loader.serving.tls",
+        "loader.serving.prediction_protos", "loader.serving.tls", "loader.serving.v2",
+    ),
+    "loader.serving.v2": (
+        "loader.base", "loader.manager", "loader.servables", "loader.serving.dataplane",
+        "loader.serving.metrics", "loader.serving.decode_budget", "loader.serving.v2",
     ),
     "loader.serving": (
         "loader.base", "loader.manager", "loader.servables", "loader.serving", "policies",
@@ -77,6 +82,8 @@ HEAVY: dict[str, set[str]] = {
     "grpc": {
         "loader.serving.grpc.answers", "loader.serving.grpc.health", "loader.serving.grpc.profiler",
         "loader.serving.grpc.server", "loader.serving.grpc.services",
+        # protoc's stubs for the Open Inference Protocol, generated at build time (setup.py).
+        "loader.serving.grpc.open_inference_grpc_pb2_grpc", "loader.serving.grpc.v2_service",
     },
     "ray": {"loader.cluster.application"},
 }

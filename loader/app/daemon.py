@@ -41,7 +41,9 @@ from loader.serving.request_log import RequestLog
 from loader.serving.rest.app import PROMETHEUS_PATH, RestApi
 from loader.serving.rest.operator_page import OperatorPage
 from loader.serving.rest.server import RestServer
+from loader.serving.rest.v2_repository import RepositoryRoutes
 from loader.serving.tls import ServerTls
+from loader.serving.v2.repository import Repository
 from loader.sources.base import Source
 from policies.base import Phase
 
@@ -93,6 +95,11 @@ class Daemon:
                 base_paths=lambda: {m.name: m.base_path for m in self.config.models},
             )
             self.manager.add_observer(self.operator_view.transitions.observe)
+        self.repository = Repository(  # Triton's repository extension, over the config
+            self.dataplane, lambda: [m.name for m in self.config.models],
+            lambda: self.reload_models(self.config.models), self.manager.wait_until,
+            RELOAD_WAIT_SECONDS,
+        )
         self.reload_models(config.models)
         self.rest: RestServer | None = None
         self._rest_api: RestApi | None = None
@@ -104,6 +111,7 @@ class Daemon:
                     self.operator_view, metrics=self.metrics,
                     max_streams=server.max_event_streams,
                 ) if self.operator_view else None,
+                routes=RepositoryRoutes(self.repository, self.metrics).routes(),
             )
         self.grpc: GrpcServer | None = None
         self._profiler: ProfilerForwarder | None = None
@@ -137,12 +145,15 @@ class Daemon:
                     f"({error.strerror or error}: {error.filename})"
                 ) from None
             self._storage.batching = {m.name: m.batching for m in models}
+            # Models unloaded through the repository extension stay so until loaded again.
+            self.repository.retain(m.name for m in models)
+            served = [m for m in models if m.name not in self.repository.unloaded]
             # The manager first: it ignores reports for models it no longer serves.
-            self.manager.set_models([model_spec(m) for m in models])
+            self.manager.set_models([model_spec(m) for m in served])
             for kind, source in self._sources.items():
-                source.set_models(locations(m for m in models if source_kind(m) == kind))
-            for kind in {source_kind(m) for m in models} - set(self._sources):
-                source = self._make_source(kind, [m for m in models if source_kind(m) == kind])
+                source.set_models(locations(m for m in served if source_kind(m) == kind))
+            for kind in {source_kind(m) for m in served} - set(self._sources):
+                source = self._make_source(kind, [m for m in served if source_kind(m) == kind])
                 self._sources[kind] = source
                 if self._started:
                     source.start()
@@ -164,7 +175,7 @@ class Daemon:
                     f"Expected model {m.name} to have an absolute path or URI; "
                     f"got base_path()={m.base_path}"
                 )
-        added = {m.name for m in models} - set(self.manager.models())
+        added = {m.name for m in models} - set(self.manager.models()) - self.repository.unloaded
         try:
             self.reload_models(models)
         except ConfigError as error:  # a request log's folder

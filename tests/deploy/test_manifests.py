@@ -198,3 +198,10 @@ def test_the_probe_paths_answer_on_a_daemon_with_the_configmaps_config(
             assert daemon.client.get(path).status_code == 200, path
     finally:
         assert daemon.stop() == 0
+
+
+def test_both_images_build_with_setup_py_which_generates_the_v2_grpc_code() -> None:
+    for dockerfile in (ROOT / "Dockerfile", ROOT / "deploy" / "kuberay" / "Dockerfile"):
+        copies = [line.split() for line in dockerfile.read_text().splitlines()
+                  if line.startswith("COPY")]
+        assert any("pyproject.toml" in c and "setup.py" in c for c in copies), dockerfile

@@ -12,12 +12,12 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from loader.config.schema import parse_config
+from tests.deploy.crd_schema import CrdSchema
 from tests.deploy.test_manifests import KUBERNETES_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,34 +32,13 @@ CLUSTER = RAY_SERVICE["spec"]["rayClusterConfig"]
 GROUPS = [CLUSTER["headGroupSpec"], *CLUSTER["workerGroupSpecs"]]
 
 
-def _strict(schema: Any) -> Any:
-    """The CRD's schema refusing unknown fields where the API server would (it prunes them
-    silently otherwise, and a misspelt field is lost): every object with `properties`, no
-    `additionalProperties` and no `x-kubernetes-preserve-unknown-fields`."""
-    if isinstance(schema, list):
-        return [_strict(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    strict = {key: _strict(value) for key, value in schema.items()}
-    if ("properties" in schema and "additionalProperties" not in schema
-            and not schema.get("x-kubernetes-preserve-unknown-fields")):
-        strict["additionalProperties"] = False
-    return strict
-
-
 @functools.cache
-def _validator() -> jsonschema.protocols.Validator:
-    # libyaml's loader where there is one: the CRD is a megabyte of YAML.
-    crd = yaml.load(CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    schema = _strict(version["schema"]["openAPIV3Schema"])
-    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft7Validator)
-    return cls(schema)
+def _schema() -> CrdSchema:
+    return CrdSchema(CRD, "v1")
 
 
 def _errors(document: dict[str, Any]) -> list[str]:
-    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
-            for e in _validator().iter_errors(document)]
+    return _schema().errors(document)
 
 
 def _containers() -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ from google.protobuf import message
 
 from loader.base import ResourceExhausted, SignatureInfo
 from loader.servables.request_tensors import DecodedTooLarge, InputPlan, plan_inputs
-from loader.serving.decode_budget import DecodeBudget
+from loader.serving.decode_budget import BudgetBusy, BudgetNeverFits, DecodeBudget
 from loader.serving.metrics import Metrics
 from loader.serving.rate_limited_log import RateLimitedLog
 
@@ -33,6 +33,7 @@ INLINE_DECODED_BYTES = 64 * 1024
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024  # server.max_decoded_tensor_bytes
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 Response = TypeVar("Response", bound=message.Message)
+T = TypeVar("T")
 
 
 class PredictInputs:
@@ -70,10 +71,32 @@ class PredictInputs:
         try:
             return plan_inputs(inputs, signature, self._max_decoded_bytes)
         except DecodedTooLarge as error:
-            self._metrics.refuse("grpc", "decoded_tensor_too_large")
-            self._warnings.warning(
-                "decoded_tensor_too_large", "refused a gRPC Predict: %s", error.message
+            self._refuse_too_large(error)
+            raise
+
+    def check_decoded(self, nbytes: int) -> None:
+        """Refuse inputs sized without a plan (the Open Inference Protocol's) that would
+        decode to more than the limit."""
+        if nbytes > self._max_decoded_bytes:
+            error = DecodedTooLarge(
+                f"the request's inputs would take {nbytes} bytes decoded, more than "
+                f"server.max_decoded_tensor_bytes ({self._max_decoded_bytes})"
             )
+            self._refuse_too_large(error)
+            raise error
+
+    def _refuse_too_large(self, error: DecodedTooLarge) -> None:
+        self._metrics.refuse("grpc", "decoded_tensor_too_large")
+        self._warnings.warning(
+            "decoded_tensor_too_large", "refused a gRPC request: %s", error.message
+        )
+
+    async def budgeted(self, run: Callable[[DecodeBudget], Awaitable[T]]) -> T:
+        """`run(the decode budget)`, which reserves what it decodes; a refusal counted."""
+        try:
+            return await run(self._budget)
+        except (BudgetBusy, BudgetNeverFits):
+            self._metrics.refuse("grpc", "decode_budget")
             raise
 
     async def run(

@@ -57,6 +57,9 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.grpc.answers import Answerer, Response
 from loader.serving.grpc.health import HealthService
+from loader.serving.grpc.open_inference_grpc_pb2_grpc import (
+    add_GRPCInferenceServiceServicer_to_server,
+)
 from loader.serving.grpc.predict_inputs import (
     DEFAULT_MAX_DECODED_BYTES,
     DEFAULT_MAX_DECODING_BYTES,
@@ -64,6 +67,7 @@ from loader.serving.grpc.predict_inputs import (
 )
 from loader.serving.grpc.reload_auth import ReloadGuard
 from loader.serving.grpc.reload_config import ConfigReload, ReloadFn
+from loader.serving.grpc.v2_service import InferenceService
 from loader.serving.metrics import Metrics
 from loader.serving.prediction_protos import (
     fill_classifications,
@@ -333,7 +337,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 class GrpcApi:
-    """Both servicers over one data plane; `add_to` registers them on a `grpc.Server`.
+    """TF Serving's servicers and the Open Inference Protocol's (`v2_service`) over one data
+    plane; `add_to` registers them on a `grpc.Server`.
 
     `reload`, when given, applies a `HandleReloadConfigRequest`; without it that RPC
     answers UNIMPLEMENTED. Requests are counted in `metrics` (transport "grpc").
@@ -361,12 +366,13 @@ class GrpcApi:
     ) -> None:
         metrics = metrics or Metrics()
         answer = self._answer = Answerer(metrics)
+        inputs = PredictInputs(metrics, decode_budget or DecodeBudget(
+            DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes, max_message_bytes)
         self.prediction = PredictionService(
             dataplane, answer, check_method_name=check_method_name, tensor_content=tensor_content,
-            inputs=PredictInputs(metrics, decode_budget or DecodeBudget(
-                DEFAULT_MAX_DECODING_BYTES), max_decoded_bytes, max_message_bytes),
-            request_log=request_log or RequestLog(metrics),
+            inputs=inputs, request_log=request_log or RequestLog(metrics),
         )
+        self.inference = InferenceService(dataplane, answer, inputs, metrics)
         self.model = ModelService(dataplane, answer, reload, guard or ReloadGuard(None, "127.0.0.1"))
         self.health = HealthService(dataplane)
 
@@ -386,4 +392,5 @@ class GrpcApi:
             self.prediction, server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(self.model, server)
+        add_GRPCInferenceServiceServicer_to_server(self.inference, server)
         self.health.add_to(server)

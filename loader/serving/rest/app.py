@@ -1,10 +1,11 @@
-"""TF Serving's REST API (`/v1/models/...`) as a thin adapter over the data plane.
+"""TF Serving's REST API (`/v1/models/...`), and the Open Inference Protocol's (`/v2/...`,
+`loader.serving.rest.v2_routes` and `v2_infer`), as a thin adapter over the data plane.
 
 Routes are matched with TF Serving's own (case-insensitive) patterns on the path as it
 arrived, and the model name and label decoded once matched (`loader.serving.rest.targets`);
 errors are `{"error": message}` with TF Serving's mapping from status code to HTTP status.
 
-Prediction requests (`:predict`, `:classify`, `:regress`) skip Starlette's routing and
+Prediction requests (`:predict`, `:classify`, `:regress`, v2 `infer`) skip Starlette's routing and
 request objects: `loader.serving.rest.predictions` answers them (and, on the fast HTTP path
 of `loader.serving.rest.fast_path`, they skip ASGI too); everything else goes through
 Starlette.
@@ -42,7 +43,6 @@ from loader.serving.rest.predictions import (
 from loader.serving.rest.predictions import (
     INLINE_OUTPUT_VALUES as INLINE_OUTPUT_VALUES,
 )
-from loader.serving.rest.predictions import PredictionRoutes
 from loader.serving.rest.targets import (
     MODEL_STATUS_API,
     Target,
@@ -50,6 +50,8 @@ from loader.serving.rest.targets import (
     parse_prediction,
     raw_path,
 )
+from loader.serving.rest.v2_infer import InferenceRoutes
+from loader.serving.rest.v2_routes import V2Routes
 
 log = logging.getLogger("modelwatch.rest")
 
@@ -118,7 +120,7 @@ class RestApi:
         self._body_timeout = body_timeout_seconds
         self._body_deadlines = IdleDeadlines(body_timeout_seconds)
         self._metrics = metrics or Metrics()
-        self.predictions = PredictionRoutes(
+        self.predictions = InferenceRoutes(
             dataplane, self._metrics, max_request_bytes=max_request_bytes,
             body_timeout_seconds=body_timeout_seconds, decode_budget=decode_budget,
             request_log=request_log,
@@ -138,6 +140,7 @@ class RestApi:
                 Route("/modelwatch/models", self._models, methods=["GET"]),
                 *operator_routes,
                 *routes,
+                *V2Routes(dataplane, self._metrics).routes(),
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST"]),
             ],
             # What no route matches (a path with a newline, a PUT) is malformed, in JSON.
@@ -175,15 +178,16 @@ class RestApi:
 
     async def _prediction(self, target: Target, receive: Receive, scope: Scope, send: Send) -> None:
         verb, model, version_text, label = target
-        answered: asyncio.Future[tuple[int, bytes, int | None]] = (
+        answered: asyncio.Future[tuple[int, bytes, int | None, int | None]] = (
             asyncio.get_running_loop().create_future()
         )
 
-        def reply(status: int, body: bytes, retry_after: int | None) -> None:
+        def reply(status: int, body: bytes, retry_after: int | None, head: int | None) -> None:
             if not answered.done():
-                answered.set_result((status, body, retry_after))
+                answered.set_result((status, body, retry_after, head))
 
         call = self.predictions.call(verb, model, reply)
+        call.read_head(scope["headers"])
         try:
             body = await self._body(scope, receive)
         except _Disconnected:  # nobody to answer, and no bug
@@ -196,11 +200,14 @@ class RestApi:
             raise
         else:
             call.run(version_text, label, body)
-        status, answer, retry_after = await answered
+        status, answer, retry_after, head_length = await answered
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(answer)).encode()),
         ]
+        if head_length is not None:  # a JSON head, then binary tensor data (v2)
+            headers[0] = (b"content-type", b"application/octet-stream")
+            headers.append((b"inference-header-content-length", str(head_length).encode()))
         if status == 408:  # what is left of the body would be read as a next request
             headers.append((b"connection", b"close"))
         if retry_after is not None:  # an on-demand model still loading

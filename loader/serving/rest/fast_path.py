@@ -42,6 +42,8 @@ from loader.serving.rest.targets import Target, prediction_target
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
+# A JSON head and binary data (the Open Inference Protocol's binary tensor data).
+_BINARY_HEAD = b"inference-header-content-length: %d\r\ncontent-type: application/octet-stream\r\ncontent-length: "
 
 
 class _FastCycle:
@@ -81,7 +83,8 @@ class _FastCycle:
             if name == b"content-length":
                 if value.isdigit() and int(value) > limit:
                     self._refuse(too_large(limit))
-                return
+                break
+        self._call.read_head(headers)
 
     def start(self) -> None:
         """The responses before this one are written: this one may be answered."""
@@ -161,7 +164,9 @@ class _FastCycle:
             self._timer.cancel()
             self._timer = None
 
-    def _reply(self, status: int, answer: bytes, retry_after: int | None) -> None:
+    def _reply(
+        self, status: int, answer: bytes, retry_after: int | None, head_length: int | None
+    ) -> None:
         """Write the whole response at once; then the connection's next request."""
         self.response_complete = True
         protocol = self._protocol
@@ -170,15 +175,16 @@ class _FastCycle:
             return
         # After a body timeout what is left of the body would be read as a next request.
         close = not self.keep_alive or isinstance(self._refusal, BodyTimeout)
+        content = _JSON_HEAD if head_length is None else _BINARY_HEAD % head_length
         if close or retry_after is not None:
             head = b"%b%b%b%d\r\n%b%b\r\n" % (
-                STATUS_LINE[status], protocol.routes.cors_head, _JSON_HEAD, len(answer),
+                STATUS_LINE[status], protocol.routes.cors_head, content, len(answer),
                 b"connection: close\r\n" if close else b"",
                 b"" if retry_after is None else b"retry-after: %d\r\n" % retry_after,
             )
         else:  # the usual answer, in fewer steps
             head = b"".join((
-                STATUS_LINE[status], protocol.routes.cors_head, _JSON_HEAD,
+                STATUS_LINE[status], protocol.routes.cors_head, content,
                 b"%d\r\n\r\n" % len(answer),
             ))
         if len(answer) < 65536:

@@ -63,9 +63,11 @@ INLINE_BODY_BYTES = 16 * 1024
 INLINE_OUTPUT_VALUES = 4096
 DEFAULT_MAX_DECODING_BYTES = 512 * 1024 * 1024  # server.max_decoding_bytes
 
-# Called once per request with the HTTP status, the JSON body of its answer and the
-# seconds of a `Retry-After` header (an on-demand model still loading), if any.
-Reply = Callable[[int, bytes, "int | None"], None]
+# Called once per request with the HTTP status, the body of its answer, the seconds of a
+# `Retry-After` header (an on-demand model still loading), if any, and, for a body that is
+# a JSON head and binary data (the Open Inference Protocol's binary tensor data), the
+# head's length (sent as `Inference-Header-Content-Length`; None: the body is all JSON).
+Reply = Callable[[int, bytes, "int | None", "int | None"], None]
 
 
 class PredictionRoutes:
@@ -122,10 +124,13 @@ class PredictionRoutes:
     async def reserve(self, nbytes: int, body: bytes, how: str) -> int:
         """Reserve `nbytes` in the decode budget for `body`, decoded `how` ("parsed whole");
         the caller releases what this returns."""
+        return await self.reserve_bytes(nbytes, f"a JSON body of {len(body)} bytes, {how},")
+
+    async def reserve_bytes(self, nbytes: int, what: str) -> int:
+        """Reserve `nbytes` in the decode budget for `what`, a refusal counted; the caller
+        releases what this returns."""
         try:
-            return await self.budget.reserve(
-                max(0, nbytes), f"a JSON body of {len(body)} bytes, {how},"
-            )
+            return await self.budget.reserve(max(0, nbytes), what)
         except ResourceExhausted:
             self.metrics.refuse("rest", "decode_budget")
             raise
@@ -148,7 +153,9 @@ class PredictionRoutes:
         task.add_done_callback(self._tasks.discard)
 
 
-def _replied(status: int, answer: bytes, retry_after: int | None) -> None:
+def _replied(
+    status: int, answer: bytes, retry_after: int | None, head_length: int | None
+) -> None:
     """A call's `reply` once used or cancelled: the request's bound method dropped, no cycle
     is left between the two, so both go with the connection, not at a cyclic collection."""
 
@@ -190,6 +197,9 @@ class PredictionCall:
         except BaseException as error:
             self._failed(error)
 
+    def read_head(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """The request's headers (lowercased names), for a route that reads any (none here)."""
+
     def refuse(self, error: ServingError) -> None:
         """Answer with `error` (before or instead of running)."""
         status, answer = error_answer(error)
@@ -215,7 +225,8 @@ class PredictionCall:
         return self.deadline
 
     def _finish(
-        self, status: int, answer: bytes, code: Code = Code.OK, retry_after: int | None = None
+        self, status: int, answer: bytes, code: Code = Code.OK, retry_after: int | None = None,
+        head_length: int | None = None,
     ) -> None:
         outcome = self._outcome
         if outcome is None:
@@ -226,7 +237,7 @@ class PredictionCall:
         outcome.code = code
         outcome.__exit__(None)
         reply, self._reply = self._reply, _replied  # no cycle left with the connection
-        reply(status, answer, retry_after)
+        reply(status, answer, retry_after, head_length)
 
     def _failed(self, error: BaseException) -> None:
         if isinstance(error, ServingError):

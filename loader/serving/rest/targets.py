@@ -33,6 +33,11 @@ FAST_TARGET = re.compile(
     re.IGNORECASE,
 )
 
+# The Open Inference Protocol's infer (Triton's model route, case-sensitive as Triton's):
+# groups model, version. On the fast path, as FAST_TARGET, in ASCII without escapes.
+V2_INFER_API = re.compile(rb"/v2/models/([^/]+)(?:/versions/([0-9]+))?/infer")
+V2_FAST_TARGET = re.compile(rb"/v2/models/([^/?%#]+)(?:/versions/([0-9]+))?/infer")
+
 # What a prediction's target names: the API, the model, the version's text, the label.
 Target = tuple[str, str, "str | None", "str | None"]
 
@@ -73,23 +78,37 @@ def _target(match: re.Match[bytes]) -> Target:
     )
 
 
+def _v2_target(match: re.Match[bytes]) -> Target:
+    model, version = match.groups()
+    return "infer", decode_part(model), version.decode() if version else None, None
+
+
 def parse_prediction(path: bytes) -> Target | None:
-    """What the raw path of a prediction names; None when it is not one."""
+    """What the raw path of a prediction (or a v2 infer) names; None when it is not one."""
     match = PREDICTION_API.fullmatch(path)
-    return None if match is None else _target(match)
+    if match is not None:
+        return _target(match)
+    match = V2_INFER_API.fullmatch(path)
+    return None if match is None else _v2_target(match)
 
 
 def prediction_target(url: bytes) -> Target | None:
-    """What the raw target of a prediction on the fast path names; None when it is not one
-    (see FAST_TARGET)."""
+    """What the raw target of a prediction (or a v2 infer) on the fast path names; None
+    when it is not one (see FAST_TARGET, V2_FAST_TARGET)."""
     global _cached_bytes
     target = _TARGETS.get(url)
     if target is not None:
         return target
-    match = FAST_TARGET.fullmatch(url) if url.isascii() else None
-    if match is None:
+    if not url.isascii():
         return None
-    target = _target(match)
+    match = FAST_TARGET.fullmatch(url)
+    if match is not None:
+        target = _target(match)
+    else:
+        match = V2_FAST_TARGET.fullmatch(url)
+        if match is None:
+            return None
+        target = _v2_target(match)
     if len(url) <= MAX_KEPT_TARGET_BYTES:
         charge = 2 * len(url) + _ENTRY_BYTES
         if _cached_bytes + charge > MAX_TARGET_CACHE_BYTES:

@@ -75,7 +75,8 @@ def test_status_routes_are_tf_servings_and_case_insensitive(stack):
         ("GET", "/v1/models/m/versions/9", 404, "Could not find version 9 of model m"),
         ("GET", "/v1/models/m/labels/beta", 400, "Unrecognized servable version label: beta"),
         ("GET", "/v1/models", 400, "Missing model name in request."),
-        ("GET", "/v2/models/m", 400, "Malformed request: GET /v2/models/m"),
+        ("GET", "/v3/models/m", 400, "Malformed request: GET /v3/models/m"),
+        ("GET", "/v2/models/m/nothing", 404, "Not Found"),  # the Open Inference Protocol's, as Triton
         ("POST", "/v1/models/m", 400, "Malformed request: POST /v1/models/m"),
         ("GET", "/v1/models/m:predict", 400, "Malformed request: GET /v1/models/m:predict"),
         ("POST", "/v1/models/m/versions/99999999999999999999:predict", 400,

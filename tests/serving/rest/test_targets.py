@@ -28,6 +28,10 @@ from loader.serving.rest.targets import (
     (b"/v1/models/m/versions/%D9%A1:predict", None),
     (b"/v1/models/m/versions/\xd9\xa1:predict", None),
     (b"/v1/models/m/versions/-1:predict", None),
+    (b"/v2/models/m/infer", ("infer", "m", None, None)),
+    (b"/v2/models/m%2Fx/versions/3/infer", ("infer", "m/x", "3", None)),
+    (b"/v2/models/m/versions/x/infer", None),
+    (b"/V2/models/m/infer", None),  # Triton's routes are case-sensitive
 ])
 def test_predictions_are_routed_raw_then_decoded(path, target):
     assert parse_prediction(path) == target
@@ -37,6 +41,12 @@ def test_the_fast_path_leaves_escapes_and_queries_to_asgi():
     assert prediction_target(b"/v1/models/m/versions/1:predict") == ("predict", "m", "1", None)
     for url in (b"/v1/models/%6d:predict", b"/v1/models/m:predict?x", b"/v1/models/m:predict#f",
                 "/v1/models/m/versions/\u0661:predict".encode()):
+        assert prediction_target(url) is None
+
+
+def test_the_fast_path_takes_v2_infer_as_it_takes_predictions():
+    assert prediction_target(b"/v2/models/m/versions/2/infer") == ("infer", "m", "2", None)
+    for url in (b"/v2/models/%6d/infer", b"/v2/models/m/infer?x", b"/v2/models/m/ready"):
         assert prediction_target(url) is None
 
 
