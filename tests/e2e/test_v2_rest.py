@@ -194,9 +194,14 @@ def refused(call: Any) -> InferenceServerException:
 
 def test_errors_in_triton_words(client: triton.InferenceServerClient) -> None:
     xs = np.ones(2, np.float32)
-    assert refused(lambda: client.infer("nope", linear_input(xs))).status() == "404"
-    assert refused(lambda: client.infer(LINEAR, linear_input(xs), model_version="7")).status() == "404"
+    error = refused(lambda: client.infer("nope", linear_input(xs)))
+    assert error.status() == "404"
+    assert error.message() == "Request for unknown model: 'nope' is not found"
+    error = refused(lambda: client.infer(LINEAR, linear_input(xs), model_version="7"))
+    assert error.status() == "404"
+    assert error.message() == "Request for unknown model: 'linear' version 7 is not found"
     assert refused(lambda: client.get_model_metadata("nope")).status() == "404"
+    assert refused(lambda: client.get_model_metadata(LINEAR, "7")).status() == "404"
     wide = triton.InferInput("x", [2, 4], "FP32")
     wide.set_data_from_numpy(np.ones((2, 4), np.float32))
     error = refused(lambda: client.infer(LINEAR, [wide]))

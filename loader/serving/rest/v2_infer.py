@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import SignatureInfo
+from loader.base import NotFound, SignatureInfo
 from loader.manager.handles import Lease
 from loader.serving.rest.error_answers import parse_version
 from loader.serving.rest.predictions import (
@@ -43,6 +43,7 @@ from loader.serving.v2.inference import (
     check_sizes,
     decoded_nbytes,
     infer,
+    not_found,
     output_keys,
     prepare,
 )
@@ -94,7 +95,10 @@ class InferCall(PredictionCall):
         """Check and decode now, then queue for a batch; or, when the model does not batch
         this request, await its run in a task."""
         dataplane = self._routes.dataplane
-        lease = dataplane.hold(self.model, request.version)
+        try:
+            lease = dataplane.hold(self.model, request.version)
+        except NotFound:
+            raise not_found(self.model, request.version) from None
         try:
             name, signature, inputs = prepare(dataplane, lease, request)
 

@@ -139,7 +139,11 @@ def model_metadata(
     """A model's metadata: its available versions, Triton's platform name, and the inputs
     and outputs of its signature (-1 for an unknown dimension). NOT_FOUND for an unknown
     model or version; the version must be loaded (this never loads one on demand)."""
-    with dataplane.hold_loaded(model, version) as lease:
+    try:
+        lease = dataplane.hold_loaded(model, version)
+    except NotFound:
+        raise not_found(model, version) from None
+    with lease:
         signature = dataplane.signature(lease, signature_name)
     versions = sorted(s.version for s in dataplane.status(model) if s.state == "AVAILABLE")
     return {
@@ -149,6 +153,12 @@ def model_metadata(
         "inputs": _tensors_metadata(signature.inputs),
         "outputs": _tensors_metadata(signature.outputs),
     }
+
+
+def not_found(model: str, version: int | None) -> NotFound:
+    """A model or version not served, in Triton's words (for the NOT_FOUND a hold raised)."""
+    named = f"'{model}'" if version is None else f"'{model}' version {version}"
+    return NotFound(f"Request for unknown model: {named} is not found")
 
 
 def _tensors_metadata(tensors: Mapping[str, TensorInfo]) -> list[dict[str, Any]]:
@@ -283,7 +293,11 @@ async def infer(
         check_sizes(request)
         held = await budget.reserve(need, "this request's inputs")
     try:
-        with await dataplane.hold_async(request.model, request.version) as lease:
+        try:
+            lease = await dataplane.hold_async(request.model, request.version)
+        except NotFound:
+            raise not_found(request.model, request.version) from None
+        with lease:
             name, inputs = await _checked_inputs(dataplane, lease, request, need)
             when = deadline() if callable(deadline) else deadline
             outputs = await dataplane.run_async(
