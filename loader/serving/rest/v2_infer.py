@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from loader.base import NotFound, SignatureInfo
 from loader.manager.handles import Lease
 from loader.serving.rest.error_answers import parse_version
+from loader.serving.rest.logged_requests import sample_request
 from loader.serving.rest.predictions import (
     INLINE_BODY_BYTES,
     INLINE_OUTPUT_VALUES,
@@ -79,6 +80,8 @@ class InferCall(PredictionCall):
         """Answer the infer request for the version `version_text` names, with `body`."""
         try:
             version = parse_version(version_text)
+            self._sampled = sample_request(
+                self._routes.request_log, self.model, version, None, len(body))
             head, tail = split(body, header_length(self._header, len(body)))
             if len(head) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
                 self._routes.spawn(self._answer_task(self._parse_in_task(version, head, tail)))
@@ -107,6 +110,7 @@ class InferCall(PredictionCall):
                 if error is not None:
                     self._failed(error)
                 else:
+                    self._logged(name, lease.version, inputs, result or {})
                     self._answer_outputs(request, lease.version, signature, result or {})
 
             if dataplane.submit(
@@ -130,6 +134,7 @@ class InferCall(PredictionCall):
         except BaseException as error:
             self._failed(error)
             return
+        self._logged(name, lease.version, inputs, outputs)
         self._answer_outputs(request, lease.version, signature, outputs)
 
     def _answer_outputs(
@@ -186,7 +191,8 @@ class InferCall(PredictionCall):
             if need > SMALL_DECODE_BYTES and need > held:
                 check_sizes(request)
                 held += await routes.reserve_bytes(need - held, "this request's tensors")
-            answered = await infer(routes.dataplane, request, deadline=self._time)
+            answered = await infer(routes.dataplane, request, deadline=self._time,
+                                   observe=self._logged if self._sampled else None)
         finally:
             routes.budget.release(held)
         if sum(output.array.size for output in answered.outputs) <= INLINE_OUTPUT_VALUES:

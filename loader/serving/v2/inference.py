@@ -33,6 +33,9 @@ PLATFORM = "tensorflow_savedmodel"
 SERVER_NAME = "modelwatch"
 # The protocol's extensions every transport serves (a transport adds its own).
 EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "parameters")
+# Called with what a request ran: the signature's name, the version, inputs and outputs.
+Observer = Callable[[str, int, dict[str, np.ndarray], dict[str, Any]], None]
+
 # The request and answer types are slotted dataclasses, not frozen ones: a frozen one's
 # __init__ sets each field through object.__setattr__, about 1 us more per object, and a
 # request makes several. Nothing changes them once built; treat them as values.
@@ -278,6 +281,7 @@ async def infer(
     *,
     budget: DecodeBudget | None = None,
     deadline: float | Callable[[], float | None] | None = None,
+    observe: Observer | None = None,
 ) -> InferAnswer:
     """Run `request` on the version it names (held until answered) and answer it.
 
@@ -285,7 +289,8 @@ async def infer(
     raise `BudgetBusy` or `BudgetNeverFits`: the caller counts the refusal) and decode on
     a worker thread. `deadline` is a `time.monotonic()` time, or a callable giving it when
     the model is asked (a REST request is timed from there); a run still waiting for its
-    batch or a worker thread then is dropped (DEADLINE_EXCEEDED).
+    batch or a worker thread then is dropped (DEADLINE_EXCEEDED). `observe` is called
+    with what ran (for the request log).
     """
     need = decoded_nbytes(request)
     held = 0
@@ -303,6 +308,8 @@ async def infer(
             outputs = await dataplane.run_async(
                 lease, name, inputs, output_keys(request), deadline=when
             )
+            if observe is not None:
+                observe(name, lease.version, inputs, outputs)
             return answer(request, lease.version, dataplane.signature(lease, name), outputs)
     finally:
         if held:
