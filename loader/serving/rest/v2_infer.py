@@ -3,7 +3,7 @@ taken as a TF Serving predict is: on the fast HTTP path (or the ASGI app, for a 
 fast path leaves to it), with the same body limits, request timeout and decode budget, and
 through the same `DataPlane`, so v2 requests and TF Serving requests share batches.
 
-A small request for a model that batches runs without a task: parsed, checked and decoded
+A small body for a model that batches runs without a task: parsed, checked and decoded
 on the event loop, queued for its batch, and its answer encoded in the batch's callback.
 Anything else runs as one task: a large JSON head reserves what parsing it may take before
 it is parsed on a worker thread (as a large TF Serving body does), and inputs that decode
@@ -83,14 +83,12 @@ class InferCall(PredictionCall):
             self._sampled = sample_request(
                 self._routes.request_log, self.model, version, None, len(body))
             head, tail = split(body, header_length(self._header, len(body)))
-            if len(head) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
+            if len(body) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
                 self._routes.spawn(self._answer_task(self._parse_in_task(version, head, tail)))
-                return
-            request = parse_request(self.model, version, head, tail)
-            if decoded_nbytes(request) > SMALL_DECODE_BYTES:
-                self._routes.spawn(self._answer_task(self._infer_in_task(request, 0)))
             else:
-                self._infer(request)
+                # What a small body decodes to is bounded by a small multiple of its size
+                # (raw inputs are exactly their bytes, JSON data exactly its values).
+                self._infer(parse_request(self.model, version, head, tail))
         except BaseException as error:
             self._failed(error)
 

@@ -200,8 +200,8 @@ def check(request: InferRequest, signature: SignatureInfo, model: str) -> None:
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                 f"{shape_text(info.shape)}, got {shape_text(tensor.shape)}"
             )
-    missing = sorted(set(signature.inputs) - set(given))
-    if missing:
+    if len(given) < len(signature.inputs):  # every input given is known and given once
+        missing = sorted(set(signature.inputs) - set(given))
         raise InvalidArgument(
             f"expected {len(signature.inputs)} inputs but got {len(given)} inputs for model "
             f"'{model}'. Got input(s) {sorted(given)}, but missing required input(s) "
