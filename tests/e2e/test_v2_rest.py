@@ -7,8 +7,10 @@ hostile client can send (clean 400s, never a 5xx)."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,9 +18,10 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from tensorflow_serving.apis import prediction_log_pb2
 from tritonclient.utils import InferenceServerException
 
-from tests.daemon_process import DaemonProcess, free_port
+from tests.daemon_process import DaemonProcess, free_port, wait_until
 from tests.savedmodels import V2_IDENTITY_DTYPES, ModelBuilder, write_identity_model
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +42,9 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, model_builder: ModelBuilder
         "server": {"host": "127.0.0.1", "rest_port": 0, "grpc_port": free_port(),
                    "max_decoding_bytes": BUDGET, "max_decoded_tensor_bytes": BUDGET},
         "models": [
-            {"name": IDENTITY, "base_path": str(workdir / "repo" / IDENTITY)},
+            {"name": IDENTITY, "base_path": str(workdir / "repo" / IDENTITY),
+             "request_logging": {"sampling_rate": 1.0,
+                                 "filename_prefix": str(workdir / "logs" / IDENTITY)}},
             {"name": LINEAR, "base_path": str(linear), "version_policy": {"all": {}},
              "batching": {"max_batch_size": 64, "batch_timeout_micros": 2000,
                           "num_batch_threads": 1}},
@@ -153,6 +158,36 @@ def test_binary_inputs_with_outputs_mixed_and_only_those_asked_for(
         same(result.as_numpy(f"out_{name}"), arrays[name])
 
 
+def logged_records(folder: Path) -> list[bytes]:
+    """The records of the TFRecord files in `folder` (length, its CRC, data, its CRC)."""
+    records = []
+    for path in sorted(folder.glob("*")):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack_from("<Q", data, at)
+            records.append(data[at + 12:at + 12 + length])
+            at += 16 + length
+    return records
+
+
+def test_an_infer_is_logged_as_the_predict_it_ran(
+    client: triton.InferenceServerClient, daemon: DaemonProcess
+) -> None:
+    rows = 7  # no other request here sends 7 rows
+    client.infer(IDENTITY, triton_inputs(identity_arrays(rows=rows, seed=2), binary=True))
+    folder = daemon.workdir / "logs"
+
+    def logged() -> list[prediction_log_pb2.PredictionLog]:
+        found = [prediction_log_pb2.PredictionLog.FromString(r) for r in logged_records(folder)]
+        return [r for r in found
+                if r.predict_log.request.inputs["in_FP32"].tensor_shape.dim[0].size == rows]
+
+    records = wait_until(logged, 60, "the infer in the request log")
+    answered = records[-1].predict_log.response
+    assert answered.model_spec.name == IDENTITY and answered.model_spec.version.value == 1
+    assert set(answered.outputs) == {f"out_{name}" for name in V2_IDENTITY_DTYPES}
+
+
 def linear_input(xs: np.ndarray, binary: bool = True) -> list[triton.InferInput]:
     tensor = triton.InferInput("x", [len(xs), 1], "FP32")
     tensor.set_data_from_numpy(xs.reshape(-1, 1).astype(np.float32), binary_data=binary)
@@ -194,9 +229,14 @@ def refused(call: Any) -> InferenceServerException:
 
 def test_errors_in_triton_words(client: triton.InferenceServerClient) -> None:
     xs = np.ones(2, np.float32)
-    assert refused(lambda: client.infer("nope", linear_input(xs))).status() == "404"
-    assert refused(lambda: client.infer(LINEAR, linear_input(xs), model_version="7")).status() == "404"
+    error = refused(lambda: client.infer("nope", linear_input(xs)))
+    assert error.status() == "404"
+    assert error.message() == "Request for unknown model: 'nope' is not found"
+    error = refused(lambda: client.infer(LINEAR, linear_input(xs), model_version="7"))
+    assert error.status() == "404"
+    assert error.message() == "Request for unknown model: 'linear' version 7 is not found"
     assert refused(lambda: client.get_model_metadata("nope")).status() == "404"
+    assert refused(lambda: client.get_model_metadata(LINEAR, "7")).status() == "404"
     wide = triton.InferInput("x", [2, 4], "FP32")
     wide.set_data_from_numpy(np.ones((2, 4), np.float32))
     error = refused(lambda: client.infer(LINEAR, [wide]))
@@ -307,11 +347,11 @@ def binary_request(shape: list[int], size: int, data: bytes, datatype: str = "FP
         (binary_request([3, 1], 8, b"\0" * 8), "unexpected total byte size 8 for input 'x', expecting 12"),
         (binary_request([2**62, 2**62], 8, b"\0" * 8), "too large to serve"),
         (binary_request([2**40, 1], 8, b"\0" * 8), "unexpected total byte size 8"),
-        (binary_request([2**40, 1], 8, b"\0" * 8, "BYTES"), "8 bytes cannot hold"),
+        (binary_request([2**40, 1], 8, b"\0" * 8, "BYTES"), "data-type is 'BYTES'"),
         ((orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [2**40, 1],
                                      "data": [1.0, 2.0]}]}), {}), "needs 1099511627776, got 2"),
         ((orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1],
-                                     "data": [1.0]}]}), {}), "Unable to parse 'shape'"),
+                                     "data": [1.0]}]}), {}), "has an invalid shape [-1,1]"),
         ((b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1]}]}', {}),
          "no field is set"),
         ((b'{"inputs": 3}', {}), "Unable to parse 'inputs'"),

@@ -3,7 +3,7 @@ taken as a TF Serving predict is: on the fast HTTP path (or the ASGI app, for a 
 fast path leaves to it), with the same body limits, request timeout and decode budget, and
 through the same `DataPlane`, so v2 requests and TF Serving requests share batches.
 
-A small request for a model that batches runs without a task: parsed, checked and decoded
+A small body for a model that batches runs without a task: parsed, checked and decoded
 on the event loop, queued for its batch, and its answer encoded in the batch's callback.
 Anything else runs as one task: a large JSON head reserves what parsing it may take before
 it is parsed on a worker thread (as a large TF Serving body does), and inputs that decode
@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from loader.base import SignatureInfo
+from loader.base import NotFound, SignatureInfo
 from loader.manager.handles import Lease
 from loader.serving.rest.error_answers import parse_version
+from loader.serving.rest.logged_requests import sample_request
 from loader.serving.rest.predictions import (
     INLINE_BODY_BYTES,
     INLINE_OUTPUT_VALUES,
@@ -43,6 +44,7 @@ from loader.serving.v2.inference import (
     check_sizes,
     decoded_nbytes,
     infer,
+    not_found,
     output_keys,
     prepare,
 )
@@ -78,15 +80,15 @@ class InferCall(PredictionCall):
         """Answer the infer request for the version `version_text` names, with `body`."""
         try:
             version = parse_version(version_text)
+            self._sampled = sample_request(
+                self._routes.request_log, self.model, version, None, len(body))
             head, tail = split(body, header_length(self._header, len(body)))
-            if len(head) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
+            if len(body) > INLINE_BODY_BYTES or self._routes.dataplane.waits(self.model):
                 self._routes.spawn(self._answer_task(self._parse_in_task(version, head, tail)))
-                return
-            request = parse_request(self.model, version, head, tail)
-            if decoded_nbytes(request) > SMALL_DECODE_BYTES:
-                self._routes.spawn(self._answer_task(self._infer_in_task(request, 0)))
             else:
-                self._infer(request)
+                # What a small body decodes to is bounded by a small multiple of its size
+                # (raw inputs are exactly their bytes, JSON data exactly its values).
+                self._infer(parse_request(self.model, version, head, tail))
         except BaseException as error:
             self._failed(error)
 
@@ -94,7 +96,10 @@ class InferCall(PredictionCall):
         """Check and decode now, then queue for a batch; or, when the model does not batch
         this request, await its run in a task."""
         dataplane = self._routes.dataplane
-        lease = dataplane.hold(self.model, request.version)
+        try:
+            lease = dataplane.hold(self.model, request.version)
+        except NotFound:
+            raise not_found(self.model, request.version) from None
         try:
             name, signature, inputs = prepare(dataplane, lease, request)
 
@@ -103,6 +108,7 @@ class InferCall(PredictionCall):
                 if error is not None:
                     self._failed(error)
                 else:
+                    self._logged(name, lease.version, inputs, result or {})
                     self._answer_outputs(request, lease.version, signature, result or {})
 
             if dataplane.submit(
@@ -126,6 +132,7 @@ class InferCall(PredictionCall):
         except BaseException as error:
             self._failed(error)
             return
+        self._logged(name, lease.version, inputs, outputs)
         self._answer_outputs(request, lease.version, signature, outputs)
 
     def _answer_outputs(
@@ -182,7 +189,8 @@ class InferCall(PredictionCall):
             if need > SMALL_DECODE_BYTES and need > held:
                 check_sizes(request)
                 held += await routes.reserve_bytes(need - held, "this request's tensors")
-            answered = await infer(routes.dataplane, request, deadline=self._time)
+            answered = await infer(routes.dataplane, request, deadline=self._time,
+                                   observe=self._logged if self._sampled else None)
         finally:
             routes.budget.release(held)
         if sum(output.array.size for output in answered.outputs) <= INLINE_OUTPUT_VALUES:

@@ -96,9 +96,10 @@ def _input(
         raise InvalidArgument("Unable to parse 'name'")
     if type(datatype) is not str:
         raise InvalidArgument("Unable to parse 'datatype'")
-    if type(shape) is not list or not all(type(d) is int and d >= 0 for d in shape):
+    if type(shape) is not list:
         raise InvalidArgument("Unable to parse 'shape'")
-    datatypes.element_count(shape, f"input '{name}'")  # bounded before anything else
+    # Each dimension a non-negative integer, and the count bounded, before anything else.
+    datatypes.element_count(shape, f"input '{name}'")
     parameters = _parameters(item)
     size = parameters.get("binary_data_size")
     has_data = "data" in item

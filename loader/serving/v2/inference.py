@@ -33,6 +33,9 @@ PLATFORM = "tensorflow_savedmodel"
 SERVER_NAME = "modelwatch"
 # The protocol's extensions every transport serves (a transport adds its own).
 EXTENSIONS: tuple[str, ...] = ("binary_tensor_data", "parameters")
+# Called with what a request ran: the signature's name, the version, inputs and outputs.
+Observer = Callable[[str, int, dict[str, np.ndarray], dict[str, Any]], None]
+
 # The request and answer types are slotted dataclasses, not frozen ones: a frozen one's
 # __init__ sets each field through object.__setattr__, about 1 us more per object, and a
 # request makes several. Nothing changes them once built; treat them as values.
@@ -139,7 +142,11 @@ def model_metadata(
     """A model's metadata: its available versions, Triton's platform name, and the inputs
     and outputs of its signature (-1 for an unknown dimension). NOT_FOUND for an unknown
     model or version; the version must be loaded (this never loads one on demand)."""
-    with dataplane.hold_loaded(model, version) as lease:
+    try:
+        lease = dataplane.hold_loaded(model, version)
+    except NotFound:
+        raise not_found(model, version) from None
+    with lease:
         signature = dataplane.signature(lease, signature_name)
     versions = sorted(s.version for s in dataplane.status(model) if s.state == "AVAILABLE")
     return {
@@ -149,6 +156,12 @@ def model_metadata(
         "inputs": _tensors_metadata(signature.inputs),
         "outputs": _tensors_metadata(signature.outputs),
     }
+
+
+def not_found(model: str, version: int | None) -> NotFound:
+    """A model or version not served, in Triton's words (for the NOT_FOUND a hold raised)."""
+    named = f"'{model}'" if version is None else f"'{model}' version {version}"
+    return NotFound(f"Request for unknown model: {named} is not found")
 
 
 def _tensors_metadata(tensors: Mapping[str, TensorInfo]) -> list[dict[str, Any]]:
@@ -187,8 +200,8 @@ def check(request: InferRequest, signature: SignatureInfo, model: str) -> None:
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
                 f"{shape_text(info.shape)}, got {shape_text(tensor.shape)}"
             )
-    missing = sorted(set(signature.inputs) - set(given))
-    if missing:
+    if len(given) < len(signature.inputs):  # every input given is known and given once
+        missing = sorted(set(signature.inputs) - set(given))
         raise InvalidArgument(
             f"expected {len(signature.inputs)} inputs but got {len(given)} inputs for model "
             f"'{model}'. Got input(s) {sorted(given)}, but missing required input(s) "
@@ -268,6 +281,7 @@ async def infer(
     *,
     budget: DecodeBudget | None = None,
     deadline: float | Callable[[], float | None] | None = None,
+    observe: Observer | None = None,
 ) -> InferAnswer:
     """Run `request` on the version it names (held until answered) and answer it.
 
@@ -275,7 +289,8 @@ async def infer(
     raise `BudgetBusy` or `BudgetNeverFits`: the caller counts the refusal) and decode on
     a worker thread. `deadline` is a `time.monotonic()` time, or a callable giving it when
     the model is asked (a REST request is timed from there); a run still waiting for its
-    batch or a worker thread then is dropped (DEADLINE_EXCEEDED).
+    batch or a worker thread then is dropped (DEADLINE_EXCEEDED). `observe` is called
+    with what ran (for the request log).
     """
     need = decoded_nbytes(request)
     held = 0
@@ -283,12 +298,18 @@ async def infer(
         check_sizes(request)
         held = await budget.reserve(need, "this request's inputs")
     try:
-        with await dataplane.hold_async(request.model, request.version) as lease:
+        try:
+            lease = await dataplane.hold_async(request.model, request.version)
+        except NotFound:
+            raise not_found(request.model, request.version) from None
+        with lease:
             name, inputs = await _checked_inputs(dataplane, lease, request, need)
             when = deadline() if callable(deadline) else deadline
             outputs = await dataplane.run_async(
                 lease, name, inputs, output_keys(request), deadline=when
             )
+            if observe is not None:
+                observe(name, lease.version, inputs, outputs)
             return answer(request, lease.version, dataplane.signature(lease, name), outputs)
     finally:
         if held:
