@@ -82,7 +82,11 @@ class Daemon:
             on_expired=self.metrics.expire,
         )
         server = config.server
-        budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
+        from loader.servables.runtime import hand_over_sooner
+
+        budget = DecodeBudget(  # one for REST and gRPC
+            server.max_decoding_bytes, while_used=hand_over_sooner
+        )
         self.request_log = RequestLog(  # one writer thread for every model's request logs
             self.metrics, file_bytes=server.request_log_file_bytes,
             queue_bytes=server.request_log_queue_bytes,

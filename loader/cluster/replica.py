@@ -101,8 +101,12 @@ class Replica:
         builds them from `server.*`: the REST fast path, batching, metrics, the limits."""
         from starlette.routing import Route
 
+        from loader.servables.runtime import hand_over_sooner
+
         server = self._config.server.model_copy(update={"host": host})
-        budget = DecodeBudget(server.max_decoding_bytes)  # one for REST and gRPC
+        budget = DecodeBudget(  # one for REST and gRPC
+            server.max_decoding_bytes, while_used=hand_over_sooner
+        )
         self._grpc = grpc_server(server, self.dataplane, self.metrics, budget, 0)
         self._grpc.start()
         _, self._rest = rest_server(

@@ -37,7 +37,26 @@ def _load_libc() -> Any:
 
 _LIBC = _load_libc()
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
-SWITCH_INTERVAL_SECONDS = 0.001  # how long a thread may keep the GIL from one that asks
+# How long a thread may keep the GIL from one that asks for it: Python's own interval, and
+# the one while large requests decode (see `hand_over_sooner`).
+SWITCH_INTERVAL_SECONDS = sys.getswitchinterval()
+BUSY_SWITCH_INTERVAL_SECONDS = 0.001
+
+
+def hand_over_sooner(busy: bool) -> None:
+    """While large requests decode and encode (`busy`), let a thread keep the GIL at most
+    1 ms from another that asks for it; otherwise Python's 5 ms.
+
+    A thread decoding a large body keeps the GIL until an event loop has waited a whole
+    interval for it, and a loop waits again at each of its callbacks (every read, accept
+    and answer). At 5 ms a steady client beside a 60 MB JSON body (issue 21, attack 5)
+    fell behind to a p50 of 2.7 s; at 1 ms it kept 19 ms. Not always at 1 ms: the loop
+    then hands over to the batch threads sooner too, batches form ~10% smaller and a
+    request costs ~5-10% more CPU at 32 clients (bench/rest_cpu.py, four pairs).
+    Called by the decode budget when its first bytes are taken and when its last are
+    given back.
+    """
+    sys.setswitchinterval(BUSY_SWITCH_INTERVAL_SECONDS if busy else SWITCH_INTERVAL_SECONDS)
 
 
 def prepare_runtime() -> None:
@@ -51,11 +70,6 @@ def prepare_runtime() -> None:
     """
     gc.collect()
     gc.freeze()
-    # A thread decoding or encoding a large body keeps the GIL until an event loop has
-    # waited a whole switch interval for it, and a loop waits again at each of its
-    # callbacks (every read, accept and answer). At Python's 5 ms, a steady client beside
-    # a 60 MB JSON body (issue 21, attack 5) fell behind to a p50 of 2.7 s; at 1 ms, 19 ms.
-    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     if _LIBC is not None:
         # Large blocks (a model's weights) straight from mmap, so an unload gives them
         # back to the OS at once instead of leaving holes glibc keeps: measured +1.5% RSS

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import NamedTuple
 
 from loader.base import ResourceExhausted
@@ -39,9 +40,16 @@ class DecodeBudget:
     waits, new requests queue behind it (no overtaking by smaller ones).
     """
 
-    def __init__(self, limit: int, wait_seconds: float = WAIT_SECONDS) -> None:
+    def __init__(
+        self, limit: int, wait_seconds: float = WAIT_SECONDS,
+        while_used: Callable[[bool], None] | None = None,
+    ) -> None:
+        """`while_used(True)` is called when the first bytes are reserved, and
+        `while_used(False)` when the last are released (the process may run differently
+        while large requests decode: loader/servables/runtime.py's `hand_over_sooner`)."""
         self.limit = limit
         self._wait = wait_seconds
+        self._while_used = while_used
         self._lock = threading.Lock()
         self._used = 0
         self._waiting: deque[_Waiter] = deque()
@@ -56,7 +64,7 @@ class DecodeBudget:
         with self._lock:
             if self._waiting or self._used + nbytes > self.limit:
                 return False
-            self._used += nbytes
+            self._take(nbytes)
             return True
 
     def resize(self, held: int, nbytes: int) -> int:
@@ -69,16 +77,29 @@ class DecodeBudget:
     def release(self, nbytes: int) -> None:
         """Give back what a reservation held; waiting requests that now fit get it."""
         with self._lock:
+            was = self._used
             self._used -= nbytes
-        self._grant_waiting()
+            granted = self._fitting()  # handed on at once: the budget never idles between
+            self._tell(was)
+        self._wake(granted)
 
     def _grant_waiting(self) -> None:
         with self._lock:
-            granted = []
-            while self._waiting and self._used + self._waiting[0].nbytes <= self.limit:
-                waiter = self._waiting.popleft()
-                self._used += waiter.nbytes
-                granted.append(waiter)
+            was = self._used
+            granted = self._fitting()
+            self._tell(was)
+        self._wake(granted)
+
+    def _fitting(self) -> list[_Waiter]:
+        """The waiters at the front that fit now, their room taken (under the lock)."""
+        granted = []
+        while self._waiting and self._used + self._waiting[0].nbytes <= self.limit:
+            waiter = self._waiting.popleft()
+            self._used += waiter.nbytes
+            granted.append(waiter)
+        return granted
+
+    def _wake(self, granted: list[_Waiter]) -> None:
         for waiter in granted:
             try:
                 waiter.loop.call_soon_threadsafe(self._grant, waiter)
@@ -103,7 +124,7 @@ class DecodeBudget:
         waiter = _Waiter(nbytes, loop, loop.create_future())
         with self._lock:
             if not self._waiting and self._used + nbytes <= self.limit:
-                self._used += nbytes
+                self._take(nbytes)
                 return nbytes
             self._waiting.append(waiter)
         try:
@@ -119,6 +140,17 @@ class DecodeBudget:
             self._give_up(waiter)
             raise
         return nbytes
+
+    def _take(self, nbytes: int) -> None:
+        """Add `nbytes` to what is used (under the lock)."""
+        was = self._used
+        self._used += nbytes
+        self._tell(was)
+
+    def _tell(self, was: int) -> None:
+        """`while_used` when the budget went from idle to used or back (under the lock)."""
+        if self._while_used is not None and (was == 0) != (self._used == 0):
+            self._while_used(self._used > 0)
 
     def _give_up(self, waiter: _Waiter) -> None:
         """A waiter stops waiting: out of the queue, or, if the room was granted to it as

@@ -85,3 +85,25 @@ def test_a_release_on_another_thread_wakes_a_waiter_on_its_loop() -> None:
         return await asyncio.wait_for(waiting, 5)
 
     assert asyncio.run(scenario()) == 50 and budget.used == 50
+
+
+def test_while_used_hears_when_the_first_bytes_are_taken_and_the_last_given_back() -> None:
+    heard: list[bool] = []
+    budget = DecodeBudget(100, wait_seconds=5, while_used=heard.append)
+    assert budget.try_reserve(60) and budget.try_reserve(20)
+    budget.release(20)
+    assert heard == [True]  # still in use: nothing more said
+    assert budget.resize(60, 10) == 10
+    budget.release(10)
+    assert heard == [True, False]
+
+    async def granted_to_a_waiter() -> None:
+        assert budget.try_reserve(100)
+        waiting = asyncio.ensure_future(budget.reserve(30, "this request"))
+        await asyncio.sleep(0.05)
+        budget.release(100)  # handed straight to the waiter: the budget never idles
+        await asyncio.wait_for(waiting, 5)
+        budget.release(30)
+
+    asyncio.run(granted_to_a_waiter())
+    assert heard == [True, False, True, False]
