@@ -9,10 +9,12 @@ so a folder with that name is always a complete copy of exactly that listing.
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -45,6 +47,11 @@ log = logging.getLogger(__name__)
 _SAFE_COMPONENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 _TMP_PREFIX = ".tmp-"
+# A fetch's temporary folder names its process and host (`.tmp-<pid>-<host>-...`): several
+# processes may share one cache folder (a Ray cluster's replicas on one machine), and one
+# starting must not take the folder of a fetch still running in another.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_OWNER = re.compile(r"\.tmp-([0-9]+)-([0-9a-f]{8})-")
 
 
 class FetchProgress(Protocol):
@@ -86,7 +93,10 @@ class StoreFetcher:
             raise FailedPrecondition(f"{what} at {ref.uri} is not complete: {missing}")
         try:
             temp = Path(
-                tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{model}-{version}-", dir=self._mkdirs())
+                tempfile.mkdtemp(
+                    prefix=f"{_TMP_PREFIX}{os.getpid()}-{_HOST}-{model}-{version}-",
+                    dir=self._mkdirs(),
+                )
             )
         except OSError as error:
             raise self._cache_error(what, error) from None
@@ -117,10 +127,13 @@ class StoreFetcher:
             log.warning("Could not remove the cached copy %s: %s", folder, error.strerror or error)
 
     def cleanup_stale(self) -> None:
-        """Remove the temporary folders a crashed fetch left in the cache folder."""
+        """Remove the temporary folders a crashed fetch left in the cache folder (those of
+        a process of this host that is gone; another's fetch may still be writing)."""
         if not self._cache_dir.is_dir():
             return
         for temp in self._cache_dir.glob(f"{_TMP_PREFIX}*"):
+            if not _abandoned(temp.name):
+                continue
             shutil.rmtree(temp, ignore_errors=True)
             if temp.exists():
                 log.warning("Could not remove the stale download folder %s", temp)
@@ -195,6 +208,23 @@ class StoreFetcher:
         if error.errno in _DISK_FULL:
             return ResourceExhausted(message)
         return FailedPrecondition(message)
+
+
+def _abandoned(name: str) -> bool:
+    """Whether the fetch that made the temporary folder `name` is over: its process, of
+    this host, is gone (a name without an owner is an older release's, long gone too)."""
+    owner = _OWNER.match(name)
+    if owner is None:
+        return True
+    if owner.group(2) != _HOST:
+        return False
+    try:
+        os.kill(int(owner.group(1)), 0)  # signal 0: only whether it exists
+    except (ProcessLookupError, OverflowError):  # gone, or no pid a process can have
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _version_location(ref: VersionRef) -> tuple[str, str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -11,6 +14,7 @@ import pytest
 from moto import mock_aws
 
 from loader.base import Code, ServingError, VersionRef
+from loader.sources import store_fetch
 from loader.sources.base import ModelLocation
 from loader.sources.object_store import listing_fingerprint
 from loader.sources.s3_client import S3Store, make_s3_client
@@ -261,7 +265,7 @@ def test_release_removes_the_cached_copy(s3: Any, cache: Path) -> None:
 
 def test_cleanup_stale_removes_only_temporary_folders(s3: Any, cache: Path) -> None:
     StoreFetcher(S3Store(s3), cache).cleanup_stale()  # no cache folder yet: nothing to do
-    stale = cache / ".tmp-m-1-abc123"
+    stale = cache / ".tmp-m-1-abc123"  # an older release's name: no owner
     (stale / "variables").mkdir(parents=True)
     (stale / "variables" / "variables.index").write_bytes(b"half")
     kept = cache / "m" / "1-0123456789abcdef"
@@ -269,3 +273,25 @@ def test_cleanup_stale_removes_only_temporary_folders(s3: Any, cache: Path) -> N
     StoreFetcher(S3Store(s3), cache).cleanup_stale()
     assert not stale.exists()
     assert kept.is_dir()
+
+
+def test_cleanup_stale_leaves_the_fetches_of_live_processes(s3: Any, cache: Path) -> None:
+    # Two replicas of a Ray cluster on one machine share the cache folder: one starting
+    # took the other's download from under it ("No such file or directory", the version
+    # ERROR, the rollout stuck). Only a gone process's folder of this host is stale.
+    s3.put_object(Bucket=BUCKET, Key="models/m/1/saved_model.pb", Body=b"pb")
+    ref = ref_for(s3, "models/m/1/")
+    fetcher = StoreFetcher(S3Store(s3), cache)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    host, pid = store_fetch._HOST, ended.stdout.strip()
+    other_host = "0" * 8 if host != "0" * 8 else "1" * 8
+    live = cache / f".tmp-{os.getpid()}-{host}-m-1-abc"  # a fetch running now
+    gone = cache / f".tmp-{pid}-{host}-m-1-def"  # its process ended: stale
+    elsewhere = cache / f".tmp-{pid}-{other_host}-m-1-ghi"  # another host's: not ours to judge
+    for folder in (live, gone, elsewhere):
+        folder.mkdir(parents=True)
+    StoreFetcher(S3Store(s3), cache).cleanup_stale()  # another process starting
+    assert live.is_dir() and elsewhere.is_dir() and not gone.exists()
+    assert Path(fetcher.fetch("m", 1, ref)).is_dir()  # its own folder moved into place
+    assert sorted(p.name for p in cache.glob(".tmp-*")) == sorted([live.name, elsewhere.name])
