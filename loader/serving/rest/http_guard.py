@@ -16,6 +16,8 @@ the app: both REST paths (plain uvicorn, and the fast path built on this) use it
   next request (httptools #124, uvicorn #2722). One without a body is answered as plain
   HTTP/1.1, the `Upgrade` ignored, as RFC 9110 7.8 allows and as TF Serving (libevent) and
   nginx do; modelwatch speaks no other protocol on this port.
+- A large body is read one read (up to 256 KiB) per round of the event loop, so the other
+  connections are served between its reads.
 - A `Host` that is not allowed (`loader.serving.rest.allowed_hosts`) gets 421.
 - TLS (`loader.serving.rest.tls_start`) runs under the limits above from the accept; a
   failed handshake (say, a plain HTTP request) closes the connection at once, counted.
@@ -114,6 +116,7 @@ async def _answer_asgi(status: int, body: bytes, scope: Any, receive: Any, send:
 
 
 _MALFORMED = "Invalid HTTP request received."
+_PACED_READ_BYTES = 64 * 1024  # a read this large, inside a body: the next waits a round
 
 
 class GuardedProtocol(HttpToolsProtocol):
@@ -139,6 +142,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self._body_open = False  # the body (or trailers) of self.cycle's request is arriving
         self._stopped = False  # refused: read nothing more
         self._silent = False  # in guard.silent: open, and no byte received yet
+        self._paced = False  # reading waits for the loop's next round (a large body)
         self._tls: TlsStart | None = None  # the handshake, with guard.tls
 
     # -- the connection ----------------------------------------------------------------
@@ -237,6 +241,19 @@ class GuardedProtocol(HttpToolsProtocol):
                     left = self._feed_up_to_head_limit(left, over)
                     continue
             left = self._feed(left)
+        if self._body_open and len(data) >= _PACED_READ_BYTES and not self._paced:
+            # A large body arriving: its next read waits for the loop to go round once, so
+            # the other connections are served between its reads. Left alone, libuv reads
+            # a socket up to 32 times in a row while data is there (8 MiB, tens of
+            # milliseconds): two 60 MB bodies held every other client for ~300 ms.
+            self._paced = True
+            self.transport.pause_reading()
+            self.loop.call_soon(self._read_on)
+
+    def _read_on(self) -> None:
+        self._paced = False
+        if not (self._stopped or self.flow.read_paused or self.transport.is_closing()):
+            self.transport.resume_reading()
 
     def _feed(self, data: bytes | memoryview) -> bytes | memoryview:
         """Parse `data`; what is left of it after a request that asked to switch protocols."""

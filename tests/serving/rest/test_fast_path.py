@@ -51,7 +51,7 @@ class Stack:
 
 def _stack(
     path: str, keep_alive_seconds: int = 5, limits: HttpLimits | None = None,
-    tls: ServerTls | None = None, **api_options: float,
+    tls: ServerTls | None = None, max_request_bytes: int = LIMIT, **api_options: float,
 ) -> Iterator[Stack]:
     fake = RecordingServable()
     servables: list[BatchingServable] = []
@@ -66,7 +66,7 @@ def _stack(
     manager.on_versions("m", refs(1))
     assert manager.wait_until(lambda: manager.status("m")[0].state == "AVAILABLE", 10)
     metrics = Metrics()
-    api = RestApi(DataPlane(manager), metrics, max_request_bytes=LIMIT, **api_options)
+    api = RestApi(DataPlane(manager), metrics, max_request_bytes=max_request_bytes, **api_options)
     server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast",
                         keep_alive_seconds=keep_alive_seconds, limits=limits, metrics=metrics,
                         tls=tls)

@@ -108,7 +108,7 @@ def test_a_million_rows_of_nan_never_become_a_million_lists(
 ) -> None:
     rows = 1_000_000
     body = b'{"instances": [' + b",".join([b"[NaN]"] * rows) + b"]}"
-    monkeypatch.setattr(json_slices, "SLICE_BYTES", 256 * 1024)  # as shipped
+    monkeypatch.setattr(json_slices, "SLICE_BYTES", 64 * 1024)  # as shipped
     tracemalloc.start()
     try:
         sliced = split_body(body)
