@@ -41,6 +41,7 @@ from loader.serving.rest.predictions import PredictionCall, PredictionRoutes
 from loader.serving.rest.targets import Target, prediction_target
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_RESERVED_BODY_BYTES = 64 * 1024  # a body declared larger, still arriving, reserves first
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
 # A JSON head and binary data (the Open Inference Protocol's binary tensor data).
 _BINARY_HEAD = b"inference-header-content-length: %d\r\ncontent-type: application/octet-stream\r\ncontent-length: "
@@ -50,8 +51,8 @@ class _FastCycle:
     """One prediction request on a connection, from its headers to its response."""
 
     __slots__ = (
-        "_call", "_chunks", "_deadline", "_expect_continue", "_protocol", "_refusal", "_size",
-        "_timer", "disconnected", "keep_alive", "label", "reading", "response_complete",
+        "_call", "_chunks", "_deadline", "_declared", "_expect_continue", "_held", "_protocol",
+        "_refusal", "_size", "_timer", "disconnected", "keep_alive", "label", "reading", "response_complete",
         "started", "version_text",
     )
 
@@ -76,13 +77,17 @@ class _FastCycle:
         self._refusal: ServingError | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
+        self._declared = 0  # the body's Content-Length
+        self._held = 0  # bytes of the decode budget held for the body until answered
 
     def check_declared_length(self, headers: list[tuple[bytes, bytes]]) -> None:
         limit = self._protocol.routes.max_request_bytes
         for name, value in headers:
             if name == b"content-length":
-                if value.isdigit() and int(value) > limit:
-                    self._refuse(too_large(limit))
+                if value.isdigit():
+                    self._declared = int(value)
+                    if self._declared > limit:
+                        self._refuse(too_large(limit))
                 break
         self._call.read_head(headers)
 
@@ -92,10 +97,49 @@ class _FastCycle:
         if self._refusal is not None:
             self._answer_refusal()
         elif self.reading:
-            if self._expect_continue and not self._protocol.transport.is_closing():
-                self._protocol.transport.write(_CONTINUE)
+            if self._declared > _RESERVED_BODY_BYTES:
+                self._protocol.flow.pause_reading()
+                self._protocol.routes.spawn(self._reserve_body())
+            else:
+                self._continue()
         else:
             self._run()
+
+    def _continue(self) -> None:
+        if self._expect_continue and not self._protocol.transport.is_closing():
+            self._protocol.transport.write(_CONTINUE)
+
+    async def _reserve_body(self) -> None:
+        """Reserve the declared body's bytes in the decode budget before reading on, the
+        connection's reading paused meanwhile (at most the budget's wait): so the bodies
+        being read are bounded together with everything being decoded, and a body the
+        budget has no room for is refused (429) and its bytes dropped as they arrive, never
+        held. Without this, each of many connections could hold a 64 MiB body while it
+        waited to be refused. The request's own reservation counts these bytes as its own
+        (`PredictionCall.prepaid`)."""
+        routes = self._protocol.routes
+        try:
+            held = await routes.reserve_bytes(
+                self._declared, f"a body of {self._declared} bytes, while it is read,"
+            )
+        except ServingError as error:
+            if self.keep_alive:
+                self._refuse(error)
+            else:  # answered once the body is read: closing with its bytes still coming
+                self._refusal = error  # would reset the connection, the answer lost with it
+        else:
+            if self.response_complete:  # the client left meanwhile
+                routes.budget.release(held)
+                return
+            self._held = self._call.prepaid = held
+            self._continue()
+        if not self._protocol.transport.is_closing():
+            self._protocol.flow.resume_reading()
+
+    def _release_body(self) -> None:
+        if self._held:
+            self._protocol.routes.budget.release(self._held)
+            self._held = 0
 
     def feed(self, chunk: bytes) -> None:
         if self._refusal is not None or self.response_complete:
@@ -111,8 +155,11 @@ class _FastCycle:
     def complete(self) -> None:
         self.reading = False
         self._stop_timer()
-        if self.started and self._refusal is None and not self.response_complete:
-            self._run()
+        if self.started and not self.response_complete:
+            if self._refusal is None:
+                self._run()
+            else:  # a refusal kept until the body was read (`_reserve_body`)
+                self._answer_refusal()
 
     def watch_body(self) -> None:
         """The body is still arriving after a read: give up on it if it stalls."""
@@ -125,6 +172,7 @@ class _FastCycle:
     def lost(self) -> None:
         """The connection closed."""
         self._stop_timer()
+        self._release_body()
         if self.response_complete:
             return
         self.disconnected = True
@@ -169,6 +217,7 @@ class _FastCycle:
     ) -> None:
         """Write the whole response at once; then the connection's next request."""
         self.response_complete = True
+        self._release_body()
         protocol = self._protocol
         transport = protocol.transport
         if self.disconnected or transport.is_closing():

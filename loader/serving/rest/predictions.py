@@ -166,7 +166,9 @@ class PredictionCall:
     exactly once, on the event loop, except after `cancel`. Once the model is asked, the
     request is timed (`RequestTimeout`): past its `deadline` it is answered 504."""
 
-    __slots__ = ("_outcome", "_reply", "_routes", "_sampled", "api", "deadline", "model")
+    __slots__ = (
+        "_outcome", "_reply", "_routes", "_sampled", "api", "deadline", "model", "prepaid",
+    )
 
     def __init__(self, routes: PredictionRoutes, api: str, model: str, reply: Reply) -> None:
         self._routes = routes
@@ -177,6 +179,9 @@ class PredictionCall:
         self._outcome.model = model
         self._sampled: SampledRequest | None = None  # chosen for the request log
         self.deadline: float | None = None  # time.monotonic(); None: not timed
+        # Bytes of the decode budget the connection holds for the body until it is answered
+        # (reserved before the body was read): part of what this request reserves.
+        self.prepaid = 0
 
     def run(self, version_text: str | None, label: str | None, body: bytes) -> None:
         """Answer the request whose path named `version_text` or `label`, with `body`."""
@@ -331,7 +336,8 @@ class PredictionCall:
                 document = parse_body(body)
             else:
                 held = await routes.reserve(
-                    len(body) * SLICED_DECODE_FACTOR, body, "split and decoded in slices"
+                    len(body) * SLICED_DECODE_FACTOR - self.prepaid, body,
+                    "split and decoded in slices",
                 )
                 sliced = await run_in_threadpool(split_body, body)
                 if sliced is None:  # not one array of numbers: parsed whole

@@ -4,6 +4,7 @@ them may take, wait for room, and are refused cleanly when there is none."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -24,8 +25,10 @@ from loader.serving.rest.predictions import INLINE_BODY_BYTES
 from loader.serving.rest.server import RestServer, bind
 from policies.selection import All
 from policies.transition import availability_preserving
+from tests.daemon_process import wait_until
 from tests.fakes import refs
 from tests.servables.test_batching import RecordingServable
+from tests.serving.rest.test_fast_path import Reader
 
 BUDGET = 1 << 20
 
@@ -35,10 +38,20 @@ class Stack:
     client: httpx.Client
     budget: DecodeBudget
     metrics: Metrics
+    port: int
 
 
 @pytest.fixture(params=["fast", "asgi"])
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from _stack(request.param)
+
+
+@pytest.fixture
+def fast_stack() -> Iterator[Stack]:
+    yield from _stack("fast")
+
+
+def _stack(path: str) -> Iterator[Stack]:
     fake = RecordingServable()
 
     def load(model: str, version: int, ref: VersionRef) -> BatchingServable:
@@ -50,11 +63,11 @@ def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     assert manager.wait_until(lambda: manager.status("m")[0].state == "AVAILABLE", 10)
     metrics, budget = Metrics(), DecodeBudget(BUDGET, wait_seconds=0.05)
     api = RestApi(DataPlane(manager), metrics, max_request_bytes=4 << 20, decode_budget=budget)
-    server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=request.param == "fast")
+    server = RestServer(api.app, bind("127.0.0.1", 0), fast_path=path == "fast")
     server.start()
     assert server.wait_started(10)
     client = httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30)
-    yield Stack(client, budget, metrics)
+    yield Stack(client, budget, metrics, server.port)
     client.close()
     server.stop()
     server.join(10)
@@ -123,3 +136,33 @@ def test_a_body_that_could_never_fit_gets_413_at_once(stack: Stack) -> None:
         f"decode, more than server.max_decoding_bytes ({BUDGET})"
     )
     assert refused(stack.metrics) == 1 and stack.budget.used == 0
+
+
+def test_a_large_body_reserves_before_it_is_read_and_one_without_room_is_refused_unread(
+    fast_stack: Stack,
+) -> None:
+    # Many connections could each hold a 64 MiB body while it waited for the budget to
+    # refuse it: a large body still arriving reserves its declared bytes first, with
+    # reading paused, and one with no room is answered before its bytes are read.
+    large = body(20_000)
+    head = b"POST /v1/models/m:predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n"
+    small = body(2)
+    with socket.create_connection(("127.0.0.1", fast_stack.port), timeout=10) as sock:
+        reader = Reader(sock)
+        assert fast_stack.budget.try_reserve(BUDGET)  # other requests hold all of it
+        try:
+            sock.sendall(head % len(large))  # the head alone: no byte of the body yet
+            status, _, answer = reader.response()
+            assert status == 429, answer
+            assert b"a body of %d bytes, while it is read," % len(large) in answer
+        finally:
+            fast_stack.budget.release(BUDGET)
+        sock.sendall(large + head % len(small) + small)  # dropped as it comes; then the next
+        assert reader.response()[0] == 200
+
+        sock.sendall(head % len(large) + large[:1000])  # room now: reserved, then read
+        wait_until(lambda: fast_stack.budget.used >= len(large), 10, "the body to reserve")
+        sock.sendall(large[1000:])
+        assert reader.response()[0] == 200
+    assert fast_stack.budget.used == 0
+    assert refused(fast_stack.metrics) == 1
