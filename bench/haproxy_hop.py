@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,33 @@ def backend_stat(admin_socket: Path, backend: str = "rest_replicas") -> dict[str
     header = lines[0].lstrip("# ").split(",")
     rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
     return {r["svname"]: r for r in rows if r["pxname"] == backend}
+
+
+def admin_socket(processes: Iterable[tuple[int, int]]) -> Path | None:
+    """The admin socket of the cluster's HAProxy among `processes` ((pid, start) keys of
+    a bench/proc_cpu.py snapshot): beside the configuration it was given."""
+    for pid, _ in processes:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        if "haproxy" in argv[0] and "-f" in argv:
+            return Path(argv[argv.index("-f") + 1]).with_name("admin.sock")
+    return None
+
+
+def balancer_counters(sock: Path | None) -> dict[str, dict[str, int]]:
+    """Per server of the REST backend (and the backend's total): requests, connections
+    opened, requests sent over an idle connection, and whether its checks say it is UP."""
+    if sock is None:
+        return {}
+    return {name: {"requests": int(row.get("stot") or 0), "connect": int(row.get("connect") or 0),
+                   "reuse": int(row.get("reuse") or 0), "up": int(row.get("status") == "UP")}
+            for name, row in backend_stat(sock).items()}
+
+
+def counters_between(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+                     ) -> dict[str, dict[str, int]]:
+    """What balancer_counters counted between two readings (`up`: as at the second)."""
+    return {name: {k: v if k == "up" else v - before.get(name, {}).get(k, 0)
+                   for k, v in row.items()} for name, row in after.items()}
 
 
 class HAProxy:

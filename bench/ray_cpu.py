@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import default_out, ensure_hey, instances_body, write_mlp, write_result  # noqa: E402
-from bench.haproxy_hop import backend_stat  # noqa: E402
+from bench.haproxy_hop import admin_socket, balancer_counters, counters_between  # noqa: E402
 from bench.proc_cpu import ProcStat, become_subreaper, read_all, tree  # noqa: E402
 from bench.ray_serve import BUCKET, MODEL, SIZES, serving  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW  # noqa: E402
@@ -106,25 +106,6 @@ def by_process(before: dict[tuple[int, int], ProcStat], after: dict[tuple[int, i
     return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
 
 
-def admin_socket(processes: dict[tuple[int, int], ProcStat]) -> Path | None:
-    """The admin socket of the cluster's HAProxy: beside the configuration it was given."""
-    for pid, _ in processes:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        if "haproxy" in argv[0] and "-f" in argv:
-            return Path(argv[argv.index("-f") + 1]).with_name("admin.sock")
-    return None
-
-
-def balancer_counters(sock: Path | None) -> dict[str, dict[str, int]]:
-    """Per server of the REST backend (and the backend's total): requests, connections
-    opened, requests sent over an idle connection, and whether its checks say it is UP."""
-    if sock is None:
-        return {}
-    return {name: {"requests": int(row.get("stot") or 0), "connect": int(row.get("connect") or 0),
-                   "reuse": int(row.get("reuse") or 0), "up": int(row.get("status") == "UP")}
-            for name, row in backend_stat(sock).items()}
-
-
 def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> dict[str, Any]:
     env, batching = VARIANTS[variant]
     cluster = LocalRayCluster(work, head_cpus=1, node_cpus=1, env={**CREDENTIALS, **env}).start()
@@ -159,9 +140,7 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
         counted_before = balancer_counters(sock)
         summary = measured_window(snapshot, url, args.concurrency, args.duration, body=body)
         load = by_process(load_before, snapshot(), names)
-        counted = {name: {k: v - counted_before.get(name, {}).get(k, 0) if k != "up" else v
-                          for k, v in row.items()}
-                   for name, row in balancer_counters(sock).items()}
+        counted = counters_between(counted_before, balancer_counters(sock))
         print(f"  HAProxy's REST servers over the window: {counted}", file=sys.stderr, flush=True)
         answered = summary["requests_answered"]
         per_1000 = {k: round(v / answered * 1000, 4) for k, v in load.items()} if answered else {}
