@@ -198,17 +198,23 @@ class Balancer:
     def update(self, backends: Mapping[str, Endpoint]) -> None:
         """Send requests to these replicas from now on (a seamless reload on a change).
         An empty set is ignored: the replicas known last stay, their health checks say
-        whether they answer (a watcher that restarts knows no replica for a while)."""
-        if not backends or dict(backends) == self._backends:
-            return
-        self._backends = dict(backends)
-        self._save_server_states()
-        self._write()
-        if self.running():
-            assert self._process is not None
-            self._process.send_signal(signal.SIGUSR2)  # the master re-reads the file
-        log.info("balancing across %d replica(s): %s", len(backends),
-                 ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
+        whether they answer (a watcher that restarts knows no replica for a while).
+
+        Called again with the same set (the balancer's deployment does, at least once a
+        second), it checks that HAProxy's worker has those servers and reloads again if
+        not: HAProxy's master loses a reload signalled while it is still busy with the
+        previous one, so two sets 5-20 ms apart left the second replica out for good."""
+        if backends and dict(backends) != self._backends:
+            self._backends = dict(backends)
+            self._save_server_states()
+            self._write()
+            self._reload()
+            log.info("balancing across %d replica(s): %s", len(backends),
+                     ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
+        elif self._backends and not self._worker_has_backends():
+            log.warning("HAProxy's worker is not balancing across %s: reloading again",
+                        ", ".join(sorted(self._backends)))
+            self._reload()
 
     @property
     def pid(self) -> int | None:
@@ -246,16 +252,48 @@ class Balancer:
         temporary.write_text(text)
         os.replace(temporary, self._config)
 
+    def _reload(self) -> None:
+        if self.running():
+            assert self._process is not None
+            self._process.send_signal(signal.SIGUSR2)  # the master re-reads the file
+
+    def _admin(self, command: str) -> str | None:
+        """The answer of HAProxy's worker to one command on its admin socket; None when it
+        does not answer (not started, or between two workers)."""
+        try:
+            with socket.socket(socket.AF_UNIX) as admin:
+                admin.settimeout(2)
+                admin.connect(str(self._dir / "admin.sock"))
+                admin.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := admin.recv(65536):
+                    chunks.append(chunk)
+        except OSError:
+            return None
+        return b"".join(chunks).decode(errors="replace")
+
     def _save_server_states(self) -> None:
         """What HAProxy's checks know now, for the next worker to start from."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as admin:
-            admin.settimeout(2)
-            admin.connect(str(self._dir / "admin.sock"))
-            admin.sendall(b"show servers state\n")
-            chunks = []
-            while chunk := admin.recv(65536):
-                chunks.append(chunk)
-            (self._dir / "servers.state").write_bytes(b"".join(chunks))
+        states = self._admin("show servers state")
+        if states is not None:
+            with contextlib.suppress(OSError):
+                (self._dir / "servers.state").write_text(states)
+
+    def _worker_has_backends(self) -> bool:
+        """Whether HAProxy's worker has a server for each replica of the set and no other,
+        in every backend (True when it cannot tell now: it is asked again later)."""
+        states = self._admin("show servers state")
+        if states is None:
+            return True
+        servers: dict[str, set[str]] = {}
+        for line in states.splitlines()[1:]:  # a version line, then "# be_id be_name ..."
+            fields = line.split()
+            if len(fields) > 3 and not line.startswith("#"):
+                servers.setdefault(fields[1], set()).add(fields[3])
+        expected = {_name(r) for r in self._backends}
+        backends = [name for port, name in ((self.listen.rest_port, "rest_replicas"),
+                                            (self.listen.grpc_port, "grpc_replicas")) if port]
+        return all(servers.get(name, set()) == expected for name in backends)
 
     def _listening(self) -> bool:
         port = self.listen.rest_port or self.listen.grpc_port

@@ -4,6 +4,7 @@ replicas' REST ports (no Ray, no TensorFlow)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -113,3 +114,35 @@ def test_a_wrong_thread_setting_is_refused_naming_it(
     monkeypatch.setenv("RAY_SERVE_HAPROXY_NBTHREAD", setting)
     with pytest.raises(RuntimeError, match="RAY_SERVE_HAPROXY_NBTHREAD"):
         haproxy_threads()
+
+
+def test_a_set_given_while_haproxy_still_reloads_for_the_last_one_is_not_lost(
+    replicas: list[Replica],
+) -> None:
+    a, b, c = replicas
+    one = {"a#1": a.endpoint}
+    balancer = Balancer(Listen("127.0.0.1", free_port(), 0))
+    balancer.start()
+    try:
+        url = f"http://127.0.0.1:{balancer.listen.rest_port}/v1/models/m"
+        with httpx.Client() as http:
+
+            def follows(backends: dict[str, Endpoint], expected: set[str]) -> bool:
+                balancer.update(backends)  # as the balancer's deployment does, every second
+                return {http.get(url, timeout=10).text for _ in range(8)} == expected
+
+            # Two sets a few milliseconds apart: the second reload is signalled while
+            # HAProxy's master is still busy with the first (two replicas starting at once).
+            for gap in (0.005, 0.01, 0.015, 0.02):
+                wait_until(lambda: follows(one, {"a"}), 30, "requests to reach a alone",
+                           interval=0.2)
+                balancer.update({**one, "b#1": b.endpoint})
+                time.sleep(gap)  # the gap between the sets is the case itself, not a wait
+                last = {**one, "c#1": c.endpoint}
+                balancer.update(last)
+                wait_until(lambda last=last: follows(last, {"a", "c"}), 30,
+                           f"requests to reach a and c ({gap * 1000:g} ms after a and b)",
+                           interval=0.2)
+    finally:
+        balancer.stop()
+        balancer.join(30)
