@@ -40,8 +40,9 @@ CHECK_INTERVAL_MS = 1000  # a replica that fails 2 checks in a row is out of rot
 STOP_SECONDS = 30.0  # a soft stop lets requests in flight finish within this
 # HAProxy's threads unless $RAY_SERVE_HAPROXY_NBTHREAD says otherwise. Its own default is
 # one per core, which on a node shared with replicas cost ~10% more CPU a request (threads
-# woken for fewer events each; bench/haproxy_hop.py, bench/ray_cpu.py). One thread forwards
-# ~30,000 of these requests a second; a head node with cores to spare for it takes more.
+# woken for fewer events each; bench/haproxy_hop.py, bench/ray_cpu.py). At the ~30 us of CPU
+# a small request costs it, one thread forwards about 30,000 a second; a head node with
+# cores to spare for it takes more.
 THREADS = 1
 
 
