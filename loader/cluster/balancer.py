@@ -8,8 +8,12 @@ planes: no Python runs between a client and the replica that answers it.
 Its backends follow the watcher's live set (`Watcher.backends`): the balancer writes the
 configuration again and reloads HAProxy seamlessly (master-worker mode, SIGUSR2: the old
 worker finishes the requests it has) whenever a replica starts serving or goes away; the
-servers' health states carry over through HAProxy's server-state file. Between two sets
-HAProxy's own checks (`GET /healthz` on each replica's REST port, every second) take a dead
+servers' health states carry over through HAProxy's server-state file. HAProxy's master
+loses a reload signalled while it still runs the previous one, so the balancer checks, on
+every update, that the worker has the servers it was given, and reloads again if not.
+HAProxy runs one thread unless Ray's RAY_SERVE_HAPROXY_NBTHREAD says otherwise.
+
+Between two sets HAProxy's own checks (`GET /healthz` on each replica's REST port, every second) take a dead
 replica out of rotation, and a request whose connection to a replica failed, or that the
 replica closed without an answer, is sent again to another one (`retry-on`): a replica
 killed under load costs only the requests HAProxy could not keep for a resend (a body past
@@ -99,7 +103,7 @@ def haproxy_threads() -> int:
 
 
 def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: Path,
-                   threads: int = 1) -> str:
+                   threads: int = THREADS) -> str:
     """HAProxy's configuration for `listen` and these replicas (a pure function)."""
     check = (f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1")
     rest_servers = "".join(
