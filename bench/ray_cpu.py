@@ -191,8 +191,10 @@ def main() -> None:
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             s3.create_bucket(Bucket=BUCKET)
             upload(s3, write_mlp(work / "model", SIZES, seed=0), f"repo/{MODEL}/1", bucket=BUCKET)
-            for variant in args.variants.split(","):
-                result["variants"][variant] = measure(work, endpoint, variant, args, body)
+            for number, variant in enumerate(args.variants.split(",")):
+                # A variant named twice (A,B,A,B: pairs in alternating order) keeps each.
+                key = variant if variant not in result["variants"] else f"{variant} #{number}"
+                result["variants"][key] = measure(work, endpoint, variant, args, body)
     finally:
         moto.stop()
     result["notes"] = ("CPU-seconds per process of the cluster's tree; the machine's 2 cores "
