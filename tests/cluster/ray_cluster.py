@@ -23,6 +23,9 @@ import yaml
 from tests.daemon_process import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+# This checkout: Ray's workers import `loader` from it, not from wherever the venv's
+# editable install points (another worktree's code would run in the replicas).
+ROOT = Path(__file__).resolve().parent.parent.parent
 # Ray rewrites 127.0.0.1 (and "localhost") into the machine's interface address, so the
 # nodes take other loopback addresses, which it leaves alone. A driver on this machine
 # passes `_node_ip_address=HEAD_IP` to `ray.init`.
@@ -57,7 +60,10 @@ class LocalRayCluster:
         token = Path(self.temp_dir) / "auth_token"
         token.write_text(secrets.token_hex(32))
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-        self._env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", **self.env}
+        self._env = {**os.environ, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0",
+                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
+                                                                 os.environ.get("PYTHONPATH")])),
+                     **self.env}
         self._processes: list[subprocess.Popen[bytes]] = []
 
     def start(self, timeout: float = 120) -> LocalRayCluster:
