@@ -35,6 +35,7 @@ ATTACKS: dict[int, str] = {
     5: "JSON amplification: 60 MB bodies of 10M rows [NaN], 2 at a time, up to 4",
     6: "silent connections: 3,000 connections that never send, held",
     7: "live page streams: 300 /modelwatch/ui/events streams held open and read",
+    8: "body flood: 16 connections each sending a 60 MB body of [NaN] rows at once",
 }
 
 
@@ -373,10 +374,11 @@ def attacker(number: int, target: Target, duration: float, payload: Any,
             def attack(deadline: float) -> dict[str, Any]:
                 time.sleep(max(0.0, deadline - time.monotonic()))
                 return {"saw": "-"}
-        elif number == 5:
+        elif number in (5, 8):
             body = nan_rows_body()
+            senders, each = (2, 2) if number == 5 else (16, 1)
             def attack(deadline: float) -> dict[str, Any]:
-                return json_amplification(target, deadline, body)
+                return json_amplification(target, deadline, body, senders, each)
         elif number == 4:
             def attack(deadline: float) -> dict[str, Any]:
                 return grpc_fillout(target, deadline, payload)

@@ -42,6 +42,7 @@ from loader.serving.rest.targets import Target, prediction_target
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _RESERVED_BODY_BYTES = 64 * 1024  # a body declared larger, still arriving, reserves first
+_DRAIN_READ_SECONDS = 0.1  # between two reads of a refused body
 _JSON_HEAD = b"content-type: application/json\r\ncontent-length: "
 # A JSON head and binary data (the Open Inference Protocol's binary tensor data).
 _BINARY_HEAD = b"inference-header-content-length: %d\r\ncontent-type: application/octet-stream\r\ncontent-length: "
@@ -110,8 +111,8 @@ class _FastCycle:
             self._protocol.transport.write(_CONTINUE)
 
     async def _reserve_body(self) -> None:
-        """Reserve the declared body's bytes in the decode budget before reading on, the
-        connection's reading paused meanwhile (at most the budget's wait): so the bodies
+        """Reserve what the declared body will take in the decode budget before reading on,
+        the connection's reading paused meanwhile (at most the budget's wait): so the bodies
         being read are bounded together with everything being decoded, and a body the
         budget has no room for is refused (429) and its bytes dropped as they arrive, never
         held. Without this, each of many connections could hold a 64 MiB body while it
@@ -119,9 +120,7 @@ class _FastCycle:
         (`PredictionCall.prepaid`)."""
         routes = self._protocol.routes
         try:
-            held = await routes.reserve_bytes(
-                self._declared, f"a body of {self._declared} bytes, while it is read,"
-            )
+            held = await routes.reserve_bytes(*self._call.body_reservation(self._declared))
         except ServingError as error:
             if self.keep_alive:
                 self._refuse(error)
@@ -160,6 +159,12 @@ class _FastCycle:
                 self._run()
             else:  # a refusal kept until the body was read (`_reserve_body`)
                 self._answer_refusal()
+        elif self.response_complete and not self.disconnected:
+            self._protocol.idle_again()  # answered before its body was in: idle from now
+
+    def dropping(self) -> bool:
+        """Whether the body still arriving is refused, read only to be dropped."""
+        return self.reading and (self._refusal is not None or self.response_complete)
 
     def watch_body(self) -> None:
         """The body is still arriving after a read: give up on it if it stalls."""
@@ -284,6 +289,25 @@ class FastPathProtocol(GuardedProtocol):
             self.timeout_keep_alive_task = self.loop.call_at(
                 self._idle_since + self.timeout_keep_alive, self._check_idle
             )
+
+    def idle_again(self) -> None:
+        """The body of a request answered before it arrived is in: the keep-alive timeout
+        counts from now (the reads of that body had stopped it)."""
+        if self.transport.is_closing() or self.pipeline:
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_at(
+                self._idle_since + self.timeout_keep_alive, self._check_idle
+            )
+
+    def drain_seconds(self) -> float:
+        # A refused body is read slowly: one read (up to 256 KiB) every DRAIN_READ_SECONDS,
+        # so that bodies the server will not use cost its loop little, however many come at
+        # once, and their senders still get their answer (closing instead would reset the
+        # connection under a sender still sending, and the answer would be lost with it).
+        cycle: object = self.cycle
+        return _DRAIN_READ_SECONDS if type(cycle) is _FastCycle and cycle.dropping() else 0.0
 
     def _unset_keepalive_if_required(self) -> None:
         self._idle_since = None  # a read: busy again (the timer, if any, sees it when it fires)

@@ -248,7 +248,15 @@ class GuardedProtocol(HttpToolsProtocol):
             # milliseconds): two 60 MB bodies held every other client for ~300 ms.
             self._paced = True
             self.transport.pause_reading()
-            self.loop.call_soon(self._read_on)
+            delay = self.drain_seconds()
+            if delay:
+                self.loop.call_later(delay, self._read_on)
+            else:
+                self.loop.call_soon(self._read_on)
+
+    def drain_seconds(self) -> float:
+        """How long a large read waits before the next one (0: the loop's next round)."""
+        return 0.0
 
     def _read_on(self) -> None:
         self._paced = False

@@ -129,8 +129,10 @@ class PredictionRoutes:
     async def reserve_bytes(self, nbytes: int, what: str) -> int:
         """Reserve `nbytes` in the decode budget for `what`, a refusal counted; the caller
         releases what this returns."""
+        if nbytes <= 0:  # nothing more: never queued behind others for it
+            return 0
         try:
-            return await self.budget.reserve(max(0, nbytes), what)
+            return await self.budget.reserve(nbytes, what)
         except ResourceExhausted:
             self.metrics.refuse("rest", "decode_budget")
             raise
@@ -201,6 +203,16 @@ class PredictionCall:
                 self._predict(version, label, body)
         except BaseException as error:
             self._failed(error)
+
+    def body_reservation(self, declared: int) -> tuple[int, str]:
+        """What a body of `declared` bytes reserves before it is read, and what for: a
+        predict what decoding it in slices takes (so it waits for room only once, before
+        its bytes are read), anything else its bytes."""
+        if self.api == "predict":
+            return declared * SLICED_DECODE_FACTOR, (
+                f"a JSON body of {declared} bytes, split and decoded in slices,"
+            )
+        return declared, f"a body of {declared} bytes, while it is read,"
 
     def read_head(self, headers: list[tuple[bytes, bytes]]) -> None:
         """The request's headers (lowercased names), for a route that reads any (none here)."""
@@ -335,7 +347,7 @@ class PredictionCall:
             if inline:
                 document = parse_body(body)
             else:
-                held = await routes.reserve(
+                held = await routes.reserve(  # none, if reserved before the body was read
                     len(body) * SLICED_DECODE_FACTOR - self.prepaid, body,
                     "split and decoded in slices",
                 )

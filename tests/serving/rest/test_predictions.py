@@ -154,14 +154,15 @@ def test_a_large_body_reserves_before_it_is_read_and_one_without_room_is_refused
             sock.sendall(head % len(large))  # the head alone: no byte of the body yet
             status, _, answer = reader.response()
             assert status == 429, answer
-            assert b"a body of %d bytes, while it is read," % len(large) in answer
+            assert b"a JSON body of %d bytes, split and decoded in slices," % len(large) in answer
         finally:
             fast_stack.budget.release(BUDGET)
         sock.sendall(large + head % len(small) + small)  # dropped as it comes; then the next
         assert reader.response()[0] == 200
 
         sock.sendall(head % len(large) + large[:1000])  # room now: reserved, then read
-        wait_until(lambda: fast_stack.budget.used >= len(large), 10, "the body to reserve")
+        wait_until(lambda: fast_stack.budget.used >= len(large) * SLICED_DECODE_FACTOR, 10,
+                   "the body to reserve what decoding it takes")
         sock.sendall(large[1000:])
         assert reader.response()[0] == 200
     assert fast_stack.budget.used == 0
