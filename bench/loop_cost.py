@@ -12,10 +12,13 @@ num_batch_threads: 2`, TensorFlow's pools as `--tensorflow-config`, by default c
 on their thread); `RestApi.app`, the ASGI application uvicorn runs, is called directly by
 C concurrent clients on a uvloop loop with the benchmark's one-instance body. Per run:
 the loop thread's CPU time (`time.thread_time`) and wall time per request, requests per
-second, and rows per batch. Every answer is checked to be a 200.
+second, and rows per batch. Every answer is checked to be a 200. With `--apis
+predict,infer` the runs alternate between TF Serving's predict and the Open Inference
+Protocol's infer (the same row as v2 JSON `data`), and each run of infer is also given
+as a ratio to the predict run beside it.
 
     .venv/bin/python bench/loop_cost.py [--requests 20000] [--runs 5] [--concurrency 32]
-        [--tensorflow-config JSON] [--out PATH]
+        [--apis predict[,infer]] [--tensorflow-config JSON] [--out PATH]
 
 To compare two commits, run it from a worktree of each, alternating. Writes
 bench/results/loop_cost.json.
@@ -45,12 +48,23 @@ BATCHING = {"max_batch_size": 32, "batch_timeout_micros": 0, "num_batch_threads"
 INLINE = {"intra_op_parallelism": 1, "inter_op_parallelism": -1}
 
 
-def drive(app: Any, body: bytes, requests: int, concurrency: int) -> dict[str, float]:
-    """Send `requests` predicts through `app` from `concurrency` clients on a new uvloop
-    loop in this thread; the loop's CPU and wall time per request."""
+# Each API's path and the body of one row of `width` floats.
+APIS = {
+    "predict": (f"/v1/models/{MODEL}:predict", lambda width: instances_body(width).encode()),
+    "infer": (f"/v2/models/{MODEL}/infer", lambda width: json.dumps({"inputs": [{
+        "name": "x", "datatype": "FP32", "shape": [1, width],
+        "data": json.loads(instances_body(width))["instances"][0],
+    }]}, separators=(",", ":")).encode()),
+}
+
+
+def drive(app: Any, body: bytes, requests: int, concurrency: int,
+          path: str = APIS["predict"][0]) -> dict[str, float]:
+    """Send `requests` requests (predicts, or what `path` names) through `app` from
+    `concurrency` clients on a new uvloop loop in this thread; the loop's CPU and wall time
+    per request."""
     import uvloop
 
-    path = f"/v1/models/{MODEL}:predict"
     headers = [(b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
                (b"content-length", str(len(body)).encode())]
     left = requests
@@ -92,6 +106,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20000, help="requests per run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--apis", default="predict",
+                        help=f"which to alternate run by run, of {', '.join(APIS)}")
     parser.add_argument("--tensorflow-config", type=json.loads, default=INLINE,
                         help="the daemon's tensorflow: block, as JSON; '{}' for TF's defaults")
     parser.add_argument("--out", default=default_out("loop_cost"))
@@ -110,7 +126,8 @@ def main() -> None:
     from loader.app.daemon import Daemon
     from loader.serving.rest.app import RestApi
 
-    body = instances_body(SIZES[0]).encode()
+    apis = args.apis.split(",")
+    bodies = {api: APIS[api][1](SIZES[0]) for api in apis}
     runs = []
     with tempfile.TemporaryDirectory(prefix="modelwatch-bench-") as tmp:
         write_mlp(Path(tmp) / "models" / MODEL / "1", SIZES, seed=0)
@@ -131,28 +148,40 @@ def main() -> None:
                     raise SystemExit("the model did not load in 120 s")
                 ready.wait(0.05)
             app = RestApi(daemon.dataplane, daemon.metrics).app
-            drive(app, body, 2000, args.concurrency)  # warm-up
+            for api in apis:  # warm-up
+                drive(app, bodies[api], 2000, args.concurrency, APIS[api][0])
             for n in range(args.runs):
-                count, rows = _histogram(daemon.metrics, MODEL)
-                run = drive(app, body, args.requests, args.concurrency)
-                count2, rows2 = _histogram(daemon.metrics, MODEL)
-                run["rows_per_batch"] = round((rows2 - rows) / max(1, count2 - count), 1)
-                runs.append(run)
-                print(f"  run {n + 1}: {run}", file=sys.stderr)
+                for api in apis if n % 2 == 0 else apis[::-1]:  # turned order, run by run
+                    count, rows = _histogram(daemon.metrics, MODEL)
+                    run: dict[str, Any] = {"api": api, "run": n + 1} | drive(
+                        app, bodies[api], args.requests, args.concurrency, APIS[api][0])
+                    count2, rows2 = _histogram(daemon.metrics, MODEL)
+                    run["rows_per_batch"] = round((rows2 - rows) / max(1, count2 - count), 1)
+                    runs.append(run)
+                    print(f"  run {n + 1}: {run}", file=sys.stderr)
         finally:
             daemon.stop()
-    cpu = [r["loop_cpu_us_per_request"] for r in runs]
+    cpu = {api: [r["loop_cpu_us_per_request"] for r in runs if r["api"] == api]
+           for api in apis}
+    ratios = None
+    if "predict" in apis and "infer" in apis:
+        ratios = [round(v2 / tfs, 3) for v2, tfs in zip(cpu["infer"], cpu["predict"], strict=True)]
     write_result(args.out, {
         "benchmark": "loop_cost",
         "parameters": {"requests": args.requests, "runs": args.runs,
-                       "concurrency": args.concurrency, "batching": BATCHING,
+                       "concurrency": args.concurrency, "apis": apis, "batching": BATCHING,
                        "tensorflow": pools.model_dump()},
         "method": "RestApi.app called in-process by concurrent ASGI clients on one uvloop "
                   "loop (no sockets, no uvicorn); loop thread CPU by time.thread_time",
-        "model": {"sizes": list(SIZES), "dtype": "float32", "body_bytes": len(body)},
+        "model": {"sizes": list(SIZES), "dtype": "float32",
+                  "body_bytes": {api: len(body) for api, body in bodies.items()}},
         "runs": runs,
-        "loop_cpu_us_per_request": {"median": statistics.median(cpu), "min": min(cpu),
-                                    "max": max(cpu)},
+        "loop_cpu_us_per_request": {
+            api: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+            for api, v in cpu.items()
+        },
+        "infer_over_predict_per_run": ratios,
+        "infer_over_predict_median": statistics.median(ratios) if ratios else None,
     })
 
 

@@ -30,11 +30,18 @@ from loader.serving.grpc.predict_inputs import PredictInputs
 from loader.serving.metrics import Metrics
 from loader.serving.v2 import datatypes, inference
 from loader.serving.v2.datatypes import shape_text
-from loader.serving.v2.inference import InferAnswer, InferRequest, InputTensor, RequestedOutput
+from loader.serving.v2.inference import (
+    MAX_TENSORS,
+    InferAnswer,
+    InferRequest,
+    InputTensor,
+    RequestedOutput,
+    TooMany,
+    too_many,
+)
 
-# What one request may name: a client controls these counts, and each costs work before the
-# model's signature could refuse it (a 64 MiB message holds millions of empty inputs).
-MAX_TENSORS = 4096  # inputs, and requested outputs
+# What one request may name beyond MAX_TENSORS inputs and requested outputs: a client
+# controls these counts too (a 64 MiB message holds millions of empty parameters).
 MAX_PARAMETERS = 256  # the request's, and each input's and output's
 # Answers of up to this many bytes of outputs are built on the event loop; larger ones on a
 # worker thread, measured against the send limit.
@@ -173,21 +180,20 @@ def infer_response(answer: InferAnswer) -> pb.ModelInferResponse:
     return response
 
 
-class TooMany(InvalidArgument):
-    """A request names more inputs, outputs or parameters than MAX_TENSORS/MAX_PARAMETERS."""
-
-
 def _check_counts(request: pb.ModelInferRequest) -> None:
     counts = [("inputs", len(request.inputs), MAX_TENSORS),
               ("requested outputs", len(request.outputs), MAX_TENSORS),
               ("parameters", len(request.parameters), MAX_PARAMETERS)]
-    counts += [(f"parameters of '{t.name}'", len(t.parameters), MAX_PARAMETERS)
-               for t in request.inputs]
-    counts += [(f"parameters of '{t.name}'", len(t.parameters), MAX_PARAMETERS)
-               for t in request.outputs]
     for what, count, limit in counts:
         if count > limit:
-            raise TooMany(f"the request has {count} {what}; at most {limit} are served")
+            raise too_many(what, count, limit)
+    # Each input's and output's own parameters, named only when one has too many (a name
+    # written per tensor per request costs more than the check).
+    for tensors in (request.inputs, request.outputs):
+        for tensor in tensors:
+            if len(tensor.parameters) > MAX_PARAMETERS:
+                raise too_many(f"parameters of '{tensor.name}'", len(tensor.parameters),
+                               MAX_PARAMETERS)
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):

@@ -1,8 +1,9 @@
 """CORS as TF Serving's REST server does it (`http_server.cc`, `http_rest_api_util.cc`).
 
-Only TF Serving's API paths (`/v1/...`, any case) are concerned; the server's own routes
-(health, metrics, the operator page) are not, as in TF Serving, whose Prometheus path gets
-no CORS headers either.
+Only the APIs' paths are concerned: TF Serving's (`/v1/...`, any case) and the Open
+Inference Protocol's (`/v2` and under it, case-sensitive as its routes are), so a browser
+app may call either; the server's own routes (health, metrics, the operator page) are not,
+as in TF Serving, whose Prometheus path gets no CORS headers either.
 - With `--rest_api_enable_cors_support` (`server.rest_cors`), every answer on an API path,
   errors included, carries `Access-Control-Allow-Origin: *`, `Access-Control-Allow-Methods:
   POST, GET` and `Access-Control-Allow-Headers: Content-Type`.
@@ -19,8 +20,10 @@ from collections.abc import Iterable
 
 from starlette.types import Message, Send
 
-# TF Serving's kHTTPRestApiHandlerPathRegex, matched whole against the path.
-API_PATH = re.compile(rb"/v1/.*", re.IGNORECASE)
+# TF Serving's kHTTPRestApiHandlerPathRegex, and the v2 routes' paths, matched whole
+# against the path. (The fast path adds the headers to every prediction it answers, v2
+# infer included, so both paths agree.)
+API_PATH = re.compile(rb"(?i:/v1/.*)|/v2(?:/.*)?")
 _HTTP_ORIGIN = re.compile(rb"https?://")  # searched for in Origin, as TF Serving's RE2
 
 CORS_HEADERS = (

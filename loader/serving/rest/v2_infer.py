@@ -39,7 +39,9 @@ from loader.serving.rest.v2_json import (
 )
 from loader.serving.v2.inference import (
     SMALL_DECODE_BYTES,
+    InferAnswer,
     InferRequest,
+    TooMany,
     answer,
     check_sizes,
     decoded_nbytes,
@@ -142,7 +144,7 @@ class InferCall(PredictionCall):
         if self._outcome is None:
             return  # answered meanwhile (timed out) or cancelled: nothing to encode for
         answered = answer(request, version, signature, outputs)
-        if sum(output.array.size for output in answered.outputs) > INLINE_OUTPUT_VALUES:
+        if _values(answered) > INLINE_OUTPUT_VALUES:
             self._routes.spawn(self._answer_task(
                 run_in_threadpool(encode_answer, answered, request)
             ))
@@ -193,6 +195,19 @@ class InferCall(PredictionCall):
                                    observe=self._logged if self._sampled else None)
         finally:
             routes.budget.release(held)
-        if sum(output.array.size for output in answered.outputs) <= INLINE_OUTPUT_VALUES:
+        if _values(answered) <= INLINE_OUTPUT_VALUES:
             return encode_answer(answered, request)
         return await run_in_threadpool(encode_answer, answered, request)
+
+    def _failed(self, error: BaseException) -> None:
+        if isinstance(error, TooMany):
+            self._routes.metrics.refuse("rest", "too_many_tensors")
+        super()._failed(error)
+
+
+def _values(answered: InferAnswer) -> int:
+    """How many values the answer's outputs hold."""
+    outputs = answered.outputs
+    if len(outputs) == 1:  # the usual answer, without a generator
+        return int(outputs[0].array.size)
+    return sum(output.array.size for output in outputs)

@@ -21,7 +21,14 @@ import orjson
 from loader.base import InvalidArgument
 from loader.serving.rest.json_values import parse_body
 from loader.serving.v2 import datatypes
-from loader.serving.v2.inference import InferAnswer, InferRequest, InputTensor, RequestedOutput
+from loader.serving.v2.inference import (
+    MAX_TENSORS,
+    InferAnswer,
+    InferRequest,
+    InputTensor,
+    RequestedOutput,
+    too_many,
+)
 
 HEADER_LENGTH = b"inference-header-content-length"
 
@@ -59,28 +66,39 @@ def parse_request(
     inputs_json = document.get("inputs")
     if type(inputs_json) is not list:
         raise InvalidArgument("Unable to parse 'inputs'")
+    if len(inputs_json) > MAX_TENSORS:  # each costs work before the signature could refuse it
+        raise too_many("inputs", len(inputs_json))
     inputs, offset = [], 0
     for item in inputs_json:
         tensor, offset = _input(item, tail, offset, model)
         inputs.append(tensor)
     if offset != len(tail):
         raise InvalidArgument(f"unexpected additional input data for model '{model}'")
-    outputs_json = document.get("outputs", [])
+    outputs_json = document.get("outputs", _NO_OUTPUTS)
     if type(outputs_json) is not list:
         raise InvalidArgument("Unable to parse 'outputs'")
+    if len(outputs_json) > MAX_TENSORS:
+        raise too_many("requested outputs", len(outputs_json))
     parameters = _parameters(document)
-    if type(parameters.get("binary_data_output", False)) is not bool:
+    if parameters and type(parameters.get("binary_data_output", False)) is not bool:
         raise InvalidArgument("Unable to parse 'binary_data_output'")
     request_id = document.get("id")
     if request_id is not None and type(request_id) is not str:
         raise InvalidArgument("Unable to parse 'id'")
     return InferRequest(
-        model, version, inputs, [_output(item) for item in outputs_json], request_id, parameters
+        model, version, inputs, [_output(item) for item in outputs_json] if outputs_json else (),
+        request_id, parameters,
     )
 
 
+# What a request without parameters or outputs has (most have neither): one shared empty
+# dict and list, never changed, rather than new ones per request and per input.
+_NO_PARAMETERS: dict[str, Any] = {}
+_NO_OUTPUTS: list[Any] = []
+
+
 def _parameters(item: Mapping[str, Any]) -> dict[str, Any]:
-    parameters = item.get("parameters", {})
+    parameters = item.get("parameters", _NO_PARAMETERS)
     if type(parameters) is not dict:
         raise InvalidArgument("Unable to parse 'parameters'")
     return parameters
@@ -101,17 +119,21 @@ def _input(
     # Each dimension a non-negative integer, and the count bounded, before anything else.
     datatypes.element_count(shape, f"input '{name}'")
     parameters = _parameters(item)
-    size = parameters.get("binary_data_size")
-    has_data = "data" in item
-    if has_data == (size is not None):
+    size = parameters.get("binary_data_size") if parameters else None
+    if "data" in item:
+        if size is None:
+            return InputTensor(name, datatype, tuple(shape), item["data"], None,
+                               parameters), offset
         raise InvalidArgument(
             "Input must set only one of the following fields: 'data', 'binary_data_size' in "
-            "'parameters', 'shared_memory_region' in 'parameters'. But "
-            + ("set 'data' 'binary_data_size'" if has_data else "no field is set")
+            "'parameters', 'shared_memory_region' in 'parameters'. But set 'data' "
+            "'binary_data_size'"
         )
     if size is None:
-        return InputTensor(name, datatype, tuple(shape), data=item["data"],
-                           parameters=parameters), offset
+        raise InvalidArgument(
+            "Input must set only one of the following fields: 'data', 'binary_data_size' in "
+            "'parameters', 'shared_memory_region' in 'parameters'. But no field is set"
+        )
     if type(size) is not int or size < 0:
         raise InvalidArgument("Unable to parse 'binary_data_size'")
     if offset + size > len(tail):
@@ -139,18 +161,20 @@ def encode_answer(answer: InferAnswer, request: InferRequest) -> tuple[bytes, in
     asked = {output.name: output.binary_data for output in request.outputs}
     outputs, tails = [], []
     for tensor in answer.outputs:
-        described: dict[str, Any] = {
-            "name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
-        }
-        wanted = asked.get(tensor.name)
+        wanted = asked.get(tensor.name) if asked else None
         if default if wanted is None else wanted:
             raw = datatypes.to_raw(tensor.array, tensor.datatype)
-            described["parameters"] = {"binary_data_size": len(raw)}
             if raw:
                 tails.append(raw)
+            outputs.append({
+                "name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
+                "parameters": {"binary_data_size": len(raw)},
+            })
         else:
-            described["data"] = _json_data(tensor.array, tensor.datatype, tensor.name)
-        outputs.append(described)
+            outputs.append({
+                "name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape,
+                "data": _json_data(tensor.array, tensor.datatype, tensor.name),
+            })
     document: dict[str, Any] = {
         "model_name": answer.model_name, "model_version": answer.model_version,
     }
@@ -164,7 +188,8 @@ def encode_answer(answer: InferAnswer, request: InferRequest) -> tuple[bytes, in
 
 
 def _json_data(array: np.ndarray, datatype: str, name: str) -> Any:
-    """An output's JSON data: numbers as one flat array (orjson writes numpy's own)."""
+    """An output's JSON data: numbers as one flat array (orjson writes numpy's own; `ravel`
+    copies only an array that is not contiguous, which orjson could not write)."""
     if datatype == "BYTES":
         return datatypes.to_json(array, datatype, f"output '{name}'")
-    return np.ascontiguousarray(array).reshape(-1)
+    return array.ravel()

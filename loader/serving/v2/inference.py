@@ -14,6 +14,7 @@ version still loading.
 from __future__ import annotations
 
 import importlib.metadata
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from loader.serving.dataplane import DataPlane
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.v2 import datatypes
 from loader.serving.v2.datatypes import shape_text
+from loader.serving.v2.signature_view import view_of
 
 # Triton's name for a TensorFlow SavedModel (the model configuration's `platform`).
 PLATFORM = "tensorflow_savedmodel"
@@ -39,6 +41,11 @@ Observer = Callable[[str, int, dict[str, np.ndarray], dict[str, Any]], None]
 # The request and answer types are slotted dataclasses, not frozen ones: a frozen one's
 # __init__ sets each field through object.__setattr__, about 1 us more per object, and a
 # request makes several. Nothing changes them once built; treat them as values.
+
+# What one request may name: a client controls these counts, and each input or output
+# costs work before the model's signature could refuse it (a body of a few megabytes holds
+# a million empty inputs).
+MAX_TENSORS = 4096  # inputs, and requested outputs
 
 # Inputs that decode to more than this reserve it in the decode budget and decode on a
 # worker thread; smaller ones decode on the event loop, as small TF Serving bodies do.
@@ -108,6 +115,15 @@ class InferAnswer:
     model_version: str
     id: str | None
     outputs: list[OutputTensor]
+
+
+class TooMany(InvalidArgument):
+    """A request names more inputs or outputs (gRPC: or parameters) than are served."""
+
+
+def too_many(what: str, count: int, limit: int = MAX_TENSORS) -> TooMany:
+    """The refusal of a request naming `count` `what`s, more than `limit`."""
+    return TooMany(f"the request has {count} {what}; at most {limit} are served")
 
 
 # --- health and metadata -------------------------------------------------------------------
@@ -181,43 +197,42 @@ def check(request: InferRequest, signature: SignatureInfo, model: str) -> None:
     """Refuse (INVALID_ARGUMENT) a request whose inputs or outputs do not fit the signature:
     unknown, missing or repeated inputs, a datatype or a shape the signature does not
     take, an unknown output. Nothing is decoded or run before this passes."""
-    given = [tensor.name for tensor in request.inputs]
-    if len(set(given)) != len(given):
-        repeated = next(name for name in given if given.count(name) > 1)
-        raise InvalidArgument(f"input '{repeated}' given more than once for model '{model}'")
-    for tensor in request.inputs:
-        info = signature.inputs.get(tensor.name)
-        if info is None:
+    view = view_of(signature)
+    inputs = request.inputs
+    if len(inputs) > 1:
+        names = [tensor.name for tensor in inputs]
+        if len(set(names)) != len(names):  # counted once, not once per name (quadratic)
+            counts = Counter(names)
+            repeated = next(name for name in names if counts[name] > 1)
+            raise InvalidArgument(f"input '{repeated}' given more than once for model '{model}'")
+    for tensor in inputs:
+        found = view.inputs.get(tensor.name)
+        if found is None:
             raise InvalidArgument(f"unexpected inference input '{tensor.name}' for model '{model}'")
-        expected = datatypes.from_tf(info.dtype)
-        if tensor.datatype != expected:
+        if tensor.datatype != found.datatype:
             raise InvalidArgument(
                 f"inference input '{tensor.name}' data-type is '{tensor.datatype}', but model "
-                f"'{model}' expects '{expected}'"
+                f"'{model}' expects '{found.datatype}'"
             )
-        if info.shape is not None and not _fits(tensor.shape, info.shape):
+        if not found.fits(tensor.shape):
+            assert found.shape is not None
             raise InvalidArgument(
                 f"unexpected shape for input '{tensor.name}' for model '{model}'. Expected "
-                f"{shape_text(info.shape)}, got {shape_text(tensor.shape)}"
+                f"{shape_text(found.shape)}, got {shape_text(tensor.shape)}"
             )
-    if len(given) < len(signature.inputs):  # every input given is known and given once
-        missing = sorted(set(signature.inputs) - set(given))
+    if len(inputs) < len(view.inputs):  # every input given is known and given once
+        names = [tensor.name for tensor in inputs]
+        missing = sorted(set(view.inputs) - set(names))
         raise InvalidArgument(
-            f"expected {len(signature.inputs)} inputs but got {len(given)} inputs for model "
-            f"'{model}'. Got input(s) {sorted(given)}, but missing required input(s) "
+            f"expected {len(view.inputs)} inputs but got {len(names)} inputs for model "
+            f"'{model}'. Got input(s) {sorted(names)}, but missing required input(s) "
             f"{missing}. Please provide all required input(s)."
         )
     for output in request.outputs:
-        if output.name not in signature.outputs:
+        if output.name not in view.outputs:
             raise InvalidArgument(
                 f"unexpected inference output '{output.name}' for model '{model}'"
             )
-
-
-def _fits(shape: Sequence[int], expected: Sequence[int]) -> bool:
-    return len(shape) == len(expected) and all(
-        want == -1 or want == dim for dim, want in zip(shape, expected, strict=True)
-    )
 
 
 def decoded_nbytes(request: InferRequest) -> int:
@@ -265,13 +280,13 @@ def answer(
     request: InferRequest, version: int, signature: SignatureInfo, outputs: Mapping[str, Any]
 ) -> InferAnswer:
     """The answer to `request` from the outputs its run gave, in the order asked for."""
-    names = [output.name for output in request.outputs] or list(outputs)
+    names = [output.name for output in request.outputs] if request.outputs else outputs
+    declared = view_of(signature).outputs
     tensors = []
     for name in names:
         array = np.asarray(outputs[name])
-        info = signature.outputs.get(name)
-        datatype = datatypes.from_tf(info.dtype) if info else datatypes.of_array(array)
-        tensors.append(OutputTensor(name, datatype, tuple(array.shape), array))
+        datatype = declared.get(name) or datatypes.of_array(array)
+        tensors.append(OutputTensor(name, datatype, array.shape, array))
     return InferAnswer(request.model, str(version), request.id, tensors)
 
 

@@ -50,8 +50,12 @@ def cors_of(headers: dict[bytes, bytes]) -> dict[bytes, bytes]:
     (b"GET", b"/v1/models/m", b"", 200),
     (b"GET", b"/V1/models/m/metadata", b"", 200),  # TF Serving's paths are any case
     (b"PUT", b"/v1/models/m", b"", 400),  # TF Serving's "Malformed request"
+    (b"GET", b"/v2/models/nope", b"", 404),  # the Open Inference Protocol's, as TF Serving's
+    (b"GET", b"/v2", b"", 200),
+    (b"POST", b"/v2/models/nope/infer", b'{"inputs": []}', 404),
+    (b"POST", b"/v2/models/m/infer", b"{", 400),
 ])
-def test_every_answer_under_v1_has_the_cors_headers(
+def test_every_answer_under_an_api_has_the_cors_headers(
     with_cors: Stack, method: bytes, target: bytes, body: bytes, status: int
 ) -> None:
     got, headers, answer = exchange(with_cors, method, target, body)
@@ -92,6 +96,12 @@ def test_a_preflight_is_answered_by_its_origin_with_an_empty_body(
     got, answered, body = exchange(with_cors, b"OPTIONS", PREDICT, b"", *headers)
     assert (got, body, cors_of(answered)) == (status, b"", CORS)
     assert with_cors.fake.calls == []
+
+
+def test_a_preflight_under_v2_is_one(with_cors: Stack) -> None:
+    got, answered, body = exchange(with_cors, b"OPTIONS", b"/v2/models/m/infer", b"",
+                                   b"Origin: https://app.example.com")
+    assert (got, body, cors_of(answered)) == (200, b"", CORS)
 
 
 def test_a_preflight_elsewhere_is_not_one(with_cors: Stack) -> None:

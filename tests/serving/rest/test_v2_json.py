@@ -9,7 +9,14 @@ import pytest
 
 from loader.base import InvalidArgument
 from loader.serving.rest.v2_json import encode_answer, header_length, parse_request, split
-from loader.serving.v2.inference import InferAnswer, InferRequest, OutputTensor, RequestedOutput
+from loader.serving.v2.inference import (
+    MAX_TENSORS,
+    InferAnswer,
+    InferRequest,
+    OutputTensor,
+    RequestedOutput,
+    TooMany,
+)
 
 
 @pytest.mark.parametrize(("value", "size", "expected"), [
@@ -46,6 +53,24 @@ def test_raw_inputs_are_views_of_the_tail_in_input_order():
     assert bytes(c.raw or b"") == b"\x01\x02\x03"
     assert [(o.name, o.binary_data) for o in request.outputs] == [("y", True), ("z", None)]
     assert (request.id, request.version, request.signature_name) == ("q", 3, "s")
+
+
+@pytest.mark.parametrize(("document", "words"), [
+    ({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}] * 4097},
+     "the request has 4097 inputs; at most 4096 are served"),
+    ({"inputs": [], "outputs": [{"name": "y"}] * 4097},
+     "the request has 4097 requested outputs; at most 4096 are served"),
+])
+def test_the_inputs_and_outputs_a_body_names_are_bounded(document, words):
+    with pytest.raises(TooMany) as refused:
+        parse_request("m", None, orjson.dumps(document), memoryview(b""))
+    assert refused.value.message == words
+
+
+def test_the_most_a_body_may_name_is_served():
+    head = orjson.dumps({"inputs": [{"name": f"x{i}", "datatype": "FP32", "shape": [1],
+                                     "data": [1.0]} for i in range(MAX_TENSORS)]})
+    assert len(parse_request("m", None, head, memoryview(b"")).inputs) == MAX_TENSORS
 
 
 def answered(*arrays: np.ndarray) -> InferAnswer:

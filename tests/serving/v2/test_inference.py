@@ -56,6 +56,14 @@ def test_what_does_not_fit_is_named(bad: InferRequest, words: str) -> None:
     assert refused.value.message == words
 
 
+def test_the_first_input_given_twice_is_named_in_one_pass() -> None:
+    many = [InputTensor(f"i{n}", "FP32", (1,), data=[1.0]) for n in range(4096)]
+    repeated = request(*many, InputTensor("i7", "FP32", (1,), data=[1.0]), many[3])
+    with pytest.raises(InvalidArgument) as refused:
+        inference.check(repeated, SIGNATURE, "m")
+    assert refused.value.message == "input 'i3' given more than once for model 'm'"
+
+
 def test_the_signature_is_a_request_parameter() -> None:
     assert request(X).signature_name == ""
     named = InferRequest("m", 2, [X], parameters={"signature_name": "other"})
