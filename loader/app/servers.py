@@ -12,7 +12,7 @@ from loader.config.schema import ServerConfig
 from loader.serving.decode_budget import DecodeBudget
 from loader.serving.metrics import Metrics
 from loader.serving.rest.allowed_hosts import allowed_hosts
-from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.connection_guard import HttpLimits
 from loader.serving.rest.open_files import connection_cap
 from loader.serving.tls import ServerTls
 

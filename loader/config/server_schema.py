@@ -73,7 +73,7 @@ class ServerConfig(BaseModel):
     # Live page streams (/modelwatch/ui/events) open at once; past it 503 with Retry-After,
     # and the page polls its snapshot instead. 0: no live streams, pages always poll.
     max_event_streams: Annotated[int, Field(ge=0, le=1024)] = 32
-    # -- REST connections and request heads (loader/serving/rest/http_guard.py) --
+    # -- REST connections and request heads (loader/serving/rest/connection_guard.py) --
     # A request target (URL) longer than this: 414, connection closed.
     max_url_bytes: Annotated[int, Field(ge=256, le=1024 * 1024)] = 8 * 1024
     # A request line and headers (or a chunked body's trailers) larger than this: 431, closed.

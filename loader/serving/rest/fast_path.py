@@ -111,13 +111,11 @@ class _FastCycle:
             self._protocol.transport.write(_CONTINUE)
 
     async def _reserve_body(self) -> None:
-        """Reserve what the declared body will take in the decode budget before reading on,
-        the connection's reading paused meanwhile (at most the budget's wait): so the bodies
-        being read are bounded together with everything being decoded, and a body the
-        budget has no room for is refused (429) and its bytes dropped as they arrive, never
-        held. Without this, each of many connections could hold a 64 MiB body while it
-        waited to be refused. The request's own reservation counts these bytes as its own
-        (`PredictionCall.prepaid`)."""
+        """Reserve what the declared body will take in the decode budget before reading on
+        (reading paused meanwhile, at most the budget's wait), so bodies being read are
+        bounded with everything being decoded and one with no room is refused (429), its
+        bytes dropped, never held: else many connections could each hold a 64 MiB body
+        while it waited to be refused. The call counts it as its own (`prepaid`)."""
         routes = self._protocol.routes
         try:
             held = await routes.reserve_bytes(*self._call.body_reservation(self._declared))

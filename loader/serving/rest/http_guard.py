@@ -37,83 +37,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import ssl
-from dataclasses import dataclass
 from typing import Any
 
 import httptools
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from loader.serving.metrics import Metrics
-from loader.serving.rate_limited_log import RateLimitedLog
-from loader.serving.rest.allowed_hosts import AllowedHosts
+from loader.serving.rest.connection_guard import (
+    ConnectionGuard,
+    Refusal,
+    answer_asgi,
+    refusal_response,
+)
 from loader.serving.rest.tls_start import TlsStart
-from loader.serving.tls import ServerTls
-
-log = logging.getLogger("modelwatch.rest")
-
-
-@dataclass(frozen=True)
-class HttpLimits:
-    """The `server.*` limits on a REST connection and its request heads."""
-
-    max_url_bytes: int = 8192
-    max_header_bytes: int = 64 * 1024
-    max_header_count: int = 100
-    header_timeout_seconds: float = 10.0
-    max_connections: int = 1024
-    allowed_hosts: AllowedHosts | None = None  # None: any Host
-
-
-class Refusal(Exception):
-    """A request refused before the app saw it (raised in a parser callback)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.reason, self.message = status, reason, message
-
-
-class ConnectionGuard:
-    """What every connection of one server shares: its limits, metrics, warning log and TLS."""
-
-    def __init__(
-        self, limits: HttpLimits, metrics: Metrics | None = None, tls: ServerTls | None = None
-    ) -> None:
-        self.limits = limits
-        self.tls = tls
-        self._metrics = metrics
-        self._log = RateLimitedLog(log)
-        # Connections that have not sent a byte yet, oldest first: at the cap, the oldest
-        # makes room for a newcomer, so silent connections cannot shut clients out.
-        self.silent: dict[GuardedProtocol, None] = {}
-
-    def refused(self, reason: str, message: str) -> None:
-        """Count a refusal and log it (at most once per interval per reason)."""
-        if self._metrics is not None:
-            self._metrics.refuse("rest", reason)
-        self._log.warning(reason, "REST: %s", message)
-
-    def bug(self, error: BaseException | None) -> None:
-        """A parser callback raised something other than a `Refusal` (logged, limited)."""
-        self._log.warning("parser_callback_error", "REST: a parser callback raised %r", error)
-
-
-def _answer(status: int, message: str) -> bytes:
-    """A whole response that closes the connection."""
-    body = orjson.dumps({"error": message})
-    return b"%bcontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%b" % (
-        STATUS_LINE[status], len(body), body
-    )
-
-
-async def _answer_asgi(status: int, body: bytes, scope: Any, receive: Any, send: Any) -> None:
-    """An ASGI app giving one JSON answer (a refusal whose stream is still sound)."""
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
 
 _MALFORMED = "Invalid HTTP request received."
 _PACED_READ_BYTES = 64 * 1024  # a read this large, inside a body: the next waits a round
@@ -387,7 +324,7 @@ class GuardedProtocol(HttpToolsProtocol):
         message = f"Host {shown!r} is not served here (server.allowed_hosts)"
         self.guard.refused("host_not_allowed", message)
         app, self.app = self.app, functools.partial(
-            _answer_asgi, 421, orjson.dumps({"error": message})
+            answer_asgi, 421, orjson.dumps({"error": message})
         )
         try:  # uvicorn reads and drops the body after the answer, as for any request
             super().on_headers_complete()
@@ -421,5 +358,5 @@ class GuardedProtocol(HttpToolsProtocol):
             elif cycle.response_complete or self.pipeline:  # or an earlier one is in flight
                 answer = False
         if answer and not self.transport.is_closing():
-            self.transport.write(_answer(refusal.status, refusal.message))
+            self.transport.write(refusal_response(refusal.status, refusal.message))
         self.transport.close()

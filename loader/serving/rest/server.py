@@ -18,8 +18,9 @@ from typing import Any
 import uvicorn
 
 from loader.serving.metrics import Metrics
+from loader.serving.rest.connection_guard import ConnectionGuard, HttpLimits
 from loader.serving.rest.fast_path import FastPathProtocol
-from loader.serving.rest.http_guard import ConnectionGuard, GuardedProtocol, HttpLimits
+from loader.serving.rest.http_guard import GuardedProtocol
 from loader.serving.rest.predictions import PredictionRoutes
 from loader.serving.tls import ServerTls
 

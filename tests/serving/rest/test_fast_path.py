@@ -23,7 +23,7 @@ from loader.servables.batching import BatchingServable
 from loader.serving.dataplane import DataPlane
 from loader.serving.metrics import Metrics
 from loader.serving.rest.app import RestApi
-from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.connection_guard import HttpLimits
 from loader.serving.rest.server import RestServer, bind
 from loader.serving.tls import ServerTls
 from policies.selection import All

@@ -17,7 +17,8 @@ import orjson
 import pytest
 
 from loader.serving.rest.allowed_hosts import AllowedHosts, allowed_hosts, host_name
-from loader.serving.rest.http_guard import GuardedProtocol, HttpLimits
+from loader.serving.rest.connection_guard import HttpLimits
+from loader.serving.rest.http_guard import GuardedProtocol
 from tests.daemon_process import ROOT
 from tests.serving.rest.test_fast_path import ANSWER, BODY, PREDICT, Reader, Stack, _stack
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import trustme
 
-from loader.serving.rest.http_guard import HttpLimits
+from loader.serving.rest.connection_guard import HttpLimits
 from loader.serving.tls import ServerTls, read_pem_files
 from tests.certificates import client_context, write_leaf
 from tests.daemon_process import wait_until
