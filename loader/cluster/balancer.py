@@ -134,6 +134,10 @@ defaults
     timeout http-keep-alive 60s
     timeout http-request 30s
     option http-keep-alive
+    # On a reload the old worker answers the next request of an idle client connection
+    # ("connection: close") instead of closing it at once, which raced a client sending
+    # on it ("Server disconnected without sending a response", seen in CI).
+    option idle-close-on-response
     load-server-state-from-file global
     # A request whose replica refused the connection or closed it without an answer
     # goes to another replica (its body is buffered for that, up to HAProxy's buffer).
